@@ -1,0 +1,164 @@
+//! Configuration: embedded defaults, then an optional TOML file, then command-line overrides.
+//! Loading reads the file and validates it; it opens nothing else.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::DecodeLimits;
+
+/// Everything a run of `roadwork` can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub ingest: IngestConfig,
+    pub decode: DecodeLimits,
+}
+
+/// Where things live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Working directory: generated scenes, reports and (unless `store_uri` is set) the store.
+    pub dir: PathBuf,
+    /// The Lance database: a path or any lancedb URI (`s3://bucket/prefix`). Default `<dir>/store`.
+    pub store_uri: Option<String>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("roadwork-data"),
+            store_uri: None,
+        }
+    }
+}
+
+impl DataConfig {
+    /// The store URI in force.
+    pub fn store_uri(&self) -> String {
+        self.store_uri
+            .clone()
+            .unwrap_or_else(|| self.dir.join("store").to_string_lossy().into_owned())
+    }
+}
+
+/// How ingest batches its writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Rows per Lance commit. Smaller commits lose less work to a crash; larger ones write faster.
+    pub batch_rows: usize,
+    /// Image bytes per Lance commit, MiB (whichever of the two limits is reached first).
+    pub batch_mib: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 512,
+            batch_mib: 256,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config value {field} = {value} is out of range: {why}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl Config {
+    /// Defaults, overlaid with `path` when given; validated.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let cfg = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.into(),
+                    source,
+                })?
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, value: usize, why| {
+            Err(ConfigError::Invalid {
+                field,
+                value: value.to_string(),
+                why,
+            })
+        };
+        if self.ingest.batch_rows == 0 {
+            return bad("ingest.batch_rows", 0, "must be at least 1");
+        }
+        if self.ingest.batch_mib == 0 {
+            return bad("ingest.batch_mib", 0, "must be at least 1");
+        }
+        if self.decode.max_side_px < 16 {
+            return bad(
+                "decode.max_side_px",
+                self.decode.max_side_px as usize,
+                "must be at least 16",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[ingest]\nbatch_rows = 7\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.ingest.batch_rows, 7);
+        assert_eq!(c.ingest.batch_mib, IngestConfig::default().batch_mib);
+        std::fs::write(&p, "[ingest]\nbatch_rowz = 7\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p)),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&p, "[ingest]\nbatch_rows = 0\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p)),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn store_uri_defaults_under_data_dir() {
+        let c = Config::default();
+        assert!(c.data.store_uri().ends_with("store"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Query-log ingest: the server's JSONL ([`crate::store::querylog::QueryLogRecord`]). Each line
+//! becomes a `validator` sample (when the image decodes) and a prediction row. Malformed lines are
+//! skipped with their line number; a record whose bytes do not match its hash is never stored.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::batch::{Item, Writer};
+use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use crate::store::querylog::QueryLogRecord;
+use crate::store::{Era, PredictionRow, SampleId, SampleRow, SampleSource};
+
+/// Lines parsed and decoded per parallel step.
+const CHUNK: usize = 32;
+
+impl Ingestor {
+    /// Ingests one JSONL query log.
+    pub async fn ingest_querylog(&self, path: &Path) -> Result<IngestSummary, IngestError> {
+        let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let input = path.display().to_string();
+        let params = serde_json::json!({ "file": input });
+        let mut w = Writer::start(&self.store, &self.cfg, "querylog", input, params).await?;
+        let bar = self.bar(0, "querylog");
+        let mut lines = BufReader::new(file).lines().enumerate();
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            for (i, line) in lines.by_ref() {
+                match line {
+                    Ok(l) if l.trim().is_empty() => continue,
+                    Ok(l) => chunk.push((i + 1, l)),
+                    Err(e) => {
+                        let err = IngestError::Io {
+                            path: path.into(),
+                            source: e,
+                        };
+                        return Err(w.fail(err).await);
+                    }
+                }
+                if chunk.len() == CHUNK {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let limits = self.limits;
+            let prepared = tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_par_iter()
+                    .map(|(n, line)| {
+                        let parsed = QueryLogRecord::parse_line(&line).map(|(rec, bytes)| {
+                            let facts = image_facts(&bytes, &limits);
+                            (rec, bytes, facts)
+                        });
+                        (n, parsed)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let prepared = match prepared {
+                Ok(p) => p,
+                Err(e) => return Err(w.fail(IngestError::Task(e.to_string())).await),
+            };
+            for (n, parsed) in prepared {
+                w.summary.scanned += 1;
+                bar.inc(1);
+                let (rec, bytes, facts) = match parsed {
+                    Ok(x) => x,
+                    Err(e) => {
+                        w.skip(format!("{}:{n}", path.display()), e.to_string());
+                        continue;
+                    }
+                };
+                let sample_id = SampleId::of_bytes(&bytes);
+                let prediction = PredictionRow {
+                    request_id: rec.request_id.clone(),
+                    sample_id: sample_id.clone(),
+                    model_version: rec.model_version.clone(),
+                    tier: rec.decided_by,
+                    score_tier1: rec.tier_score(1),
+                    score_tier2: rec.tier_score(2),
+                    final_score: rec.final_score,
+                    latency_ms: rec.latency_ms,
+                    ts: rec.answered_at,
+                    validator: rec.validator_hotkey.clone(),
+                };
+                let sample = facts.ok().map(|f| SampleRow {
+                    sample_id,
+                    width: f.width,
+                    height: f.height,
+                    format: f.format.into(),
+                    source: SampleSource::Validator.as_str().into(),
+                    source_ref: rec
+                        .validator_hotkey
+                        .clone()
+                        .unwrap_or_else(|| format!("local:{}", rec.profile)),
+                    era: Era::guess_from_size(f.width, f.height).as_str().into(),
+                    tags: vec![format!("profile={}", rec.profile)],
+                    phash: f.phash,
+                    received_at: rec.received_at,
+                    image: bytes,
+                });
+                let item = Item {
+                    sample,
+                    label: None,
+                    prediction: Some(prediction),
+                };
+                if let Err(e) = w.push(item).await {
+                    return Err(w.fail(e).await);
+                }
+            }
+        }
+        bar.finish_and_clear();
+        w.finish().await
+    }
+}

@@ -1,0 +1,20 @@
+//! `roadwork`: the data engine and active-learning loop behind an image classifier that serves live
+//! traffic (first user: a NATIX StreetVision subnet-72 miner answering P(roadwork) per street image).
+//!
+//! The loop, one module per stage (see README "Architecture"):
+//! - [`store`] owns the Lance schema: samples, labels, predictions, runs, snapshots.
+//! - [`ingest`] brings image folders, NATIX parquet shards and validator query logs into the store.
+//! - [`imaging`] decodes and fingerprints images the same way for every stage.
+//! - [`synth`] makes images; today the offline procedural street-scene generator.
+//! - [`query`] answers ad-hoc SQL over the store through polars.
+//! - [`pipeline`] composes the stages (the offline demo today, the nightly job later).
+//! - [`bench`] measures the stages; the README carries its numbers.
+
+pub mod bench;
+pub mod config;
+pub mod imaging;
+pub mod ingest;
+pub mod pipeline;
+pub mod query;
+pub mod store;
+pub mod synth;

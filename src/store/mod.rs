@@ -1,0 +1,521 @@
+//! The store: one Lance database (a local directory by default, any lancedb URI such as `s3://…`
+//! otherwise) holding every table of the loop.
+//!
+//! Invariants:
+//! - `sample_id` is the hex sha256 of the original bytes; samples are immutable and every write is a
+//!   `merge_insert` on the table's key, so re-running any ingest adds nothing.
+//! - Each write is one Lance commit: a crash leaves every table at its last committed version.
+//! - Labels keep provenance; [`effective_labels`] applies the precedence rule.
+//! - Snapshots are Lance tags on every table at once (`train/<model_id>` pins a training set);
+//!   maintenance never removes a tagged version.
+//! - The layout is versioned ([`schema::SCHEMA_VERSION`]); a store from a newer layout is refused.
+
+mod error;
+mod ids;
+mod labels;
+pub mod manifest;
+pub mod querylog;
+pub mod schema;
+mod snapshot;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_schema::SchemaRef;
+use futures::TryStreamExt;
+use lancedb::query::{ExecutableQuery, QueryBase, Select};
+
+pub use error::StoreError;
+pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
+pub use labels::{EffectiveLabel, effective_labels};
+pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
+pub use snapshot::SnapshotName;
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteResult {
+    /// Rows that were not there before.
+    pub inserted: u64,
+    /// Existing rows whose content changed.
+    pub updated: u64,
+    /// Table version after the write (unchanged when nothing was written).
+    pub version: u64,
+}
+
+/// A snapshot: the version of every table under one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: SnapshotName,
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// Handle to an open store. Cheap to clone; tables are opened per operation so every read sees the
+/// latest commit, also one made by another process.
+#[derive(Clone)]
+pub struct Store {
+    db: lancedb::Connection,
+    uri: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("uri", &self.uri).finish()
+    }
+}
+
+fn lance(op: &'static str, table: &str) -> impl FnOnce(lancedb::Error) -> StoreError {
+    let table = table.to_string();
+    move |source| StoreError::Lance {
+        op,
+        table,
+        source: Box::new(source),
+    }
+}
+
+fn arrow(table: &str) -> impl FnOnce(arrow_schema::ArrowError) -> StoreError {
+    let table = table.to_string();
+    move |source| StoreError::Arrow { table, source }
+}
+
+impl Store {
+    /// Opens the store at `uri` (a directory path or any lancedb URI), creating missing tables and
+    /// checking the layout version and every table's schema.
+    pub async fn open(uri: &str) -> Result<Self, StoreError> {
+        if !uri.contains("://") {
+            std::fs::create_dir_all(uri).map_err(|source| StoreError::Io {
+                path: uri.into(),
+                source,
+            })?;
+        }
+        let db = lancedb::connect(uri)
+            .execute()
+            .await
+            .map_err(lance("connect", uri))?;
+        let store = Self {
+            db,
+            uri: uri.to_string(),
+        };
+        store.ensure_tables().await?;
+        store.check_layout_version().await?;
+        Ok(store)
+    }
+
+    /// Where the store lives.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn ensure_tables(&self) -> Result<(), StoreError> {
+        let existing: HashSet<String> = self
+            .db
+            .table_names()
+            .execute()
+            .await
+            .map_err(lance("list tables", ""))?
+            .into_iter()
+            .collect();
+        for name in tables::ALL {
+            let want = schema::schema_of(name)
+                .ok_or_else(|| StoreError::UnknownTable { table: name.into() })?;
+            if existing.contains(name) {
+                let have = self.table_schema(name).await?;
+                check_schema(name, &want, &have)?;
+            } else {
+                self.db
+                    .create_empty_table(name, want)
+                    .execute()
+                    .await
+                    .map_err(lance("create", name))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_layout_version(&self) -> Result<(), StoreError> {
+        let batches = self.scan(tables::META, None, None, None).await?;
+        let mut found = None;
+        for b in &batches {
+            for (k, v) in schema::meta_from_batch(b).map_err(arrow(tables::META))? {
+                if k == "schema_version" {
+                    found = v.parse::<u32>().ok();
+                }
+            }
+        }
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::LayoutTooNew {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let batch =
+                    schema::meta_to_batch(&[("schema_version", SCHEMA_VERSION.to_string())])
+                        .map_err(arrow(tables::META))?;
+                self.merge(tables::META, batch, Merge::Upsert).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn table(&self, name: &str) -> Result<lancedb::Table, StoreError> {
+        self.db
+            .open_table(name)
+            .execute()
+            .await
+            .map_err(lance("open", name))
+    }
+
+    /// The Arrow schema of a table as stored.
+    pub async fn table_schema(&self, name: &str) -> Result<SchemaRef, StoreError> {
+        self.table(name)
+            .await?
+            .schema()
+            .await
+            .map_err(lance("schema", name))
+    }
+
+    /// Every table in the database (ours and any later stage's, e.g. `embeddings_<model>`).
+    pub async fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        self.db
+            .table_names()
+            .execute()
+            .await
+            .map_err(lance("list tables", ""))
+    }
+
+    /// Rows in `table`, optionally only those matching a SQL `filter`.
+    pub async fn count_rows(&self, table: &str, filter: Option<&str>) -> Result<usize, StoreError> {
+        self.table(table)
+            .await?
+            .count_rows(filter.map(str::to_string))
+            .await
+            .map_err(lance("count", table))
+    }
+
+    /// Reads `table`, only the named columns (all when `None`), optionally filtered (SQL) and
+    /// limited. Projection matters: it keeps image bytes on disk when they are not needed.
+    pub async fn scan(
+        &self,
+        table: &str,
+        columns: Option<&[&str]>,
+        filter: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let t = self.table(table).await?;
+        let mut q = t.query();
+        if let Some(cols) = columns {
+            q = q.select(Select::columns(cols));
+        }
+        if let Some(f) = filter {
+            q = q.only_if(f);
+        }
+        if let Some(n) = limit {
+            q = q.limit(n);
+        }
+        let stream = q.execute().await.map_err(lance("scan", table))?;
+        stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(lance("scan", table))
+    }
+
+    /// Inserts samples not yet present; present ones (same bytes) are left untouched.
+    pub async fn insert_samples(&self, rows: &[SampleRow]) -> Result<WriteResult, StoreError> {
+        let mut seen = HashSet::new();
+        let unique: Vec<SampleRow> = rows
+            .iter()
+            .filter(|r| seen.insert(r.sample_id.clone()))
+            .cloned()
+            .collect();
+        let batch = schema::samples_to_batch(&unique).map_err(arrow(tables::SAMPLES))?;
+        self.merge(tables::SAMPLES, batch, Merge::InsertOnly).await
+    }
+
+    /// Writes labels: a new (sample, source, author) is inserted; an existing one is replaced only
+    /// when its label or confidence changed, so re-sending the same labels writes nothing.
+    pub async fn put_labels(&self, rows: &[LabelRow]) -> Result<WriteResult, StoreError> {
+        let mut seen = HashSet::new();
+        // The last opinion per key in the input wins.
+        let unique: Vec<LabelRow> = rows
+            .iter()
+            .rev()
+            .filter(|r| seen.insert(r.label_id()))
+            .cloned()
+            .collect();
+        let batch = schema::labels_to_batch(&unique).map_err(arrow(tables::LABELS))?;
+        self.merge(tables::LABELS, batch, Merge::UpsertChanged(LABEL_CHANGED))
+            .await
+    }
+
+    /// Inserts predictions not yet present (keyed by request id).
+    pub async fn insert_predictions(
+        &self,
+        rows: &[PredictionRow],
+    ) -> Result<WriteResult, StoreError> {
+        let mut seen = HashSet::new();
+        let unique: Vec<PredictionRow> = rows
+            .iter()
+            .filter(|r| seen.insert(r.request_id.clone()))
+            .cloned()
+            .collect();
+        let batch = schema::predictions_to_batch(&unique).map_err(arrow(tables::PREDICTIONS))?;
+        self.merge(tables::PREDICTIONS, batch, Merge::InsertOnly)
+            .await
+    }
+
+    /// Writes or updates one run in the ledger.
+    pub async fn record_run(&self, run: &RunRow) -> Result<WriteResult, StoreError> {
+        let batch =
+            schema::runs_to_batch(std::slice::from_ref(run)).map_err(arrow(tables::RUNS))?;
+        self.merge(tables::RUNS, batch, Merge::Upsert).await
+    }
+
+    /// Every run in the ledger, oldest first.
+    pub async fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut out = Vec::new();
+        for b in self.scan(tables::RUNS, None, None, None).await? {
+            out.extend(schema::runs_from_batch(&b).map_err(arrow(tables::RUNS))?);
+        }
+        out.sort_by_key(|r| r.started_at);
+        Ok(out)
+    }
+
+    /// Samples matching a SQL filter (all columns, images included).
+    pub async fn samples(&self, filter: Option<&str>) -> Result<Vec<SampleRow>, StoreError> {
+        let mut out = Vec::new();
+        for b in self.scan(tables::SAMPLES, None, filter, None).await? {
+            out.extend(schema::samples_from_batch(&b).map_err(arrow(tables::SAMPLES))?);
+        }
+        Ok(out)
+    }
+
+    /// Every label row.
+    pub async fn labels(&self) -> Result<Vec<LabelRow>, StoreError> {
+        let mut out = Vec::new();
+        for b in self.scan(tables::LABELS, None, None, None).await? {
+            out.extend(schema::labels_from_batch(&b).map_err(arrow(tables::LABELS))?);
+        }
+        Ok(out)
+    }
+
+    /// Every prediction row.
+    pub async fn predictions(&self) -> Result<Vec<PredictionRow>, StoreError> {
+        let mut out = Vec::new();
+        for b in self.scan(tables::PREDICTIONS, None, None, None).await? {
+            out.extend(schema::predictions_from_batch(&b).map_err(arrow(tables::PREDICTIONS))?);
+        }
+        Ok(out)
+    }
+
+    /// One effective label per labelled sample (precedence rule applied).
+    pub async fn effective_labels(&self) -> Result<Vec<EffectiveLabel>, StoreError> {
+        Ok(effective_labels(&self.labels().await?))
+    }
+
+    /// Current version of every table.
+    pub async fn versions(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for name in self.table_names().await? {
+            let v = self
+                .table(&name)
+                .await?
+                .version()
+                .await
+                .map_err(lance("version", &name))?;
+            out.insert(name, v);
+        }
+        Ok(out)
+    }
+
+    /// Tags the current version of every table with `name`, so the exact data can be read back later
+    /// (a training run pins its inputs this way). Refuses a name that already exists.
+    pub async fn snapshot(&self, name: &SnapshotName) -> Result<Snapshot, StoreError> {
+        let tag = name.to_tag();
+        let versions = self.versions().await?;
+        if !self.snapshot_versions(name).await?.is_empty() {
+            return Err(StoreError::SnapshotExists {
+                name: name.to_string(),
+            });
+        }
+        for (table, version) in &versions {
+            let t = self.table(table).await?;
+            let mut tags = t.tags().await.map_err(lance("tags", table))?;
+            tags.create(&tag, *version)
+                .await
+                .map_err(lance("create tag", table))?;
+        }
+        Ok(Snapshot {
+            name: name.clone(),
+            versions,
+        })
+    }
+
+    async fn snapshot_versions(
+        &self,
+        name: &SnapshotName,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let tag = name.to_tag();
+        let mut out = BTreeMap::new();
+        for table in self.table_names().await? {
+            let t = self.table(&table).await?;
+            let tags = t.tags().await.map_err(lance("tags", &table))?;
+            if let Some(contents) = tags
+                .list()
+                .await
+                .map_err(lance("list tags", &table))?
+                .get(&tag)
+            {
+                out.insert(table, contents.version);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every snapshot with the table versions it pins.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let mut by_name: BTreeMap<SnapshotName, BTreeMap<String, u64>> = BTreeMap::new();
+        for table in self.table_names().await? {
+            let t = self.table(&table).await?;
+            let tags = t.tags().await.map_err(lance("tags", &table))?;
+            for (tag, contents) in tags.list().await.map_err(lance("list tags", &table))? {
+                by_name
+                    .entry(SnapshotName::from_tag(&tag))
+                    .or_default()
+                    .insert(table.clone(), contents.version);
+            }
+        }
+        Ok(by_name
+            .into_iter()
+            .map(|(name, versions)| Snapshot { name, versions })
+            .collect())
+    }
+
+    /// Reads a table as it was when `name` was taken.
+    pub async fn scan_at(
+        &self,
+        name: &SnapshotName,
+        table: &str,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let t = self.table(table).await?;
+        t.checkout_tag(&name.to_tag())
+            .await
+            .map_err(|_| StoreError::SnapshotNotFound {
+                name: name.to_string(),
+                table: table.to_string(),
+            })?;
+        let mut q = t.query();
+        if let Some(cols) = columns {
+            q = q.select(Select::columns(cols));
+        }
+        let stream = q.execute().await.map_err(lance("scan", table))?;
+        stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(lance("scan", table))
+    }
+
+    /// Removes a snapshot's tags (the data stays until maintenance prunes untagged versions).
+    pub async fn delete_snapshot(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        let tag = name.to_tag();
+        let tables = self.snapshot_versions(name).await?;
+        if tables.is_empty() {
+            return Err(StoreError::SnapshotNotFound {
+                name: name.to_string(),
+                table: "*".into(),
+            });
+        }
+        for table in tables.keys() {
+            let t = self.table(table).await?;
+            let mut tags = t.tags().await.map_err(lance("tags", table))?;
+            tags.delete(&tag)
+                .await
+                .map_err(lance("delete tag", table))?;
+        }
+        Ok(())
+    }
+
+    async fn merge(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+        how: Merge,
+    ) -> Result<WriteResult, StoreError> {
+        let t = self.table(table).await?;
+        if batch.num_rows() == 0 {
+            let version = t.version().await.map_err(lance("version", table))?;
+            return Ok(WriteResult {
+                version,
+                ..Default::default()
+            });
+        }
+        let key = schema::key_of(table);
+        let mut m = t.merge_insert(&[key]);
+        m.when_not_matched_insert_all();
+        match how {
+            Merge::InsertOnly => {}
+            Merge::Upsert => {
+                m.when_matched_update_all(None);
+            }
+            Merge::UpsertChanged(cond) => {
+                m.when_matched_update_all(Some(cond.to_string()));
+            }
+        }
+        let schema = batch.schema();
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+        let r = m
+            .execute(Box::new(reader))
+            .await
+            .map_err(lance("merge_insert", table))?;
+        let version = if r.version > 0 {
+            r.version
+        } else {
+            t.version().await.map_err(lance("version", table))?
+        };
+        Ok(WriteResult {
+            inserted: r.num_inserted_rows,
+            updated: r.num_updated_rows,
+            version,
+        })
+    }
+}
+
+/// The condition under which an incoming label replaces the stored one of the same key.
+const LABEL_CHANGED: &str =
+    "target.label != source.label OR target.confidence != source.confidence";
+
+#[derive(Debug, Clone, Copy)]
+enum Merge {
+    InsertOnly,
+    Upsert,
+    UpsertChanged(&'static str),
+}
+
+/// Field names and types must match; metadata and nullability differences are tolerated.
+fn check_schema(table: &str, want: &SchemaRef, have: &SchemaRef) -> Result<(), StoreError> {
+    let mut problems = Vec::new();
+    for f in want.fields() {
+        match have.field_with_name(f.name()) {
+            Ok(h) if h.data_type().equals_datatype(f.data_type()) => {}
+            Ok(h) => problems.push(format!(
+                "{} is {} (expected {})",
+                f.name(),
+                h.data_type(),
+                f.data_type()
+            )),
+            Err(_) => problems.push(format!("{} is missing", f.name())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::SchemaMismatch {
+            table: table.into(),
+            problems: problems.join("; "),
+        })
+    }
+}
+
+/// A shared handle for code that needs the store from several tasks.
+pub type SharedStore = Arc<Store>;

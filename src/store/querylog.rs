@@ -1,0 +1,105 @@
+//! The query-log record: one JSON object per line, written by the serving cascade for every answered
+//! request and read back by `roadwork ingest querylog`. This struct is the format; both sides use it.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Format version written in every record, so a reader can refuse lines from a future writer.
+pub const QUERY_LOG_VERSION: u32 = 1;
+
+/// One answered request, complete enough to rebuild the sample and the prediction from it alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryLogRecord {
+    /// [`QUERY_LOG_VERSION`] of the writer.
+    pub v: u32,
+    /// Unique per request (the dendrite uuid + nonce for validator traffic).
+    pub request_id: String,
+    pub received_at: DateTime<Utc>,
+    /// When the reply was sent.
+    pub answered_at: DateTime<Utc>,
+    /// Validator hotkey (ss58) for `/ImageSynapse` traffic; absent for local clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_hotkey: Option<String>,
+    /// The serving profile that answered (`speed`, `accuracy`, …).
+    pub profile: String,
+    /// The image bytes exactly as received after transport decoding, standard base64.
+    pub image_b64: String,
+    /// Hex sha256 of those bytes (the sample id).
+    pub image_sha256: String,
+    /// Champion head version that answered tier 1.
+    pub model_version: String,
+    /// Every tier that ran, in order.
+    pub tiers: Vec<TierOutput>,
+    /// The tier whose answer was sent.
+    pub decided_by: u8,
+    /// What was sent: finite in [0,1], or -1 for an image that could not be decoded.
+    pub final_score: f32,
+    /// Receive → reply, milliseconds.
+    pub latency_ms: f32,
+    /// Why the image could not be decoded, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
+}
+
+/// What one tier of the cascade said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierOutput {
+    /// 1 = embedding + head, 2 = VLM.
+    pub tier: u8,
+    /// Calibrated P(roadwork), absent when the tier failed or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    pub latency_ms: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a log line cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryLogError {
+    #[error("not a query-log record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("record version {found} is newer than this reader ({QUERY_LOG_VERSION})")]
+    TooNew { found: u32 },
+    #[error("image_b64 is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("image_sha256 {claimed} does not match the image bytes ({actual})")]
+    HashMismatch { claimed: String, actual: String },
+    #[error("final_score {0} is neither in [0,1] nor -1")]
+    BadScore(f32),
+}
+
+impl QueryLogRecord {
+    /// Parses and checks one line: version, score range, and that the bytes hash to the claimed id.
+    /// Returns the record and the decoded image bytes.
+    pub fn parse_line(line: &str) -> Result<(Self, Vec<u8>), QueryLogError> {
+        let rec: QueryLogRecord = serde_json::from_str(line)?;
+        if rec.v > QUERY_LOG_VERSION {
+            return Err(QueryLogError::TooNew { found: rec.v });
+        }
+        let s = rec.final_score;
+        if !(s.is_finite() && ((0.0..=1.0).contains(&s) || s == -1.0)) {
+            return Err(QueryLogError::BadScore(s));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&rec.image_b64)?;
+        let actual = super::SampleId::of_bytes(&bytes);
+        if !actual.as_str().eq_ignore_ascii_case(&rec.image_sha256) {
+            return Err(QueryLogError::HashMismatch {
+                claimed: rec.image_sha256.clone(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok((rec, bytes))
+    }
+
+    /// The score a tier gave, if it ran and answered.
+    pub fn tier_score(&self, tier: u8) -> Option<f32> {
+        self.tiers
+            .iter()
+            .find(|t| t.tier == tier)
+            .and_then(|t| t.score)
+    }
+}

@@ -1,0 +1,546 @@
+//! The store's tables, defined once: names, Arrow schemas, and the typed rows that go in and out.
+//!
+//! Every persisted column is spelled here and nowhere else. Changing a schema bumps
+//! [`SCHEMA_VERSION`]; `tests/store.rs` pins the current layout so a change is a deliberate migration.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Float32Builder, LargeBinaryBuilder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
+    UInt8Builder, UInt32Builder, UInt64Builder,
+};
+use arrow_array::{
+    Array, ArrayRef, Float32Array, LargeBinaryArray, ListArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt8Array, UInt32Array, UInt64Array,
+};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::ids::{Label, LabelSource, SampleId};
+
+/// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
+/// layout is refused instead of misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Table names.
+pub mod tables {
+    /// One row per distinct image (content-addressed).
+    pub const SAMPLES: &str = "samples";
+    /// One row per (sample, label source, author): that author's current opinion.
+    pub const LABELS: &str = "labels";
+    /// One row per answered request (or offline prediction).
+    pub const PREDICTIONS: &str = "predictions";
+    /// The ledger of stage runs.
+    pub const RUNS: &str = "runs";
+    /// Key/value facts about the store itself (schema version).
+    pub const META: &str = "roadwork_meta";
+    /// Every table the store creates on open, in a stable order.
+    pub const ALL: [&str; 5] = [SAMPLES, LABELS, PREDICTIONS, RUNS, META];
+}
+
+/// Column names.
+pub mod col {
+    pub const SAMPLE_ID: &str = "sample_id";
+    pub const IMAGE: &str = "image";
+    pub const WIDTH: &str = "width";
+    pub const HEIGHT: &str = "height";
+    pub const FORMAT: &str = "format";
+    pub const BYTES: &str = "bytes";
+    pub const SOURCE: &str = "source";
+    pub const SOURCE_REF: &str = "source_ref";
+    pub const ERA: &str = "era";
+    pub const TAGS: &str = "tags";
+    pub const PHASH: &str = "phash";
+    pub const RECEIVED_AT: &str = "received_at";
+    pub const LABEL_ID: &str = "label_id";
+    pub const LABEL: &str = "label";
+    pub const CONFIDENCE: &str = "confidence";
+    pub const AUTHOR: &str = "author";
+    pub const TS: &str = "ts";
+    pub const REQUEST_ID: &str = "request_id";
+    pub const MODEL_VERSION: &str = "model_version";
+    pub const TIER: &str = "tier";
+    pub const SCORE_TIER1: &str = "score_tier1";
+    pub const SCORE_TIER2: &str = "score_tier2";
+    pub const FINAL_SCORE: &str = "final_score";
+    pub const LATENCY_MS: &str = "latency_ms";
+    pub const VALIDATOR: &str = "validator";
+    pub const RUN_ID: &str = "run_id";
+    pub const KIND: &str = "kind";
+    pub const STARTED_AT: &str = "started_at";
+    pub const FINISHED_AT: &str = "finished_at";
+    pub const STATUS: &str = "status";
+    pub const PARAMS: &str = "params";
+    pub const SUMMARY: &str = "summary";
+    pub const KEY: &str = "key";
+    pub const VALUE: &str = "value";
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn tags_field() -> Field {
+    Field::new_list(col::TAGS, Field::new("item", DataType::Utf8, true), false)
+}
+
+/// `samples`: the images themselves plus what is known about them without a model.
+pub fn samples_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::SAMPLE_ID, DataType::Utf8, false),
+        Field::new(col::IMAGE, DataType::LargeBinary, false),
+        Field::new(col::WIDTH, DataType::UInt32, false),
+        Field::new(col::HEIGHT, DataType::UInt32, false),
+        Field::new(col::FORMAT, DataType::Utf8, false),
+        Field::new(col::BYTES, DataType::UInt64, false),
+        Field::new(col::SOURCE, DataType::Utf8, false),
+        Field::new(col::SOURCE_REF, DataType::Utf8, false),
+        Field::new(col::ERA, DataType::Utf8, false),
+        tags_field(),
+        Field::new(col::PHASH, DataType::UInt64, false),
+        Field::new(col::RECEIVED_AT, ts_type(), false),
+    ]))
+}
+
+/// `labels`: provenance-carrying labels; see [`super::effective_labels`] for the precedence rule.
+pub fn labels_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::LABEL_ID, DataType::Utf8, false),
+        Field::new(col::SAMPLE_ID, DataType::Utf8, false),
+        Field::new(col::LABEL, DataType::UInt8, false),
+        Field::new(col::SOURCE, DataType::Utf8, false),
+        Field::new(col::CONFIDENCE, DataType::Float32, false),
+        Field::new(col::AUTHOR, DataType::Utf8, false),
+        Field::new(col::TS, ts_type(), false),
+    ]))
+}
+
+/// `predictions`: what a model answered for a sample, and how fast.
+pub fn predictions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::REQUEST_ID, DataType::Utf8, false),
+        Field::new(col::SAMPLE_ID, DataType::Utf8, false),
+        Field::new(col::MODEL_VERSION, DataType::Utf8, false),
+        Field::new(col::TIER, DataType::UInt8, false),
+        Field::new(col::SCORE_TIER1, DataType::Float32, true),
+        Field::new(col::SCORE_TIER2, DataType::Float32, true),
+        Field::new(col::FINAL_SCORE, DataType::Float32, false),
+        Field::new(col::LATENCY_MS, DataType::Float32, false),
+        Field::new(col::TS, ts_type(), false),
+        Field::new(col::VALIDATOR, DataType::Utf8, true),
+    ]))
+}
+
+/// `runs`: one row per stage run, written when it starts and again when it ends.
+pub fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::RUN_ID, DataType::Utf8, false),
+        Field::new(col::KIND, DataType::Utf8, false),
+        Field::new(col::STARTED_AT, ts_type(), false),
+        Field::new(col::FINISHED_AT, ts_type(), true),
+        Field::new(col::STATUS, DataType::Utf8, false),
+        Field::new(col::PARAMS, DataType::Utf8, false),
+        Field::new(col::SUMMARY, DataType::Utf8, false),
+    ]))
+}
+
+/// `roadwork_meta`: key/value facts about the store.
+pub fn meta_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::KEY, DataType::Utf8, false),
+        Field::new(col::VALUE, DataType::Utf8, false),
+    ]))
+}
+
+/// The schema a table of this name must have.
+pub fn schema_of(table: &str) -> Option<SchemaRef> {
+    match table {
+        tables::SAMPLES => Some(samples_schema()),
+        tables::LABELS => Some(labels_schema()),
+        tables::PREDICTIONS => Some(predictions_schema()),
+        tables::RUNS => Some(runs_schema()),
+        tables::META => Some(meta_schema()),
+        _ => None,
+    }
+}
+
+/// The key columns `merge_insert` joins on, per table.
+pub fn key_of(table: &str) -> &'static str {
+    match table {
+        tables::SAMPLES => col::SAMPLE_ID,
+        tables::LABELS => col::LABEL_ID,
+        tables::PREDICTIONS => col::REQUEST_ID,
+        tables::RUNS => col::RUN_ID,
+        _ => col::KEY,
+    }
+}
+
+/// One distinct image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub sample_id: SampleId,
+    pub image: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// Container format as decoded (`jpeg`, `png`, `webp`, `bmp`, `gif`).
+    pub format: String,
+    /// One of `validator|dataset|synthetic|upload`.
+    pub source: String,
+    /// Where exactly: validator hotkey, dataset row id, file path, generator + prompt.
+    pub source_ref: String,
+    /// One of `crop224|letterbox224|fullres|unknown`.
+    pub era: String,
+    /// `key=value` strings (daytime=night, weather=rain, city=…).
+    pub tags: Vec<String>,
+    /// 64-bit DCT perceptual hash, for re-encode detection.
+    pub phash: u64,
+    pub received_at: DateTime<Utc>,
+}
+
+/// One author's label for one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRow {
+    pub sample_id: SampleId,
+    pub label: Label,
+    pub source: LabelSource,
+    /// In [0,1]; 1 for dataset and human labels.
+    pub confidence: f32,
+    /// Who: dataset name, annotator, generator or teacher model id.
+    pub author: String,
+    pub ts: DateTime<Utc>,
+}
+
+impl LabelRow {
+    /// Stable key: one row per (sample, source, author), so re-ingesting the same labels adds nothing
+    /// and a changed opinion replaces the old one (its history stays in Lance versions).
+    pub fn label_id(&self) -> String {
+        let key = format!(
+            "{}|{}|{}",
+            self.sample_id,
+            self.source.as_str(),
+            self.author
+        );
+        SampleId::of_bytes(key.as_bytes()).to_string()
+    }
+}
+
+/// What a model answered for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRow {
+    pub request_id: String,
+    pub sample_id: SampleId,
+    pub model_version: String,
+    /// The tier whose answer was sent (1 = head, 2 = VLM).
+    pub tier: u8,
+    pub score_tier1: Option<f32>,
+    pub score_tier2: Option<f32>,
+    /// What was sent: in [0,1], or -1 for an image that could not be decoded.
+    pub final_score: f32,
+    pub latency_ms: f32,
+    pub ts: DateTime<Utc>,
+    /// Validator hotkey (ss58), when the request came from one.
+    pub validator: Option<String>,
+}
+
+/// One stage run in the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    /// `ingest-folder`, `ingest-natix`, `ingest-querylog`, `embed`, …
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running|ok|failed`.
+    pub status: String,
+    /// JSON of the run's parameters.
+    pub params: String,
+    /// JSON of the run's result.
+    pub summary: String,
+}
+
+fn micros(t: &DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(v).single().unwrap_or_default()
+}
+
+fn finish(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(schema, cols)
+}
+
+fn ts_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+fn str_array<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+/// Rows → one Arrow batch of [`samples_schema`].
+pub fn samples_to_batch(rows: &[SampleRow]) -> Result<RecordBatch, ArrowError> {
+    let mut image = LargeBinaryBuilder::new();
+    let mut tags =
+        ListBuilder::new(StringBuilder::new()).with_field(Field::new("item", DataType::Utf8, true));
+    let (mut w, mut h, mut bytes, mut phash) = (
+        UInt32Builder::new(),
+        UInt32Builder::new(),
+        UInt64Builder::new(),
+        UInt64Builder::new(),
+    );
+    for r in rows {
+        image.append_value(&r.image);
+        w.append_value(r.width);
+        h.append_value(r.height);
+        bytes.append_value(r.image.len() as u64);
+        phash.append_value(r.phash);
+        for t in &r.tags {
+            tags.values().append_value(t);
+        }
+        tags.append(true);
+    }
+    finish(
+        samples_schema(),
+        vec![
+            str_array(rows.iter().map(|r| r.sample_id.as_str())),
+            Arc::new(image.finish()),
+            Arc::new(w.finish()),
+            Arc::new(h.finish()),
+            str_array(rows.iter().map(|r| r.format.as_str())),
+            Arc::new(bytes.finish()),
+            str_array(rows.iter().map(|r| r.source.as_str())),
+            str_array(rows.iter().map(|r| r.source_ref.as_str())),
+            str_array(rows.iter().map(|r| r.era.as_str())),
+            Arc::new(tags.finish()),
+            Arc::new(phash.finish()),
+            ts_array(rows.iter().map(|r| Some(micros(&r.received_at)))),
+        ],
+    )
+}
+
+/// Rows → one Arrow batch of [`labels_schema`].
+pub fn labels_to_batch(rows: &[LabelRow]) -> Result<RecordBatch, ArrowError> {
+    let ids: Vec<String> = rows.iter().map(LabelRow::label_id).collect();
+    let mut label = UInt8Builder::new();
+    let mut conf = Float32Builder::new();
+    for r in rows {
+        label.append_value(r.label.as_u8());
+        conf.append_value(r.confidence);
+    }
+    finish(
+        labels_schema(),
+        vec![
+            str_array(ids.iter().map(String::as_str)),
+            str_array(rows.iter().map(|r| r.sample_id.as_str())),
+            Arc::new(label.finish()),
+            str_array(rows.iter().map(|r| r.source.as_str())),
+            Arc::new(conf.finish()),
+            str_array(rows.iter().map(|r| r.author.as_str())),
+            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
+        ],
+    )
+}
+
+/// Rows → one Arrow batch of [`predictions_schema`].
+pub fn predictions_to_batch(rows: &[PredictionRow]) -> Result<RecordBatch, ArrowError> {
+    let mut tier = UInt8Builder::new();
+    let (mut s1, mut s2, mut fin, mut lat) = (
+        Float32Builder::new(),
+        Float32Builder::new(),
+        Float32Builder::new(),
+        Float32Builder::new(),
+    );
+    let mut validator = StringBuilder::new();
+    for r in rows {
+        tier.append_value(r.tier);
+        s1.append_option(r.score_tier1);
+        s2.append_option(r.score_tier2);
+        fin.append_value(r.final_score);
+        lat.append_value(r.latency_ms);
+        validator.append_option(r.validator.as_deref());
+    }
+    finish(
+        predictions_schema(),
+        vec![
+            str_array(rows.iter().map(|r| r.request_id.as_str())),
+            str_array(rows.iter().map(|r| r.sample_id.as_str())),
+            str_array(rows.iter().map(|r| r.model_version.as_str())),
+            Arc::new(tier.finish()),
+            Arc::new(s1.finish()),
+            Arc::new(s2.finish()),
+            Arc::new(fin.finish()),
+            Arc::new(lat.finish()),
+            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
+            Arc::new(validator.finish()),
+        ],
+    )
+}
+
+/// Rows → one Arrow batch of [`runs_schema`].
+pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
+    finish(
+        runs_schema(),
+        vec![
+            str_array(rows.iter().map(|r| r.run_id.as_str())),
+            str_array(rows.iter().map(|r| r.kind.as_str())),
+            ts_array(rows.iter().map(|r| Some(micros(&r.started_at)))),
+            ts_array(rows.iter().map(|r| r.finished_at.as_ref().map(micros))),
+            str_array(rows.iter().map(|r| r.status.as_str())),
+            str_array(rows.iter().map(|r| r.params.as_str())),
+            str_array(rows.iter().map(|r| r.summary.as_str())),
+        ],
+    )
+}
+
+/// Key/value pairs → one Arrow batch of [`meta_schema`].
+pub fn meta_to_batch(rows: &[(&str, String)]) -> Result<RecordBatch, ArrowError> {
+    finish(
+        meta_schema(),
+        vec![
+            str_array(rows.iter().map(|(k, _)| *k)),
+            str_array(rows.iter().map(|(_, v)| v.as_str())),
+        ],
+    )
+}
+
+/// Typed access to one column of a batch read back from the store.
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| ArrowError::SchemaError(format!("column {name:?} missing")))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ArrowError::SchemaError(format!("column {name:?} has an unexpected type")))
+}
+
+fn parse_id(s: &str) -> Result<SampleId, ArrowError> {
+    s.parse()
+        .map_err(|e: super::ids::BadSampleId| ArrowError::ParseError(e.to_string()))
+}
+
+/// A batch of [`samples_schema`] (all columns) → rows.
+pub fn samples_from_batch(batch: &RecordBatch) -> Result<Vec<SampleRow>, ArrowError> {
+    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
+    let image = column::<LargeBinaryArray>(batch, col::IMAGE)?;
+    let w = column::<UInt32Array>(batch, col::WIDTH)?;
+    let h = column::<UInt32Array>(batch, col::HEIGHT)?;
+    let format = column::<StringArray>(batch, col::FORMAT)?;
+    let source = column::<StringArray>(batch, col::SOURCE)?;
+    let source_ref = column::<StringArray>(batch, col::SOURCE_REF)?;
+    let era = column::<StringArray>(batch, col::ERA)?;
+    let tags = column::<ListArray>(batch, col::TAGS)?;
+    let phash = column::<UInt64Array>(batch, col::PHASH)?;
+    let at = column::<TimestampMicrosecondArray>(batch, col::RECEIVED_AT)?;
+    (0..batch.num_rows())
+        .map(|i| {
+            let t = tags.value(i);
+            let t = t
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| ArrowError::SchemaError("tags are not strings".into()))?;
+            Ok(SampleRow {
+                sample_id: parse_id(id.value(i))?,
+                image: image.value(i).to_vec(),
+                width: w.value(i),
+                height: h.value(i),
+                format: format.value(i).to_string(),
+                source: source.value(i).to_string(),
+                source_ref: source_ref.value(i).to_string(),
+                era: era.value(i).to_string(),
+                tags: t.iter().flatten().map(str::to_string).collect(),
+                phash: phash.value(i),
+                received_at: from_micros(at.value(i)),
+            })
+        })
+        .collect()
+}
+
+/// A batch of [`labels_schema`] → rows.
+pub fn labels_from_batch(batch: &RecordBatch) -> Result<Vec<LabelRow>, ArrowError> {
+    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
+    let label = column::<UInt8Array>(batch, col::LABEL)?;
+    let source = column::<StringArray>(batch, col::SOURCE)?;
+    let conf = column::<Float32Array>(batch, col::CONFIDENCE)?;
+    let author = column::<StringArray>(batch, col::AUTHOR)?;
+    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
+    (0..batch.num_rows())
+        .map(|i| {
+            let bad = |what: &str| ArrowError::ParseError(format!("labels row {i}: bad {what}"));
+            Ok(LabelRow {
+                sample_id: parse_id(id.value(i))?,
+                label: Label::from_int(label.value(i).into()).ok_or_else(|| bad("label"))?,
+                source: LabelSource::parse(source.value(i)).ok_or_else(|| bad("source"))?,
+                confidence: conf.value(i),
+                author: author.value(i).to_string(),
+                ts: from_micros(ts.value(i)),
+            })
+        })
+        .collect()
+}
+
+/// A batch of [`predictions_schema`] → rows.
+pub fn predictions_from_batch(batch: &RecordBatch) -> Result<Vec<PredictionRow>, ArrowError> {
+    let req = column::<StringArray>(batch, col::REQUEST_ID)?;
+    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
+    let mv = column::<StringArray>(batch, col::MODEL_VERSION)?;
+    let tier = column::<UInt8Array>(batch, col::TIER)?;
+    let s1 = column::<Float32Array>(batch, col::SCORE_TIER1)?;
+    let s2 = column::<Float32Array>(batch, col::SCORE_TIER2)?;
+    let fin = column::<Float32Array>(batch, col::FINAL_SCORE)?;
+    let lat = column::<Float32Array>(batch, col::LATENCY_MS)?;
+    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
+    let val = column::<StringArray>(batch, col::VALIDATOR)?;
+    let opt = |a: &Float32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(PredictionRow {
+                request_id: req.value(i).to_string(),
+                sample_id: parse_id(id.value(i))?,
+                model_version: mv.value(i).to_string(),
+                tier: tier.value(i),
+                score_tier1: opt(s1, i),
+                score_tier2: opt(s2, i),
+                final_score: fin.value(i),
+                latency_ms: lat.value(i),
+                ts: from_micros(ts.value(i)),
+                validator: (!val.is_null(i)).then(|| val.value(i).to_string()),
+            })
+        })
+        .collect()
+}
+
+/// A batch of [`runs_schema`] → rows.
+pub fn runs_from_batch(batch: &RecordBatch) -> Result<Vec<RunRow>, ArrowError> {
+    let id = column::<StringArray>(batch, col::RUN_ID)?;
+    let kind = column::<StringArray>(batch, col::KIND)?;
+    let st = column::<TimestampMicrosecondArray>(batch, col::STARTED_AT)?;
+    let fin = column::<TimestampMicrosecondArray>(batch, col::FINISHED_AT)?;
+    let status = column::<StringArray>(batch, col::STATUS)?;
+    let params = column::<StringArray>(batch, col::PARAMS)?;
+    let summary = column::<StringArray>(batch, col::SUMMARY)?;
+    Ok((0..batch.num_rows())
+        .map(|i| RunRow {
+            run_id: id.value(i).to_string(),
+            kind: kind.value(i).to_string(),
+            started_at: from_micros(st.value(i)),
+            finished_at: (!fin.is_null(i)).then(|| from_micros(fin.value(i))),
+            status: status.value(i).to_string(),
+            params: params.value(i).to_string(),
+            summary: summary.value(i).to_string(),
+        })
+        .collect())
+}
+
+/// A batch of [`meta_schema`] → pairs.
+pub fn meta_from_batch(batch: &RecordBatch) -> Result<Vec<(String, String)>, ArrowError> {
+    let k = column::<StringArray>(batch, col::KEY)?;
+    let v = column::<StringArray>(batch, col::VALUE)?;
+    Ok((0..batch.num_rows())
+        .map(|i| (k.value(i).to_string(), v.value(i).to_string()))
+        .collect())
+}

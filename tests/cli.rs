@@ -1,0 +1,90 @@
+//! The binary end to end: help texts, the demo, and `roadwork query` on what the demo stored.
+
+use std::process::Command;
+
+fn roadwork(data: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roadwork"));
+    c.arg("--data").arg(data).env_remove("RUST_LOG");
+    c
+}
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    let d = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["demo"],
+        vec!["generate-scenes"],
+        vec!["ingest", "folder"],
+        vec!["ingest", "natix"],
+        vec!["ingest", "querylog"],
+        vec!["query"],
+        vec!["store", "info"],
+        vec!["store", "snapshot"],
+        vec!["bench", "ingest"],
+    ] {
+        let out = roadwork(d.path())
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "{args:?} help has no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn demo_then_query_then_demo_again_adds_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = roadwork(d.path())
+        .args(["demo", "--n", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("samples by source and effective label"),
+        "{text}"
+    );
+    assert!(text.contains("30 samples in the store"), "{text}");
+
+    let q = roadwork(d.path())
+        .args([
+            "query",
+            "--format",
+            "csv",
+            "SELECT source, count(*) AS n FROM samples GROUP BY source ORDER BY source",
+        ])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout),
+        "source,n\ndataset,10\nsynthetic,20\n"
+    );
+
+    let again = roadwork(d.path())
+        .args(["demo", "--n", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("reusing") && text.contains("30 samples in the store"),
+        "{text}"
+    );
+    assert!(text.contains("new samples 0"), "{text}");
+
+    let bad = roadwork(d.path())
+        .args(["query", "SELECT nope FROM samples"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: query failed"));
+}

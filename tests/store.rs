@@ -1,0 +1,185 @@
+//! The store: layout, idempotent writes, label precedence, snapshots.
+
+mod support;
+
+use std::sync::Arc;
+
+use arrow_array::{RecordBatch, RecordBatchIterator, StringArray};
+use chrono::{TimeZone, Utc};
+use roadwork::store::schema::{self, tables};
+use roadwork::store::{
+    Label, LabelRow, LabelSource, SampleId, SampleRow, SnapshotName, Store, StoreError,
+};
+use support::tmp_store;
+
+fn sample(bytes: &[u8]) -> SampleRow {
+    SampleRow {
+        sample_id: SampleId::of_bytes(bytes),
+        image: bytes.to_vec(),
+        width: 2,
+        height: 2,
+        format: "png".into(),
+        source: "upload".into(),
+        source_ref: "test".into(),
+        era: "unknown".into(),
+        tags: vec!["weather=rain".into()],
+        phash: 42,
+        received_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+    }
+}
+
+fn label(id: &SampleId, l: Label, source: LabelSource, author: &str, t: i64) -> LabelRow {
+    LabelRow {
+        sample_id: id.clone(),
+        label: l,
+        source,
+        confidence: 1.0,
+        author: author.into(),
+        ts: Utc.timestamp_opt(t, 0).unwrap(),
+    }
+}
+
+/// Golden test: the persisted layout. Changing it means bumping SCHEMA_VERSION and a migration.
+#[test]
+fn layout_is_pinned() {
+    let show = |s: arrow_schema::SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{}:{}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(schema::SCHEMA_VERSION, 1);
+    assert_eq!(
+        show(schema::samples_schema()),
+        "sample_id:Utf8,image:LargeBinary,width:UInt32,height:UInt32,format:Utf8,bytes:UInt64,\
+source:Utf8,source_ref:Utf8,era:Utf8,tags:List(Utf8),phash:UInt64,received_at:Timestamp(µs, \"UTC\")"
+    );
+    assert_eq!(
+        show(schema::labels_schema()),
+        "label_id:Utf8,sample_id:Utf8,label:UInt8,source:Utf8,confidence:Float32,author:Utf8,ts:Timestamp(µs, \"UTC\")"
+    );
+    assert_eq!(
+        show(schema::predictions_schema()),
+        "request_id:Utf8,sample_id:Utf8,model_version:Utf8,tier:UInt8,score_tier1:Float32,\
+score_tier2:Float32,final_score:Float32,latency_ms:Float32,ts:Timestamp(µs, \"UTC\"),validator:Utf8"
+    );
+}
+
+#[tokio::test]
+async fn open_creates_every_table_and_reopens() {
+    let (dir, store) = tmp_store().await;
+    let mut names = store.table_names().await.unwrap();
+    names.sort();
+    let mut want: Vec<String> = tables::ALL.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    drop(store);
+    let again = Store::open(&dir.path().join("store").to_string_lossy())
+        .await
+        .unwrap();
+    assert_eq!(again.count_rows(tables::META, None).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn samples_round_trip_and_insert_is_idempotent() {
+    let (_d, store) = tmp_store().await;
+    let rows = vec![sample(b"one"), sample(b"two"), sample(b"one")];
+    let r = store.insert_samples(&rows).await.unwrap();
+    assert_eq!(r.inserted, 2);
+    let again = store.insert_samples(&rows).await.unwrap();
+    assert_eq!(again.inserted, 0);
+    let mut back = store.samples(None).await.unwrap();
+    back.sort_by(|a, b| a.image.cmp(&b.image));
+    assert_eq!(back, vec![sample(b"one"), sample(b"two")]);
+}
+
+#[tokio::test]
+async fn labels_update_only_on_change_and_precedence_applies() {
+    let (_d, store) = tmp_store().await;
+    let id = SampleId::of_bytes(b"x");
+    let rows = vec![
+        label(&id, Label::Clean, LabelSource::Dataset, "natix", 100),
+        label(&id, Label::Roadwork, LabelSource::Teacher, "vlm", 200),
+    ];
+    assert_eq!(store.put_labels(&rows).await.unwrap().inserted, 2);
+    let same = store.put_labels(&rows).await.unwrap();
+    assert_eq!((same.inserted, same.updated), (0, 0));
+    // The dataset changes its mind: replaced, not added.
+    let changed = vec![label(
+        &id,
+        Label::Roadwork,
+        LabelSource::Dataset,
+        "natix",
+        300,
+    )];
+    let r = store.put_labels(&changed).await.unwrap();
+    assert_eq!((r.inserted, r.updated), (0, 1));
+    assert_eq!(store.count_rows(tables::LABELS, None).await.unwrap(), 2);
+    // A human overrides everything.
+    store
+        .put_labels(&[label(&id, Label::Clean, LabelSource::Human, "ann", 50)])
+        .await
+        .unwrap();
+    let eff = store.effective_labels().await.unwrap();
+    assert_eq!(eff.len(), 1);
+    assert_eq!(eff[0].label, Label::Clean);
+    assert_eq!(eff[0].source, LabelSource::Human);
+    assert!(eff[0].disputed);
+}
+
+#[tokio::test]
+async fn snapshots_pin_versions() {
+    let (_d, store) = tmp_store().await;
+    store.insert_samples(&[sample(b"a")]).await.unwrap();
+    let name = SnapshotName::parse("train/head-1").unwrap();
+    let snap = store.snapshot(&name).await.unwrap();
+    assert!(snap.versions.contains_key(tables::SAMPLES));
+    store.insert_samples(&[sample(b"b")]).await.unwrap();
+    assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 2);
+    let old = store
+        .scan_at(&name, tables::SAMPLES, Some(&["sample_id"]))
+        .await
+        .unwrap();
+    assert_eq!(old.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    assert!(matches!(
+        store.snapshot(&name).await,
+        Err(StoreError::SnapshotExists { .. })
+    ));
+    let listed = store.snapshots().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name.as_str(), "train/head-1");
+    store.delete_snapshot(&name).await.unwrap();
+    assert!(store.snapshots().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_store_from_a_newer_layout_is_refused() {
+    let (dir, store) = tmp_store().await;
+    drop(store);
+    let uri = dir.path().join("store").to_string_lossy().into_owned();
+    let db = lancedb::connect(&uri).execute().await.unwrap();
+    let t = db.open_table(tables::META).execute().await.unwrap();
+    let batch = RecordBatch::try_new(
+        schema::meta_schema(),
+        vec![
+            Arc::new(StringArray::from(vec!["schema_version"])),
+            Arc::new(StringArray::from(vec!["99"])),
+        ],
+    )
+    .unwrap();
+    let mut m = t.merge_insert(&["key"]);
+    m.when_matched_update_all(None)
+        .when_not_matched_insert_all();
+    m.execute(Box::new(RecordBatchIterator::new(
+        vec![Ok(batch)],
+        schema::meta_schema(),
+    )))
+    .await
+    .unwrap();
+    let err = Store::open(&uri).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::LayoutTooNew { found: 99, .. }),
+        "{err}"
+    );
+}
