@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
 
 /// Everything a run of `roadwork` can be configured with.
@@ -14,6 +15,7 @@ pub struct Config {
     pub data: DataConfig,
     pub ingest: IngestConfig,
     pub decode: DecodeLimits,
+    pub embed: EmbedConfig,
 }
 
 /// Where things live.
@@ -120,6 +122,16 @@ impl Config {
         }
         if self.ingest.batch_mib == 0 {
             return bad("ingest.batch_mib", 0, "must be at least 1");
+        }
+        if self.embed.resolution == 0 || !self.embed.resolution.is_multiple_of(16) {
+            return bad(
+                "embed.resolution",
+                self.embed.resolution as usize,
+                "must be a positive multiple of 16",
+            );
+        }
+        if self.embed.batch_size == 0 {
+            return bad("embed.batch_size", 0, "must be at least 1");
         }
         if self.decode.max_side_px < 16 {
             return bad(

@@ -4,6 +4,7 @@
 //! The loop, one module per stage (see README "Architecture"):
 //! - [`store`] owns the Lance schema: samples, labels, predictions, runs, snapshots.
 //! - [`ingest`] brings image folders, NATIX parquet shards and validator query logs into the store.
+//! - [`embed`] computes DINOv3 features in Burn (CPU, or CUDA with the `cuda` feature).
 //! - [`imaging`] decodes and fingerprints images the same way for every stage.
 //! - [`synth`] makes images; today the offline procedural street-scene generator.
 //! - [`query`] answers ad-hoc SQL over the store through polars.
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod embed;
 pub mod imaging;
 pub mod ingest;
 pub mod pipeline;

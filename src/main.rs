@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use roadwork::config::Config;
+use roadwork::embed::{ComputeDevice, DinoV3Size, FeatureKind, Precision, ResizeMode};
 use roadwork::ingest::{FolderOptions, Ingestor, NatixOptions};
 use roadwork::query::{OutputFormat, QueryEngine, render_table, write_frame};
 use roadwork::store::{SampleSource, SnapshotName, Store};
@@ -59,6 +60,11 @@ enum Command {
     /// Brings images and labels into the store.
     #[command(subcommand)]
     Ingest(IngestCmd),
+    /// Computes DINOv3 embeddings for every sample that lacks one (resumable).
+    #[command(
+        after_help = "Without --weights a random model runs (for demos and tests) and says so.\n\nExamples:\n  roadwork embed --model vits16 --weights dinov3-vits16.safetensors\n  roadwork embed --model vitl16 --weights vitl16.safetensors --device cuda --bf16 --batch 64"
+    )]
+    Embed(EmbedArgs),
     /// Answers SQL over the store's tables (polars SQL).
     #[command(
         after_help = "Tables: samples, labels, effective_labels, predictions, runs, embeddings_<model>.\n\nExamples:\n  roadwork query \"SELECT source, count(*) FROM samples GROUP BY source\"\n  roadwork query --format csv --out labels.csv \"SELECT * FROM effective_labels\"\n  roadwork query --format parquet --out s.parquet \"SELECT sample_id, width, height, tags FROM samples\""
@@ -80,6 +86,32 @@ enum Command {
     /// Benchmarks (numbers for the README).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// Model size (default from config: vits16).
+    #[arg(long, value_enum)]
+    model: Option<DinoV3Size>,
+    /// Local safetensors file (Hugging Face or Meta names; f32, bf16 or f16).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Input side in pixels (multiple of 16).
+    #[arg(long)]
+    resolution: Option<u32>,
+    #[arg(long, value_enum)]
+    features: Option<FeatureKind>,
+    /// Keep the aspect ratio and pad instead of stretching.
+    #[arg(long)]
+    letterbox: bool,
+    #[arg(long, value_enum)]
+    device: Option<ComputeDevice>,
+    /// bfloat16 weights and activations (CUDA).
+    #[arg(long)]
+    bf16: bool,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +159,31 @@ enum StoreCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// DINOv3 forward speed in Burn, next to PyTorch eager when torch is importable.
+    #[command(
+        after_help = "Examples:\n  roadwork bench embed --models vits16,vitb16 --batches 1,16\n  roadwork bench embed --device cuda --precisions f32,bf16 --models vits16,vitb16,vitl16 --batches 1,64"
+    )]
+    Embed {
+        #[arg(long, value_delimiter = ',', default_value = "vits16,vitb16")]
+        models: Vec<DinoV3Size>,
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        batches: Vec<usize>,
+        /// Timed passes per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: ComputeDevice,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+        precisions: Vec<Precision>,
+        /// PyTorch reference script (default: ../shared/bench/torch_dinov3.py when present).
+        #[arg(long)]
+        torch_script: Option<PathBuf>,
+        /// Skip the PyTorch side.
+        #[arg(long)]
+        no_torch: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Folder-ingest throughput and peak memory on full-HD JPEGs.
     #[command(after_help = "Example:\n  roadwork bench ingest --n 200")]
     Ingest {
@@ -207,6 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ingest(cmd) => ingest(&cfg, cmd).await,
+        Command::Embed(args) => embed(cfg, args).await,
         Command::Query {
             sql,
             format,
@@ -219,6 +277,25 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Store(cmd) => store_cmd(&cfg, cmd).await,
+        Command::Bench(BenchCmd::Embed {
+            models,
+            batches,
+            iters,
+            device,
+            precisions,
+            torch_script,
+            no_torch,
+            json,
+        }) => bench_embed(BenchEmbed {
+            models,
+            batches,
+            iters,
+            device,
+            precisions,
+            torch_script,
+            no_torch,
+            json,
+        }),
         Command::Bench(BenchCmd::Ingest {
             n,
             width,
@@ -235,6 +312,80 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn embed(mut cfg: Config, a: EmbedArgs) -> Result<()> {
+    let e = &mut cfg.embed;
+    if let Some(m) = a.model {
+        e.model = m;
+    }
+    if let Some(b) = a.batch {
+        e.batch_size = b;
+    }
+    if let Some(r) = a.resolution {
+        e.resolution = r;
+    }
+    if let Some(f) = a.features {
+        e.features = f;
+    }
+    if a.letterbox {
+        e.resize = ResizeMode::Letterbox;
+    }
+    if let Some(d) = a.device {
+        e.device = d;
+    }
+    if a.bf16 {
+        e.precision = Precision::Bf16;
+    }
+    cfg.validate()?;
+    let store = Store::open(&cfg.data.store_uri()).await?;
+    let s =
+        roadwork::embed::embed(&store, &cfg.embed, a.weights.as_deref(), cfg.decode, true).await?;
+    print!("{s}");
+    Ok(())
+}
+
+struct BenchEmbed {
+    models: Vec<DinoV3Size>,
+    batches: Vec<usize>,
+    iters: usize,
+    device: ComputeDevice,
+    precisions: Vec<Precision>,
+    torch_script: Option<PathBuf>,
+    no_torch: bool,
+    json: Option<PathBuf>,
+}
+
+fn bench_embed(b: BenchEmbed) -> Result<()> {
+    use roadwork::bench::embed::{join_torch, markdown, run_torch};
+    let mut rows = roadwork::embed::device::bench(
+        b.device,
+        &b.precisions,
+        &b.models,
+        &b.batches,
+        b.iters,
+        224,
+    )?;
+    if !b.no_torch {
+        let script = b
+            .torch_script
+            .unwrap_or_else(|| PathBuf::from("../shared/bench/torch_dinov3.py"));
+        let dev = match b.device {
+            ComputeDevice::Cpu => "cpu",
+            ComputeDevice::Cuda => "cuda",
+        };
+        let dtypes: Vec<&str> = b.precisions.iter().map(|p| p.torch_name()).collect();
+        match run_torch(&script, dev, &b.models, &b.batches, &dtypes) {
+            Ok(t) => join_torch(&mut rows, &t),
+            Err(e) => eprintln!("PyTorch side skipped: {e}"),
+        }
+    }
+    print!("{}", markdown(&rows));
+    if let Some(p) = b.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
@@ -255,6 +406,7 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
     for s in &r.ingests {
         print!("{s}");
     }
+    print!("{}", r.embed);
     println!("\nsamples by source and effective label:");
     print!("{}", render_table(&r.by_source_label, 100));
     println!("\nsamples by era and format:");

@@ -17,6 +17,8 @@ fn every_subcommand_help_shows_an_example() {
         vec!["ingest", "folder"],
         vec!["ingest", "natix"],
         vec!["ingest", "querylog"],
+        vec!["embed"],
+        vec!["bench", "embed"],
         vec!["query"],
         vec!["store", "info"],
         vec!["store", "snapshot"],
@@ -54,6 +56,10 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         "{text}"
     );
     assert!(text.contains("30 samples in the store"), "{text}");
+    assert!(
+        text.contains("embedded 30") && text.contains("WARNING: random weights"),
+        "{text}"
+    );
 
     let q = roadwork(d.path())
         .args([
@@ -87,4 +93,20 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("error: query failed"));
+}
+
+/// Every committed pipeline configuration loads and validates.
+#[test]
+fn pipeline_configs_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            roadwork::config::Config::load(Some(&p))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
 }

@@ -1,6 +1,7 @@
 //! Benchmarks behind `roadwork bench …`: speed and memory targets live here, never in unit tests.
 //! Each prints a Markdown table (the README carries the latest) and can write JSON.
 
+pub mod embed;
 pub mod ingest;
 
 /// Peak resident memory of this process since the last [`reset_peak_rss`], bytes (Linux; `None`

@@ -32,7 +32,7 @@ pub(crate) struct Writer {
 }
 
 /// A run id that sorts by time and does not collide between concurrent runs.
-pub(crate) fn new_run_id(kind: &str) -> String {
+pub fn new_run_id(kind: &str) -> String {
     let suffix: u16 = rand::rng().random();
     format!("{kind}-{}-{suffix:04x}", Utc::now().format("%Y%m%dT%H%M%S"))
 }

@@ -3,7 +3,8 @@
 //! 1. Generates procedural scenes (reused when already there).
 //! 2. Ingests them as an image folder (source `synthetic`, labels `synthetic`).
 //! 3. Exports a second set as a NATIX-schema parquet shard and ingests it (source `dataset`).
-//! 4. Prints what the store holds, through the same SQL a person would type.
+//! 4. Embeds every sample with DINOv3 (random weights unless the config names a weights file).
+//! 5. Prints what the store holds, through the same SQL a person would type.
 //!
 //! Re-running it adds nothing: every ingest is idempotent.
 
@@ -49,6 +50,7 @@ pub struct DemoReport {
     /// Samples by era and format.
     pub by_era: DataFrame,
     pub total_samples: usize,
+    pub embed: crate::embed::EmbedSummary,
 }
 
 /// Runs the demo on the store and data directory of `cfg`.
@@ -92,6 +94,7 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
             .ingest_natix(std::slice::from_ref(&shard), &NatixOptions::default())
             .await?,
     ];
+    let embed = crate::embed::embed(&store, &cfg.embed, None, cfg.decode, opts.progress).await?;
     let q = QueryEngine::new(store.clone());
     let by_source_label = q.execute(SAMPLES_BY_SOURCE_AND_LABEL).await?;
     let by_era = q
@@ -110,5 +113,6 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         by_source_label,
         by_era,
         total_samples,
+        embed,
     })
 }

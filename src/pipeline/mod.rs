@@ -22,6 +22,8 @@ pub enum PipelineError {
     Synth(#[from] SynthError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
     #[error("background task failed: {0}")]
     Task(String),
 }

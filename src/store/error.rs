@@ -32,6 +32,13 @@ pub enum StoreError {
     LayoutTooNew { found: u32, supported: u32 },
     #[error("no schema is defined for table {table:?}")]
     UnknownTable { table: String },
+    /// A vector that must not be stored (wrong length, NaN or infinity).
+    #[error("refusing vector for sample {sample_id} in {table}: {why}")]
+    BadVector {
+        table: String,
+        sample_id: String,
+        why: String,
+    },
     #[error("bad snapshot name {name:?}: {why}")]
     BadSnapshotName { name: String, why: String },
     #[error("snapshot {name:?} already exists")]

@@ -10,6 +10,7 @@
 //!   maintenance never removes a tagged version.
 //! - The layout is versioned ([`schema::SCHEMA_VERSION`]); a store from a newer layout is refused.
 
+mod embeddings;
 mod error;
 mod ids;
 mod labels;
@@ -26,6 +27,9 @@ use arrow_schema::SchemaRef;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 
+pub use embeddings::{
+    EMBEDDED_AT, IndexOutcome, MODEL_ID, VECTOR, embeddings_schema, embeddings_table,
+};
 pub use error::StoreError;
 pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
 pub use labels::{EffectiveLabel, effective_labels};
@@ -54,7 +58,7 @@ pub struct Snapshot {
 /// latest commit, also one made by another process.
 #[derive(Clone)]
 pub struct Store {
-    db: lancedb::Connection,
+    pub(crate) db: lancedb::Connection,
     uri: String,
 }
 
@@ -64,7 +68,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn lance(op: &'static str, table: &str) -> impl FnOnce(lancedb::Error) -> StoreError {
+pub(crate) fn lance(op: &'static str, table: &str) -> impl FnOnce(lancedb::Error) -> StoreError {
     let table = table.to_string();
     move |source| StoreError::Lance {
         op,
@@ -73,7 +77,7 @@ fn lance(op: &'static str, table: &str) -> impl FnOnce(lancedb::Error) -> StoreE
     }
 }
 
-fn arrow(table: &str) -> impl FnOnce(arrow_schema::ArrowError) -> StoreError {
+pub(crate) fn arrow(table: &str) -> impl FnOnce(arrow_schema::ArrowError) -> StoreError {
     let table = table.to_string();
     move |source| StoreError::Arrow { table, source }
 }
@@ -158,7 +162,7 @@ impl Store {
         }
     }
 
-    async fn table(&self, name: &str) -> Result<lancedb::Table, StoreError> {
+    pub(crate) async fn table(&self, name: &str) -> Result<lancedb::Table, StoreError> {
         self.db
             .open_table(name)
             .execute()
@@ -436,7 +440,7 @@ impl Store {
         Ok(())
     }
 
-    async fn merge(
+    pub(crate) async fn merge(
         &self,
         table: &str,
         batch: RecordBatch,
@@ -486,14 +490,18 @@ const LABEL_CHANGED: &str =
     "target.label != source.label OR target.confidence != source.confidence";
 
 #[derive(Debug, Clone, Copy)]
-enum Merge {
+pub(crate) enum Merge {
     InsertOnly,
     Upsert,
     UpsertChanged(&'static str),
 }
 
 /// Field names and types must match; metadata and nullability differences are tolerated.
-fn check_schema(table: &str, want: &SchemaRef, have: &SchemaRef) -> Result<(), StoreError> {
+pub(crate) fn check_schema(
+    table: &str,
+    want: &SchemaRef,
+    have: &SchemaRef,
+) -> Result<(), StoreError> {
     let mut problems = Vec::new();
     for f in want.fields() {
         match have.field_with_name(f.name()) {

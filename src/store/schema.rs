@@ -166,6 +166,9 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
 
 /// The key columns `merge_insert` joins on, per table.
 pub fn key_of(table: &str) -> &'static str {
+    if table.starts_with("embeddings_") {
+        return col::SAMPLE_ID;
+    }
     match table {
         tables::SAMPLES => col::SAMPLE_ID,
         tables::LABELS => col::LABEL_ID,

@@ -1,0 +1,176 @@
+//! `roadwork bench embed`: DINOv3 forward speed in Burn (random weights, 224²), next to PyTorch +
+//! transformers on the same machine in the same run when `python3 -c 'import torch'` works.
+//!
+//! Burn timings: median wall time of `iters` forward passes after two warm-ups, the pooled output
+//! read back to the host each time (which also synchronises a GPU).
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::{DinoV3Size, weights};
+
+/// One measured case.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedBenchRow {
+    /// `burn-ndarray`, `burn-cuda`, …
+    pub backend: String,
+    pub model: String,
+    /// `float32` or `bfloat16`.
+    pub dtype: String,
+    pub batch: usize,
+    /// Median milliseconds per forward pass.
+    pub ms: f64,
+    pub img_s: f64,
+    /// PyTorch eager on the same machine, same case, when measured.
+    pub torch_ms: Option<f64>,
+    pub torch_img_s: Option<f64>,
+}
+
+/// One line of the PyTorch reference script's JSON output.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TorchRow {
+    pub model: String,
+    pub dtype: String,
+    pub mode: String,
+    pub batch: usize,
+    pub ms: f64,
+    pub img_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times the Burn model on backend `B` for every (model, batch).
+pub fn run_burn<B: Backend>(
+    models: &[DinoV3Size],
+    batches: &[usize],
+    iters: usize,
+    resolution: usize,
+    labels: (&str, &str),
+    device: &B::Device,
+) -> Vec<EmbedBenchRow> {
+    let mut rows = Vec::new();
+    for &size in models {
+        let cfg = size.config();
+        let map = weights::random_weights(&cfg, 0);
+        let Ok(model) = weights::load::<B>(&cfg, &map, device) else {
+            continue;
+        };
+        drop(map);
+        for &batch in batches {
+            let n = batch * 3 * resolution * resolution;
+            let px: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let x = Tensor::<B, 4>::from_data(
+                TensorData::new(px, [batch, 3, resolution, resolution]),
+                device,
+            );
+            let once = || {
+                let t = Instant::now();
+                let out = model.forward(x.clone());
+                let _ = out.pooler_output.into_data();
+                t.elapsed().as_secs_f64() * 1e3
+            };
+            once();
+            once();
+            let ms = median((0..iters.max(1)).map(|_| once()).collect());
+            tracing::info!(model = size.name(), batch, ms, "burn forward");
+            rows.push(EmbedBenchRow {
+                backend: labels.0.into(),
+                model: size.name().into(),
+                dtype: labels.1.into(),
+                batch,
+                ms,
+                img_s: batch as f64 * 1e3 / ms,
+                torch_ms: None,
+                torch_img_s: None,
+            });
+        }
+    }
+    rows
+}
+
+/// Runs the PyTorch reference script (`--device cpu|cuda`) and returns its eager rows, or why not.
+pub fn run_torch(
+    script: &Path,
+    device: &str,
+    models: &[DinoV3Size],
+    batches: &[usize],
+    dtypes: &[&str],
+) -> Result<Vec<TorchRow>, String> {
+    if !script.is_file() {
+        return Err(format!("{} not found", script.display()));
+    }
+    let join = |v: Vec<String>| v.join(",");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--device", device])
+        .args([
+            "--models",
+            &join(models.iter().map(|m| m.name().to_string()).collect()),
+        ])
+        .args([
+            "--batches",
+            &join(batches.iter().map(|b| b.to_string()).collect()),
+        ])
+        .args(["--dtypes", &dtypes.join(",")])
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("no output");
+        return Err(format!("PyTorch reference failed: {last}"));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<TorchRow>(l).ok())
+        .filter(|r| r.mode == "eager")
+        .collect())
+}
+
+/// Attaches the matching PyTorch numbers to each Burn row.
+pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
+    for r in rows {
+        if let Some(t) = torch
+            .iter()
+            .find(|t| t.model == r.model && t.batch == r.batch && t.dtype == r.dtype)
+        {
+            r.torch_ms = Some(t.ms);
+            r.torch_img_s = Some(t.img_s);
+        }
+    }
+}
+
+/// The README table.
+pub fn markdown(rows: &[EmbedBenchRow]) -> String {
+    let mut s = String::from(
+        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | Burn ÷ PyTorch speed |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
+    for r in rows {
+        let ratio = r
+            .torch_ms
+            .map(|t| format!("{:.2}×", t / r.ms))
+            .unwrap_or_else(|| "–".into());
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |\n",
+            r.backend,
+            r.model,
+            r.dtype,
+            r.batch,
+            r.ms,
+            r.img_s,
+            opt(r.torch_ms),
+            opt(r.torch_img_s),
+            ratio
+        ));
+    }
+    s
+}

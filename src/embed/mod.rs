@@ -1,0 +1,263 @@
+//! Embed: DINOv3 ViT features for every sample, computed in Burn (ndarray CPU by default, CUDA with
+//! the `cuda` cargo feature), written to `embeddings_<model id>`.
+//!
+//! The model id is `dinov3-<size>-<sha256 of weights, 12 hex>-r<resolution>-<features>[-l2][-lb]`, so
+//! vectors from different weights, input sizes or feature kinds never mix. Without weights the stage
+//! runs a small-seeded random model (and says so): the pipeline runs, the features mean nothing.
+//!
+//! Invariants: the stage is resumable (it embeds only samples without a vector for the model id, one
+//! commit per chunk); an image that cannot be decoded is skipped with its reason and the rest of the
+//! chunk still lands; no non-finite vector is ever stored.
+
+pub mod device;
+mod preprocess;
+mod stage;
+pub mod vit;
+pub mod weights;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use image::DynamicImage;
+use serde::{Deserialize, Serialize};
+
+pub use device::{ComputeDevice, Precision, embed};
+pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
+pub use stage::{EmbedSummary, embed_store};
+pub use vit::{Activation, DinoV3, DinoV3Config, DinoV3Output, DinoV3Size};
+pub use weights::{TensorMap, WeightsError};
+
+/// The CPU backend.
+pub type Cpu = burn_ndarray::NdArray<f32>;
+
+/// Which vector represents an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    /// The normed CLS token (`pooler_output`).
+    #[default]
+    Cls,
+    /// The mean of the patch tokens.
+    MeanPatch,
+    /// CLS and mean patch, concatenated (2 × hidden).
+    ClsMeanPatch,
+}
+
+impl FeatureKind {
+    fn tag(self) -> &'static str {
+        match self {
+            FeatureKind::Cls => "cls",
+            FeatureKind::MeanPatch => "mean",
+            FeatureKind::ClsMeanPatch => "clsmean",
+        }
+    }
+}
+
+/// Configuration of the embed stage (`[embed]` in the TOML).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedConfig {
+    pub model: DinoV3Size,
+    /// Input side, pixels (a multiple of 16).
+    pub resolution: u32,
+    pub features: FeatureKind,
+    /// Unit-length vectors (cosine search and k-means want them).
+    pub l2_normalize: bool,
+    pub resize: ResizeMode,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Rows before an ANN index is built; below it, search is exact.
+    pub index_min_rows: usize,
+    /// Seed of the random model used when no weights file is given.
+    pub random_seed: u64,
+    pub device: ComputeDevice,
+    pub precision: Precision,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        Self {
+            model: DinoV3Size::Vits16,
+            resolution: 224,
+            features: FeatureKind::Cls,
+            l2_normalize: true,
+            resize: ResizeMode::Stretch,
+            batch_size: 16,
+            index_min_rows: 20_000,
+            random_seed: 0,
+            device: ComputeDevice::Cpu,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// Why embedding cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// User input: a resolution the patch grid cannot take.
+    #[error("resolution {0} is not a positive multiple of 16")]
+    Resolution(u32),
+    #[error("background task failed: {0}")]
+    Task(String),
+    /// User input: a device/precision this build cannot run.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// A loaded model plus everything needed to turn images into stored vectors.
+pub struct Embedder<B: Backend> {
+    model: DinoV3<B>,
+    pre: Preprocess,
+    features: FeatureKind,
+    l2: bool,
+    model_id: String,
+    dim: usize,
+    random: bool,
+    device: B::Device,
+}
+
+impl<B: Backend> Embedder<B> {
+    /// Loads `weights` (a safetensors file) for `cfg.model`, or a random model when `None`.
+    pub fn load(
+        cfg: &EmbedConfig,
+        weights: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<Self, EmbedError> {
+        Self::load_with(cfg, cfg.model.config(), weights, device)
+    }
+
+    /// As [`Embedder::load`] with an explicit architecture (tests use tiny ones).
+    pub fn load_with(
+        cfg: &EmbedConfig,
+        arch: DinoV3Config,
+        weights: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<Self, EmbedError> {
+        if cfg.resolution == 0 || !cfg.resolution.is_multiple_of(arch.patch_size as u32) {
+            return Err(EmbedError::Resolution(cfg.resolution));
+        }
+        let (map, random) = match weights {
+            Some(p) => (weights::read_safetensors(p)?, false),
+            None => (weights::random_weights(&arch, cfg.random_seed), true),
+        };
+        let model = weights::load::<B>(&arch, &map, device)?;
+        let d = arch.hidden_size;
+        let dim = if cfg.features == FeatureKind::ClsMeanPatch {
+            2 * d
+        } else {
+            d
+        };
+        let model_id = format!(
+            "dinov3-{}-{}-r{}-{}{}{}",
+            cfg.model.name(),
+            &map.sha256[..12],
+            cfg.resolution,
+            cfg.features.tag(),
+            if cfg.l2_normalize { "-l2" } else { "" },
+            if cfg.resize == ResizeMode::Letterbox {
+                "-lb"
+            } else {
+                ""
+            },
+        );
+        Ok(Self {
+            model,
+            pre: Preprocess {
+                height: cfg.resolution,
+                width: cfg.resolution,
+                mode: cfg.resize,
+            },
+            features: cfg.features,
+            l2: cfg.l2_normalize,
+            model_id,
+            dim,
+            random,
+            device: device.clone(),
+        })
+    }
+
+    /// `dinov3-<size>-<sha12>-r<res>-<features>…`.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Length of the stored vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Whether this is the random stand-in model (no weights given).
+    pub fn is_random(&self) -> bool {
+        self.random
+    }
+
+    /// How images are turned into pixels.
+    pub fn preprocess(&self) -> Preprocess {
+        self.pre
+    }
+
+    /// The encoder itself.
+    pub fn model(&self) -> &DinoV3<B> {
+        &self.model
+    }
+
+    /// Runs the encoder on already-normalised pixels `[n, 3, h, w]` (flattened).
+    pub fn forward_pixels(&self, pixels: Vec<f32>, n: usize) -> DinoV3Output<B> {
+        let (h, w) = (self.pre.height as usize, self.pre.width as usize);
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [n, 3, h, w]), &self.device);
+        self.model.forward(x)
+    }
+
+    /// Feature vectors for `images`, one forward pass.
+    pub fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>> {
+        if images.is_empty() {
+            return Vec::new();
+        }
+        let mut px = Vec::new();
+        for img in images {
+            self.pre.append_pixels(img, &mut px);
+        }
+        let out = self.forward_pixels(px, images.len());
+        self.features_of(out)
+    }
+
+    /// Picks and normalises the configured feature from the encoder output.
+    pub fn features_of(&self, out: DinoV3Output<B>) -> Vec<Vec<f32>> {
+        let prefix = self.model.num_prefix_tokens();
+        let [b, t, d] = out.last_hidden_state.dims();
+        let mean = || {
+            out.last_hidden_state
+                .clone()
+                .slice([0..b, prefix..t, 0..d])
+                .mean_dim(1)
+                .reshape([b, d])
+        };
+        let feats: Tensor<B, 2> = match self.features {
+            FeatureKind::Cls => out.pooler_output.clone(),
+            FeatureKind::MeanPatch => mean(),
+            FeatureKind::ClsMeanPatch => Tensor::cat(vec![out.pooler_output.clone(), mean()], 1),
+        };
+        let dim = feats.dims()[1];
+        let flat: Vec<f32> = feats
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap_or_default();
+        flat.chunks(dim.max(1))
+            .map(|v| {
+                let mut v = v.to_vec();
+                if self.l2 {
+                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if n > 0.0 && n.is_finite() {
+                        v.iter_mut().for_each(|x| *x /= n);
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+}

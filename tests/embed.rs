@@ -1,0 +1,458 @@
+//! DINOv3 in Burn against transformers' own outputs, the weight loader's naming schemes and errors,
+//! preprocessing against torchvision, and the embed stage on a real store.
+//!
+//! Fixtures: `scripts/make_dinov3_fixtures.py` (torch 2.11, transformers 5.17, torchvision 0.26).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use roadwork::embed::weights::{self, WeightsError};
+use roadwork::embed::{
+    Activation, Cpu, DinoV3Config, EmbedConfig, Embedder, FeatureKind, Preprocess, ResizeMode,
+    embed_store, resize_bilinear_aa,
+};
+use roadwork::store::{SampleId, SampleRow, embeddings_table};
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dinov3")
+        .join(name)
+}
+
+fn tiny(gated: bool) -> DinoV3Config {
+    let c = DinoV3Config::new(32, 2, 2, 64);
+    if gated {
+        c.with_use_gated_mlp(true).with_hidden_act(Activation::Silu)
+    } else {
+        c
+    }
+}
+
+/// Reads an f32 (or u8) tensor from a safetensors file.
+fn read(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let data = match t.dtype() {
+        Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::U8 => t.data().iter().map(|&b| f32::from(b)).collect(),
+        other => panic!("{other:?}"),
+    };
+    (t.shape().to_vec(), data)
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs the model of `map` on the fixture's pixels; returns (last_hidden_state, pooler_output).
+fn run(cfg: &DinoV3Config, map: &weights::TensorMap, io: &Path) -> (Vec<f32>, Vec<f32>) {
+    let device = Default::default();
+    let model = weights::load::<Cpu>(cfg, map, &device).unwrap();
+    let (shape, px) = read(io, "pixel_values");
+    let x = Tensor::<Cpu, 4>::from_data(
+        TensorData::new(px, [shape[0], shape[1], shape[2], shape[3]]),
+        &device,
+    );
+    let out = model.forward(x);
+    (
+        out.last_hidden_state.into_data().into_vec().unwrap(),
+        out.pooler_output.into_data().into_vec().unwrap(),
+    )
+}
+
+fn parity(name: &str, gated: bool) {
+    let map = weights::read_safetensors(&fixture(&format!("{name}.safetensors"))).unwrap();
+    let io = fixture(&format!("{name}.io.safetensors"));
+    let (hidden, pooled) = run(&tiny(gated), &map, &io);
+    let (hs, want_hidden) = read(&io, "last_hidden_state");
+    assert_eq!(
+        hs,
+        vec![2, 5 + 2 * 3, 32],
+        "tokens: CLS + 4 registers + 2×3 patches"
+    );
+    let (_, want_pooled) = read(&io, "pooler_output");
+    let (eh, ep) = (
+        max_abs(&hidden, &want_hidden),
+        max_abs(&pooled, &want_pooled),
+    );
+    assert!(eh <= 1e-4, "{name}: last_hidden_state max abs error {eh}");
+    assert!(ep <= 1e-4, "{name}: pooler_output max abs error {ep}");
+}
+
+#[test]
+fn plain_mlp_matches_transformers() {
+    parity("plain", false);
+}
+
+#[test]
+fn gated_mlp_matches_transformers() {
+    parity("gated", true);
+}
+
+/// Writes `tensors` (name → (shape, f32 data)) as a safetensors file in `dtype`.
+fn write_st(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, dtype: Dtype) {
+    let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, d))| {
+            let bytes: Vec<u8> = match dtype {
+                Dtype::F32 => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::BF16 => d
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => unreachable!(),
+            };
+            (k.clone(), s.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn transformers5_prefix_and_bf16_storage_load() {
+    let base = weights::read_safetensors(&fixture("plain.safetensors")).unwrap();
+    let io = fixture("plain.io.safetensors");
+    let (want, _) = run(&tiny(false), &base, &io);
+    let dir = tempfile::tempdir().unwrap();
+    let prefixed: BTreeMap<_, _> = base
+        .tensors
+        .iter()
+        .map(|(k, v)| (format!("model.{k}"), v.clone()))
+        .collect();
+    let p = dir.path().join("prefixed.safetensors");
+    write_st(&p, &prefixed, Dtype::F32);
+    let (got, _) = run(&tiny(false), &weights::read_safetensors(&p).unwrap(), &io);
+    assert!(max_abs(&got, &want) < 1e-6);
+    let b = dir.path().join("bf16.safetensors");
+    write_st(&b, &base.tensors, Dtype::BF16);
+    let (got, _) = run(&tiny(false), &weights::read_safetensors(&b).unwrap(), &io);
+    let err = max_abs(&got, &want);
+    assert!(
+        err > 0.0 && err < 0.1,
+        "bf16 weights moved the output by {err}"
+    );
+}
+
+#[test]
+fn meta_original_names_load_to_the_same_model() {
+    let base = weights::read_safetensors(&fixture("gated.safetensors")).unwrap();
+    let io = fixture("gated.io.safetensors");
+    let (want, _) = run(&tiny(true), &base, &io);
+    let t = &base.tensors;
+    let mut meta = BTreeMap::new();
+    let mut put = |k: &str, v: (Vec<usize>, Vec<f32>)| {
+        meta.insert(k.to_string(), v);
+    };
+    put("cls_token", t["embeddings.cls_token"].clone());
+    put("storage_tokens", t["embeddings.register_tokens"].clone());
+    let mask = &t["embeddings.mask_token"];
+    put("mask_token", (vec![1, 32], mask.1.clone()));
+    put(
+        "patch_embed.proj.weight",
+        t["embeddings.patch_embeddings.weight"].clone(),
+    );
+    put(
+        "patch_embed.proj.bias",
+        t["embeddings.patch_embeddings.bias"].clone(),
+    );
+    put("norm.weight", t["norm.weight"].clone());
+    put("norm.bias", t["norm.bias"].clone());
+    put("rope_embed.periods", (vec![4], vec![1.0; 4]));
+    for i in 0..2 {
+        let h = |s: &str| t[&format!("layer.{i}.{s}")].clone();
+        let mut qkv = h("attention.q_proj.weight").1;
+        qkv.extend(h("attention.k_proj.weight").1);
+        qkv.extend(h("attention.v_proj.weight").1);
+        put(&format!("blocks.{i}.attn.qkv.weight"), (vec![96, 32], qkv));
+        let mut qkv_b = h("attention.q_proj.bias").1;
+        qkv_b.extend(vec![0.0; 32]);
+        qkv_b.extend(h("attention.v_proj.bias").1);
+        put(&format!("blocks.{i}.attn.qkv.bias"), (vec![96], qkv_b));
+        put(
+            &format!("blocks.{i}.attn.qkv.bias_mask"),
+            (vec![96], vec![1.0; 96]),
+        );
+        for (meta_name, hf) in [
+            ("attn.proj", "attention.o_proj"),
+            ("mlp.w1", "mlp.gate_proj"),
+            ("mlp.w2", "mlp.up_proj"),
+            ("mlp.w3", "mlp.down_proj"),
+            ("norm1", "norm1"),
+            ("norm2", "norm2"),
+        ] {
+            put(
+                &format!("blocks.{i}.{meta_name}.weight"),
+                h(&format!("{hf}.weight")),
+            );
+            put(
+                &format!("blocks.{i}.{meta_name}.bias"),
+                h(&format!("{hf}.bias")),
+            );
+        }
+        put(&format!("blocks.{i}.ls1.gamma"), h("layer_scale1.lambda1"));
+        put(&format!("blocks.{i}.ls2.gamma"), h("layer_scale2.lambda1"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("meta.safetensors");
+    write_st(&p, &meta, Dtype::F32);
+    let (got, _) = run(&tiny(true), &weights::read_safetensors(&p).unwrap(), &io);
+    assert!(max_abs(&got, &want) < 1e-5);
+}
+
+#[test]
+fn a_bad_weights_file_lists_every_problem_at_once() {
+    let mut map = weights::read_safetensors(&fixture("plain.safetensors")).unwrap();
+    map.tensors.remove("layer.1.mlp.up_proj.bias");
+    map.tensors
+        .insert("head.weight".into(), (vec![2, 32], vec![0.0; 64]));
+    map.tensors
+        .insert("norm.weight".into(), (vec![31], vec![1.0; 31]));
+    let err = weights::load::<Cpu>(&tiny(false), &map, &Default::default()).unwrap_err();
+    let WeightsError::Mismatch {
+        missing,
+        unexpected,
+        misshaped,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(missing, &vec!["layer.1.mlp.up_proj.bias".to_string()]);
+    assert_eq!(unexpected, &vec!["head.weight".to_string()]);
+    assert_eq!(misshaped.len(), 1);
+    assert!(
+        misshaped[0].starts_with("norm.weight is [31]"),
+        "{misshaped:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("missing (1)")
+            && text.contains("unexpected (1)")
+            && text.contains("wrong shape (1)")
+    );
+    // Loading the gated fixture as a plain model: the gate projections are unexpected.
+    let gated = weights::read_safetensors(&fixture("gated.safetensors")).unwrap();
+    assert!(weights::load::<Cpu>(&tiny(false), &gated, &Default::default()).is_err());
+    // Not a safetensors file at all.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = support::put(dir.path(), "junk.safetensors", b"\x05\0\0\0\0\0\0\0hello");
+    assert!(matches!(
+        weights::read_safetensors(&junk),
+        Err(WeightsError::Format { .. })
+    ));
+}
+
+#[test]
+fn resize_matches_torchvision_within_one_level() {
+    let img = image::open(fixture("preprocess.png")).unwrap().to_rgb8();
+    let pre = fixture("preprocess.safetensors");
+    for (h, w) in [(40u32, 56u32), (24, 24)] {
+        let (shape, want) = read(&pre, &format!("resize_{h}x{w}"));
+        assert_eq!(shape, vec![3, h as usize, w as usize]);
+        let ours = resize_bilinear_aa(&img, w, h);
+        let mut worst = 0f32;
+        for (x, y, p) in ours.enumerate_pixels() {
+            for c in 0..3 {
+                let t = want[c * (h * w) as usize + (y * w + x) as usize];
+                worst = worst.max((f32::from(p.0[c]) - t).abs());
+            }
+        }
+        assert!(worst <= 1.0, "{h}x{w}: off by {worst} levels");
+    }
+    let (shape, want) = read(&pre, "processor_64");
+    assert_eq!(shape, vec![3, 64, 64]);
+    let p = Preprocess {
+        height: 64,
+        width: 64,
+        mode: ResizeMode::Stretch,
+    };
+    let mut ours = Vec::new();
+    p.append_pixels(&image::DynamicImage::ImageRgb8(img), &mut ours);
+    let tol = 1.0 / 255.0 / 0.224 + 1e-4;
+    let err = max_abs(&ours, &want);
+    assert!(
+        err <= tol,
+        "processor pixels off by {err} (one level is {tol})"
+    );
+}
+
+fn tiny_embed_config(features: FeatureKind) -> EmbedConfig {
+    EmbedConfig {
+        resolution: 32,
+        features,
+        batch_size: 3,
+        index_min_rows: 1_000_000,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn features_have_the_configured_shape_and_norm() {
+    let imgs: Vec<image::DynamicImage> = (0..2)
+        .map(|i| image::load_from_memory(&support::small_scene(4, i)).unwrap())
+        .collect();
+    let w = fixture("plain.safetensors");
+    for (kind, dim) in [
+        (FeatureKind::Cls, 32),
+        (FeatureKind::MeanPatch, 32),
+        (FeatureKind::ClsMeanPatch, 64),
+    ] {
+        let e = Embedder::<Cpu>::load_with(
+            &tiny_embed_config(kind),
+            tiny(false),
+            Some(&w),
+            &Default::default(),
+        )
+        .unwrap();
+        let v = e.embed_images(&imgs);
+        assert_eq!((v.len(), v[0].len(), e.dim()), (2, dim, dim));
+        for x in &v {
+            let n: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-4, "not unit length: {n}");
+        }
+        assert_ne!(v[0], v[1]);
+        assert!(e.model_id().starts_with("dinov3-vits16-") && e.model_id().contains("-r32-"));
+        assert!(!e.is_random());
+    }
+    let bad = EmbedConfig {
+        resolution: 40,
+        ..tiny_embed_config(FeatureKind::Cls)
+    };
+    assert!(Embedder::<Cpu>::load_with(&bad, tiny(false), None, &Default::default()).is_err());
+}
+
+#[tokio::test]
+async fn embed_stage_is_resumable_and_skips_undecodable_images() {
+    let (dir, store) = support::tmp_store().await;
+    let root = dir.path().join("imgs");
+    for i in 0..7 {
+        support::put(
+            &root,
+            &format!("clean/{i}.jpg"),
+            &support::small_scene(31, i),
+        );
+    }
+    support::ingestor(&store, 100)
+        .ingest_folder(&root, &Default::default())
+        .await
+        .unwrap();
+    // A sample whose bytes are not an image (e.g. written by an older tool): skipped, not fatal.
+    let junk = b"definitely not an image".to_vec();
+    let mut row = store.samples(None).await.unwrap().remove(0);
+    row = SampleRow {
+        sample_id: SampleId::of_bytes(&junk),
+        image: junk,
+        ..row
+    };
+    store.insert_samples(&[row]).await.unwrap();
+
+    let cfg = tiny_embed_config(FeatureKind::Cls);
+    let e =
+        Arc::new(Embedder::<Cpu>::load_with(&cfg, tiny(false), None, &Default::default()).unwrap());
+    assert!(e.is_random());
+    let s = embed_store(&store, e.clone(), &cfg, Default::default(), false)
+        .await
+        .unwrap();
+    assert_eq!((s.pending, s.embedded, s.skipped.len()), (8, 7, 1));
+    assert!(s.random_weights && s.to_string().contains("WARNING: random weights"));
+    let table = embeddings_table(e.model_id());
+    assert_eq!(store.count_rows(&table, None).await.unwrap(), 7);
+    // Resumable: nothing left to do but the undecodable one, which is skipped again.
+    let again = embed_store(&store, e, &cfg, Default::default(), false)
+        .await
+        .unwrap();
+    assert_eq!((again.pending, again.embedded), (1, 0));
+    assert_eq!(store.count_rows(&table, None).await.unwrap(), 7);
+    // The vectors are queryable as fixed-size arrays.
+    let df = roadwork::query::QueryEngine::new(store.clone())
+        .execute(&format!("SELECT sample_id, vector FROM {table}"))
+        .await
+        .unwrap();
+    assert_eq!(df.height(), 7);
+}
+
+#[tokio::test]
+async fn vector_index_is_built_past_the_threshold() {
+    let (_d, store) = support::tmp_store().await;
+    let dim = 16;
+    let rows: Vec<(SampleId, Vec<f32>)> = (0..600u32)
+        .map(|i| {
+            let v: Vec<f32> = (0..dim)
+                .map(|k| ((i * 31 + k * 17) % 97) as f32 / 97.0 + 0.01)
+                .collect();
+            (SampleId::of_bytes(&i.to_le_bytes()), v)
+        })
+        .collect();
+    store
+        .put_embeddings("test-model", dim as usize, &rows)
+        .await
+        .unwrap();
+    let table = embeddings_table("test-model");
+    let below = store.refresh_vector_index(&table, 1000).await.unwrap();
+    assert_eq!(
+        below,
+        roadwork::store::IndexOutcome::BelowThreshold { rows: 600 }
+    );
+    let made = store.refresh_vector_index(&table, 500).await.unwrap();
+    assert_eq!(made, roadwork::store::IndexOutcome::Created { rows: 600 });
+    let again = store.refresh_vector_index(&table, 500).await.unwrap();
+    assert_eq!(
+        again,
+        roadwork::store::IndexOutcome::Refreshed { rows: 600 }
+    );
+    // NaN vectors are refused before anything is written.
+    let bad = vec![(SampleId::of_bytes(b"nan"), vec![f32::NAN; dim as usize])];
+    assert!(
+        store
+            .put_embeddings("test-model", dim as usize, &bad)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.count_rows(&table, None).await.unwrap(), 600);
+}
+
+/// Opt-in: real ViT-S/16 weights against the converter's check values (DESIGN.md §4).
+/// `ROADWORK_DINOV3_VITS16=/path/model.safetensors ROADWORK_COCO_39769=/path/000000039769.jpg
+///  cargo test --test embed real_vits16 -- --ignored`
+#[test]
+#[ignore = "needs real DINOv3 ViT-S/16 weights and the COCO test image"]
+fn real_vits16_matches_the_converter_check_values() {
+    let (Ok(w), Ok(img)) = (
+        std::env::var("ROADWORK_DINOV3_VITS16"),
+        std::env::var("ROADWORK_COCO_39769"),
+    ) else {
+        panic!("set ROADWORK_DINOV3_VITS16 and ROADWORK_COCO_39769");
+    };
+    let cfg = EmbedConfig {
+        l2_normalize: false,
+        ..Default::default()
+    };
+    let e = Embedder::<Cpu>::load(&cfg, Some(Path::new(&w)), &Default::default()).unwrap();
+    let v = e.embed_images(&[image::open(img).unwrap()]);
+    let want = [0.463561f32, -0.415609, 0.408236, -0.126613, -0.286636];
+    let err = max_abs(&v[0][..5], &want);
+    assert!(err <= 1e-3, "CLS starts {:?}", &v[0][..5]);
+}
