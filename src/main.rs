@@ -163,27 +163,7 @@ enum BenchCmd {
     #[command(
         after_help = "Examples:\n  roadwork bench embed --models vits16,vitb16 --batches 1,16\n  roadwork bench embed --device cuda --precisions f32,bf16 --models vits16,vitb16,vitl16 --batches 1,64"
     )]
-    Embed {
-        #[arg(long, value_delimiter = ',', default_value = "vits16,vitb16")]
-        models: Vec<DinoV3Size>,
-        #[arg(long, value_delimiter = ',', default_value = "1,16")]
-        batches: Vec<usize>,
-        /// Timed passes per case (median reported).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: ComputeDevice,
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
-        precisions: Vec<Precision>,
-        /// PyTorch reference script (default: ../shared/bench/torch_dinov3.py when present).
-        #[arg(long)]
-        torch_script: Option<PathBuf>,
-        /// Skip the PyTorch side.
-        #[arg(long)]
-        no_torch: bool,
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Embed(BenchEmbed),
     /// Folder-ingest throughput and peak memory on full-HD JPEGs.
     #[command(after_help = "Example:\n  roadwork bench ingest --n 200")]
     Ingest {
@@ -277,25 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Store(cmd) => store_cmd(&cfg, cmd).await,
-        Command::Bench(BenchCmd::Embed {
-            models,
-            batches,
-            iters,
-            device,
-            precisions,
-            torch_script,
-            no_torch,
-            json,
-        }) => bench_embed(BenchEmbed {
-            models,
-            batches,
-            iters,
-            device,
-            precisions,
-            torch_script,
-            no_torch,
-            json,
-        }),
+        Command::Bench(BenchCmd::Embed(b)) => bench_embed(b),
         Command::Bench(BenchCmd::Ingest {
             n,
             width,
@@ -345,14 +307,26 @@ async fn embed(mut cfg: Config, a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct BenchEmbed {
+    #[arg(long, value_delimiter = ',', default_value = "vits16,vitb16")]
     models: Vec<DinoV3Size>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batches: Vec<usize>,
+    /// Timed passes per case (median reported).
+    #[arg(long, default_value_t = 5)]
     iters: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
     device: ComputeDevice,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
     precisions: Vec<Precision>,
+    /// PyTorch reference script (default: ../shared/bench/torch_dinov3.py when present).
+    #[arg(long)]
     torch_script: Option<PathBuf>,
+    /// Skip the PyTorch side.
+    #[arg(long)]
     no_torch: bool,
+    #[arg(long)]
     json: Option<PathBuf>,
 }
 

@@ -137,15 +137,12 @@ impl Store {
     }
 
     async fn check_layout_version(&self) -> Result<(), StoreError> {
-        let batches = self.scan(tables::META, None, None, None).await?;
-        let mut found = None;
-        for b in &batches {
-            for (k, v) in schema::meta_from_batch(b).map_err(arrow(tables::META))? {
-                if k == "schema_version" {
-                    found = v.parse::<u32>().ok();
-                }
-            }
-        }
+        let found = self
+            .rows(tables::META, None, schema::meta_from_batch)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k == "schema_version")
+            .find_map(|(_, v)| v.parse::<u32>().ok());
         match found {
             Some(v) if v > SCHEMA_VERSION => Err(StoreError::LayoutTooNew {
                 found: v,
@@ -277,39 +274,43 @@ impl Store {
 
     /// Every run in the ledger, oldest first.
     pub async fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut out = Vec::new();
-        for b in self.scan(tables::RUNS, None, None, None).await? {
-            out.extend(schema::runs_from_batch(&b).map_err(arrow(tables::RUNS))?);
-        }
+        let mut out = self
+            .rows(tables::RUNS, None, schema::runs_from_batch)
+            .await?;
         out.sort_by_key(|r| r.started_at);
+        Ok(out)
+    }
+
+    /// Reads `table` (optionally filtered) and converts every batch to typed rows.
+    async fn rows<T>(
+        &self,
+        table: &str,
+        filter: Option<&str>,
+        convert: fn(&RecordBatch) -> Result<Vec<T>, arrow_schema::ArrowError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for b in self.scan(table, None, filter, None).await? {
+            out.extend(convert(&b).map_err(arrow(table))?);
+        }
         Ok(out)
     }
 
     /// Samples matching a SQL filter (all columns, images included).
     pub async fn samples(&self, filter: Option<&str>) -> Result<Vec<SampleRow>, StoreError> {
-        let mut out = Vec::new();
-        for b in self.scan(tables::SAMPLES, None, filter, None).await? {
-            out.extend(schema::samples_from_batch(&b).map_err(arrow(tables::SAMPLES))?);
-        }
-        Ok(out)
+        self.rows(tables::SAMPLES, filter, schema::samples_from_batch)
+            .await
     }
 
     /// Every label row.
     pub async fn labels(&self) -> Result<Vec<LabelRow>, StoreError> {
-        let mut out = Vec::new();
-        for b in self.scan(tables::LABELS, None, None, None).await? {
-            out.extend(schema::labels_from_batch(&b).map_err(arrow(tables::LABELS))?);
-        }
-        Ok(out)
+        self.rows(tables::LABELS, None, schema::labels_from_batch)
+            .await
     }
 
     /// Every prediction row.
     pub async fn predictions(&self) -> Result<Vec<PredictionRow>, StoreError> {
-        let mut out = Vec::new();
-        for b in self.scan(tables::PREDICTIONS, None, None, None).await? {
-            out.extend(schema::predictions_from_batch(&b).map_err(arrow(tables::PREDICTIONS))?);
-        }
-        Ok(out)
+        self.rows(tables::PREDICTIONS, None, schema::predictions_from_batch)
+            .await
     }
 
     /// One effective label per labelled sample (precedence rule applied).

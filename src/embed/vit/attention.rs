@@ -1,12 +1,12 @@
 //! Multi-head self-attention with separate q/k/v/o projections and RoPE on q and k.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::DinoV3Config;
 use super::rope::apply_rope;
+use super::{DinoV3Config, linear_tokens};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -20,7 +20,12 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     pub fn init(c: &DinoV3Config, device: &B::Device) -> Self {
         let d = c.hidden_size;
-        let lin = |bias: bool| LinearConfig::new(d, d).with_bias(bias).init(device);
+        let lin = |bias: bool| {
+            LinearConfig::new(d, d)
+                .with_bias(bias)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
         Self {
             q_proj: lin(c.query_bias),
             k_proj: lin(c.key_bias),
@@ -39,14 +44,14 @@ impl<B: Backend> Attention<B> {
         let (h, hd) = (self.num_heads, d / self.num_heads);
         // [b, t, d] → [b, t, h, hd] → [b, h, t, hd]
         let heads = |y: Tensor<B, 3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let q = heads(linear_tokens(&self.q_proj, x.clone()));
+        let k = heads(linear_tokens(&self.k_proj, x.clone()));
+        let v = heads(linear_tokens(&self.v_proj, x));
         let q = apply_rope(q, cos.clone(), sin.clone());
         let k = apply_rope(k, cos, sin);
         // softmax(q kᵀ / √hd) v, fused where the backend has a kernel for it.
         let o = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [b, h, t, hd]
         let o = o.swap_dims(1, 2).reshape([b, t, d]);
-        self.o_proj.forward(o)
+        linear_tokens(&self.o_proj, o)
     }
 }

@@ -1,10 +1,10 @@
 //! The feed-forward part of a block: plain `down(act(up x))` or gated `down(act(gate x) · up x)`.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu};
 
-use super::{Activation, DinoV3Config};
+use super::{Activation, DinoV3Config, linear_tokens};
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -18,7 +18,12 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     pub fn init(c: &DinoV3Config, device: &B::Device) -> Self {
         let (d, i) = (c.hidden_size, c.intermediate_size);
-        let lin = |a, b| LinearConfig::new(a, b).with_bias(c.mlp_bias).init(device);
+        let lin = |a, b| {
+            LinearConfig::new(a, b)
+                .with_bias(c.mlp_bias)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
         Self {
             up_proj: lin(d, i),
             down_proj: lin(i, d),
@@ -38,9 +43,11 @@ impl<B: Backend> Mlp<B> {
     /// - x, output: `[batch, tokens, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = match &self.gate_proj {
-            None => self.act(self.up_proj.forward(x)),
-            Some(gate) => self.act(gate.forward(x.clone())) * self.up_proj.forward(x),
+            None => self.act(linear_tokens(&self.up_proj, x)),
+            Some(gate) => {
+                self.act(linear_tokens(gate, x.clone())) * linear_tokens(&self.up_proj, x)
+            }
         };
-        self.down_proj.forward(hidden)
+        linear_tokens(&self.down_proj, hidden)
     }
 }

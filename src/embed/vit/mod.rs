@@ -14,6 +14,18 @@ pub use block::Block;
 pub use config::{Activation, DinoV3Config, DinoV3Size};
 pub use patch_embed::Embeddings;
 
+/// A linear layer on `[batch, tokens, d]` as one `[batch·tokens, d]` GEMM: one large matrix product
+/// (which a BLAS spreads over every core) instead of `batch` small ones.
+pub(crate) fn linear_tokens<B: Backend>(
+    lin: &burn::nn::Linear<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = lin.forward(x.reshape([b * t, d]));
+    let o = y.dims()[1];
+    y.reshape([b, t, o])
+}
+
 /// The encoder's outputs.
 #[derive(Debug, Clone)]
 pub struct DinoV3Output<B: Backend> {

@@ -2,7 +2,7 @@
 //! There is no learned position embedding in DINOv3 (RoPE carries position).
 
 use burn::module::Param;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::DinoV3Config;
@@ -26,7 +26,9 @@ impl<B: Backend> Embeddings<B> {
     pub fn init(c: &DinoV3Config, device: &B::Device) -> Self {
         let k = c.num_channels * c.patch_size * c.patch_size;
         Self {
-            patch: LinearConfig::new(k, c.hidden_size).init(device),
+            patch: LinearConfig::new(k, c.hidden_size)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
             cls_token: Param::from_tensor(Tensor::zeros([1, 1, c.hidden_size], device)),
             register_tokens: Param::from_tensor(Tensor::zeros(
                 [1, c.num_register_tokens, c.hidden_size],
@@ -49,7 +51,7 @@ impl<B: Backend> Embeddings<B> {
             .reshape([b, ch, hp, p, wp, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, hp * wp, ch * p * p]);
-        let tokens = self.patch.forward(patches); // [b, n, hidden]
+        let tokens = super::linear_tokens(&self.patch, patches); // [b, n, hidden]
         let d = tokens.dims()[2];
         let r = self.register_tokens.dims()[1];
         let cls = self.cls_token.val().expand([b, 1, d]);

@@ -1,0 +1,52 @@
+//! The DINOv3 speed benchmark as a small standalone binary, for machines the full `roadwork` binary
+//! is too large to ship to (the lent GPU machines take a 64 MiB working tree). Same code path as
+//! `roadwork bench embed`:
+//!
+//! ```sh
+//! CUDARC_CUDA_VERSION=13000 cargo build --features cuda --example embed_bench
+//! embed_bench cuda f32,bf16 vits16,vitb16,vitl16 1,64 [torch_script.py]
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use roadwork::bench::embed::{join_torch, markdown, run_torch};
+use roadwork::embed::{ComputeDevice, DinoV3Size, Precision};
+
+fn parse_list<T: ValueEnum>(s: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(|x| T::from_str(x, true).map_err(|e| anyhow::anyhow!("{x}: {e}")))
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 4 {
+        bail!("usage: embed_bench cpu|cuda f32[,bf16] vits16[,vitb16…] 1[,64] [torch_script.py]");
+    }
+    let device = ComputeDevice::from_str(&args[0], true).map_err(anyhow::Error::msg)?;
+    let precisions: Vec<Precision> = parse_list(&args[1])?;
+    let models: Vec<DinoV3Size> = parse_list(&args[2])?;
+    let batches: Vec<usize> = args[3]
+        .split(',')
+        .map(|b| b.parse().context("batch sizes are integers"))
+        .collect::<Result<_>>()?;
+    let iters = if device == ComputeDevice::Cuda { 20 } else { 3 };
+    let mut rows =
+        roadwork::embed::device::bench(device, &precisions, &models, &batches, iters, 224)?;
+    if let Some(script) = args.get(4) {
+        let dev = if device == ComputeDevice::Cuda {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        let dtypes: Vec<&str> = precisions.iter().map(|p| p.torch_name()).collect();
+        match run_torch(&PathBuf::from(script), dev, &models, &batches, &dtypes) {
+            Ok(t) => join_torch(&mut rows, &t),
+            Err(e) => eprintln!("PyTorch side skipped: {e}"),
+        }
+    }
+    print!("{}", markdown(&rows));
+    Ok(())
+}
