@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
+use crate::train::TrainConfig;
 
 /// Everything a run of `roadwork` can be configured with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -16,6 +17,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub decode: DecodeLimits,
     pub embed: EmbedConfig,
+    pub train: TrainConfig,
 }
 
 /// Where things live.
@@ -80,6 +82,8 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error("config: {0}")]
+    Train(String),
     #[error("config value {field} = {value} is out of range: {why}")]
     Invalid {
         field: &'static str,
@@ -132,6 +136,9 @@ impl Config {
         }
         if self.embed.batch_size == 0 {
             return bad("embed.batch_size", 0, "must be at least 1");
+        }
+        if let Err(why) = self.train.validate() {
+            return Err(ConfigError::Train(why));
         }
         if self.decode.max_side_px < 16 {
             return bad(

@@ -7,6 +7,8 @@
 //! - [`embed`] computes DINOv3 features in Burn (CPU, or CUDA with the `cuda` feature).
 //! - [`imaging`] decodes and fingerprints images the same way for every stage.
 //! - [`synth`] makes images; today the offline procedural street-scene generator.
+//! - [`train`] fits, calibrates, evaluates and registers the classification head; promotes it.
+//! - [`plot`] draws the PNG charts of the reports.
 //! - [`query`] answers ad-hoc SQL over the store through polars.
 //! - [`pipeline`] composes the stages (the offline demo today, the nightly job later).
 //! - [`bench`] measures the stages; the README carries its numbers.
@@ -16,7 +18,10 @@ pub mod config;
 pub mod embed;
 pub mod imaging;
 pub mod ingest;
+pub mod mine;
 pub mod pipeline;
+pub mod plot;
 pub mod query;
 pub mod store;
 pub mod synth;
+pub mod train;

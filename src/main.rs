@@ -1,6 +1,8 @@
 //! The `roadwork` command line: parses arguments, loads configuration, sets up logging, calls one
 //! library function per subcommand and maps errors to exit codes.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -80,6 +82,19 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         max_rows: usize,
     },
+    /// Trains, calibrates, evaluates and registers a classification head on stored embeddings.
+    #[command(
+        after_help = "Examples:\n  roadwork train\n  roadwork train --hidden 512,128 --seed 3\n  roadwork train --snapshot train/head-20261125T101530-3fa2c1"
+    )]
+    Train(cli::train::TrainArgs),
+    /// Evaluates a registered head on the frozen eval set and writes an HTML report.
+    #[command(
+        after_help = "Examples:\n  roadwork eval\n  roadwork eval --model head-20261125T101530-3fa2c1 --report reports/h1"
+    )]
+    Eval(cli::train::EvalArgs),
+    /// The head registry: list, show, promote, rollback, champion.
+    #[command(subcommand)]
+    Models(cli::train::ModelsCmd),
     /// Store maintenance: layout, versions and snapshots.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -177,6 +192,11 @@ enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Head training speed on random clustered features.
+    #[command(
+        after_help = "Examples:\n  roadwork bench train --n 100000 --dim 1024 --epochs 3\n  roadwork bench train --heads '0;256;512,128' --device cuda"
+    )]
+    Train(cli::train::BenchTrain),
 }
 
 fn init_tracing(verbose: u8) {
@@ -257,7 +277,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Store(cmd) => store_cmd(&cfg, cmd).await,
+        Command::Train(a) => cli::train::train(cfg, a).await,
+        Command::Eval(a) => cli::train::eval(cfg, a).await,
+        Command::Models(cmd) => cli::train::models(cfg, cmd).await,
         Command::Bench(BenchCmd::Embed(b)) => bench_embed(b),
+        Command::Bench(BenchCmd::Train(b)) => cli::train::bench_train(&cfg, b),
         Command::Bench(BenchCmd::Ingest {
             n,
             width,
@@ -381,6 +405,13 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
         print!("{s}");
     }
     print!("{}", r.embed);
+    println!();
+    cli::train::print_summary(&r.train);
+    cli::train::print_decision(&r.gate);
+    match &r.report {
+        Some(p) => println!("champion report: {}", p.display()),
+        None => println!("no champion report: the eval split is empty"),
+    }
     println!("\nsamples by source and effective label:");
     print!("{}", render_table(&r.by_source_label, 100));
     println!("\nsamples by era and format:");

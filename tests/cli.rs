@@ -55,9 +55,9 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         text.contains("samples by source and effective label"),
         "{text}"
     );
-    assert!(text.contains("30 samples in the store"), "{text}");
+    assert!(text.contains("40 samples in the store"), "{text}");
     assert!(
-        text.contains("embedded 30") && text.contains("WARNING: random weights"),
+        text.contains("embedded 40") && text.contains("WARNING: random weights"),
         "{text}"
     );
 
@@ -73,7 +73,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_eq!(
         String::from_utf8_lossy(&q.stdout),
-        "source,n\ndataset,10\nsynthetic,20\n"
+        "source,n\ndataset,20\nsynthetic,20\n"
     );
 
     let again = roadwork(d.path())
@@ -82,7 +82,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(
-        text.contains("reusing") && text.contains("30 samples in the store"),
+        text.contains("reusing") && text.contains("40 samples in the store"),
         "{text}"
     );
     assert!(text.contains("new samples 0"), "{text}");

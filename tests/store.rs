@@ -49,7 +49,7 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 1);
+    assert_eq!(schema::SCHEMA_VERSION, 2);
     assert_eq!(
         show(schema::samples_schema()),
         "sample_id:Utf8,image:LargeBinary,width:UInt32,height:UInt32,format:Utf8,bytes:UInt64,\
@@ -64,6 +64,54 @@ source:Utf8,source_ref:Utf8,era:Utf8,tags:List(Utf8),phash:UInt64,received_at:Ti
         "request_id:Utf8,sample_id:Utf8,model_version:Utf8,tier:UInt8,score_tier1:Float32,\
 score_tier2:Float32,final_score:Float32,latency_ms:Float32,ts:Timestamp(µs, \"UTC\"),validator:Utf8"
     );
+    assert_eq!(
+        show(schema::schema_of(tables::MODELS).unwrap()),
+        "model_version:Utf8,created_at:Timestamp(µs, \"UTC\"),embedding_model:Utf8,snapshot:Utf8,\
+artifact_dir:Utf8,card:Utf8"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::EVALUATIONS).unwrap()),
+        "eval_id:Utf8,model_version:Utf8,ts:Timestamp(µs, \"UTC\"),eval_set:Utf8,n:UInt32,metrics:Utf8,slices:Utf8"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::HEAD_SCORES).unwrap()),
+        "score_id:Utf8,model_version:Utf8,sample_id:Utf8,split:Utf8,label:UInt8,oof_prob:Float32,\
+prob:Float32,ensemble_mean:Float32,ensemble_std:Float32,ensemble_mi:Float32,ts:Timestamp(µs, \"UTC\")"
+    );
+}
+
+/// A layout-1 store (before the training tables) opens: the tables are added and the version
+/// recorded, and nothing already stored changes.
+#[tokio::test]
+async fn a_layout_1_store_is_upgraded_in_place() {
+    let (dir, store) = tmp_store().await;
+    store.insert_samples(&[sample(b"old")]).await.unwrap();
+    drop(store);
+    let uri = dir.path().join("store").to_string_lossy().into_owned();
+    let db = lancedb::connect(&uri).execute().await.unwrap();
+    for t in [tables::MODELS, tables::EVALUATIONS, tables::HEAD_SCORES] {
+        db.drop_table(t, &[]).await.unwrap();
+    }
+    set_layout_version(&db, "1").await;
+    let store = Store::open(&uri).await.unwrap();
+    let names = store.table_names().await.unwrap();
+    for t in tables::ALL {
+        assert!(names.iter().any(|n| n == t), "{t} missing after upgrade");
+    }
+    assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 1);
+    let meta = store
+        .scan(tables::META, None, Some("key = 'schema_version'"), None)
+        .await
+        .unwrap();
+    let v = meta[0]
+        .column_by_name("value")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_string();
+    assert_eq!(v, "2");
 }
 
 #[tokio::test]
@@ -159,12 +207,22 @@ async fn a_store_from_a_newer_layout_is_refused() {
     drop(store);
     let uri = dir.path().join("store").to_string_lossy().into_owned();
     let db = lancedb::connect(&uri).execute().await.unwrap();
+    set_layout_version(&db, "99").await;
+    let err = Store::open(&uri).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::LayoutTooNew { found: 99, .. }),
+        "{err}"
+    );
+}
+
+/// Overwrites the stored layout version, as an older or newer binary would have left it.
+async fn set_layout_version(db: &lancedb::Connection, v: &str) {
     let t = db.open_table(tables::META).execute().await.unwrap();
     let batch = RecordBatch::try_new(
         schema::meta_schema(),
         vec![
             Arc::new(StringArray::from(vec!["schema_version"])),
-            Arc::new(StringArray::from(vec!["99"])),
+            Arc::new(StringArray::from(vec![v])),
         ],
     )
     .unwrap();
@@ -177,9 +235,4 @@ async fn a_store_from_a_newer_layout_is_refused() {
     )))
     .await
     .unwrap();
-    let err = Store::open(&uri).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::LayoutTooNew { found: 99, .. }),
-        "{err}"
-    );
 }

@@ -1,8 +1,11 @@
 //! Benchmarks behind `roadwork bench …`: speed and memory targets live here, never in unit tests.
 //! Each prints a Markdown table (the README carries the latest) and can write JSON.
 
+pub mod al;
 pub mod embed;
 pub mod ingest;
+pub mod mine;
+pub mod train;
 
 /// Peak resident memory of this process since the last [`reset_peak_rss`], bytes (Linux; `None`
 /// elsewhere).

@@ -4,9 +4,12 @@
 //! 2. Ingests them as an image folder (source `synthetic`, labels `synthetic`).
 //! 3. Exports a second set as a NATIX-schema parquet shard and ingests it (source `dataset`).
 //! 4. Embeds every sample with DINOv3 (random weights unless the config names a weights file).
-//! 5. Prints what the store holds, through the same SQL a person would type.
+//! 5. Trains, calibrates and evaluates a head, registers it, and promotes it through the gate;
+//!    writes the HTML evaluation report of the champion.
+//! 6. Prints what the store holds, through the same SQL a person would type.
 //!
-//! Re-running it adds nothing: every ingest is idempotent.
+//! Re-running it adds no data (every ingest is idempotent); it trains a new challenger, which the
+//! gate promotes only if it is at least as good as the champion.
 
 use std::path::PathBuf;
 
@@ -19,11 +22,14 @@ use crate::query::{QueryEngine, SAMPLES_BY_SOURCE_AND_LABEL};
 use crate::store::Store;
 use crate::store::manifest::MANIFEST_FILE;
 use crate::synth::scenes::{GenerateSummary, generate_scenes, write_natix_shard};
+use crate::train::{
+    GateDecision, Registry, TrainSummary, Trainer, evaluate_version, promote, write_report,
+};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Scenes for the folder ingest; the NATIX shard gets a fifth as many (at least 10).
+    /// Scenes for the folder ingest; the NATIX shard gets as many (at least 10).
     pub n: usize,
     pub seed: u64,
     pub progress: bool,
@@ -51,6 +57,10 @@ pub struct DemoReport {
     pub by_era: DataFrame,
     pub total_samples: usize,
     pub embed: crate::embed::EmbedSummary,
+    pub train: TrainSummary,
+    pub gate: GateDecision,
+    /// The champion's evaluation report (`index.html`); none without eval samples.
+    pub report: Option<PathBuf>,
 }
 
 /// Runs the demo on the store and data directory of `cfg`.
@@ -77,7 +87,7 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
     ));
     if !shard.is_file() {
         let (path, seed) = (shard.clone(), opts.seed + 1);
-        let indices: Vec<u64> = (0..(opts.n / 5).max(10) as u64).collect();
+        let indices: Vec<u64> = (0..opts.n.max(10) as u64).collect();
         tokio::task::spawn_blocking(move || write_natix_shard(&path, seed, &indices))
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
@@ -95,6 +105,49 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
             .await?,
     ];
     let embed = crate::embed::embed(&store, &cfg.embed, None, cfg.decode, opts.progress).await?;
+    let registry = Registry::open(cfg.train.registry_dir(&cfg.data.dir))?;
+    let mut trainer = Trainer::new(store.clone(), registry.clone(), cfg.train.clone())?;
+    if !opts.progress {
+        trainer = trainer.quiet();
+    }
+    let train = trainer.train(None).await?;
+    let t = &cfg.train;
+    let version = &train.card.model_version;
+    let gate = promote(
+        &store, &registry, version, &t.promote, &t.split, t.seed, false,
+    )
+    .await?;
+    let champion = registry
+        .champion()?
+        .map(|p| p.version)
+        .unwrap_or_else(|| version.clone());
+    let report = match evaluate_version(
+        &store,
+        &registry,
+        &champion,
+        &t.split,
+        t.replay_queries,
+        t.seed,
+    )
+    .await
+    {
+        Ok(evaluation) => {
+            let (card, _) = registry.load(&champion)?;
+            Some(write_report(
+                &cfg.data
+                    .dir
+                    .join("reports")
+                    .join(format!("{champion}-eval")),
+                &evaluation,
+                Some(&card),
+            )?)
+        }
+        Err(crate::train::TrainError::NotEnoughData(why)) => {
+            tracing::warn!("no evaluation report: {why}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let q = QueryEngine::new(store.clone());
     let by_source_label = q.execute(SAMPLES_BY_SOURCE_AND_LABEL).await?;
     let by_era = q
@@ -114,5 +167,8 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         by_era,
         total_samples,
         embed,
+        train,
+        gate,
+        report,
     })
 }

@@ -24,6 +24,8 @@ pub enum PipelineError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Embed(#[from] crate::embed::EmbedError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
     #[error("background task failed: {0}")]
     Task(String),
 }

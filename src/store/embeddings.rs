@@ -132,6 +132,27 @@ impl Store {
         self.merge(&table, batch, super::Merge::Upsert).await
     }
 
+    /// The model ids that have an embeddings table (read from the tables' `model_id` column; the
+    /// table-name suffix for an empty table).
+    pub async fn embedding_models(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for t in self.table_names().await? {
+            let Some(suffix) = t.strip_prefix("embeddings_") else {
+                continue;
+            };
+            let first = self.scan(&t, Some(&[MODEL_ID]), None, Some(1)).await?;
+            let id = first
+                .iter()
+                .find_map(|b| {
+                    let c = b.column_by_name(MODEL_ID)?.as_string_opt::<i32>()?;
+                    (arrow_array::Array::len(c) > 0).then(|| c.value(0).to_string())
+                })
+                .unwrap_or_else(|| suffix.to_string());
+            out.push(id);
+        }
+        Ok(out)
+    }
+
     /// Sample ids that already have a vector for `model_id` (empty when the table does not exist).
     pub async fn embedded_ids(&self, model_id: &str) -> Result<HashSet<String>, StoreError> {
         let table = embeddings_table(model_id);

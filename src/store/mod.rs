@@ -15,6 +15,7 @@ mod error;
 mod ids;
 mod labels;
 pub mod manifest;
+mod models;
 pub mod querylog;
 pub mod schema;
 mod snapshot;
@@ -33,6 +34,7 @@ pub use embeddings::{
 pub use error::StoreError;
 pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
 pub use labels::{EffectiveLabel, effective_labels};
+pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
 pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
 pub use snapshot::SnapshotName;
 
@@ -100,8 +102,9 @@ impl Store {
             db,
             uri: uri.to_string(),
         };
-        store.ensure_tables().await?;
         store.check_layout_version().await?;
+        store.ensure_tables().await?;
+        store.record_layout_version().await?;
         Ok(store)
     }
 
@@ -136,27 +139,43 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses a store written by a newer layout (before anything is created or changed).
     async fn check_layout_version(&self) -> Result<(), StoreError> {
-        let found = self
-            .rows(tables::META, None, schema::meta_from_batch)
-            .await?
-            .into_iter()
-            .filter(|(k, _)| k == "schema_version")
-            .find_map(|(_, v)| v.parse::<u32>().ok());
-        match found {
+        match self.stored_layout_version().await? {
             Some(v) if v > SCHEMA_VERSION => Err(StoreError::LayoutTooNew {
                 found: v,
                 supported: SCHEMA_VERSION,
             }),
-            Some(_) => Ok(()),
-            None => {
-                let batch =
-                    schema::meta_to_batch(&[("schema_version", SCHEMA_VERSION.to_string())])
-                        .map_err(arrow(tables::META))?;
-                self.merge(tables::META, batch, Merge::Upsert).await?;
-                Ok(())
-            }
+            _ => Ok(()),
         }
+    }
+
+    async fn stored_layout_version(&self) -> Result<Option<u32>, StoreError> {
+        if !self.table_names().await?.iter().any(|t| t == tables::META) {
+            return Ok(None);
+        }
+        Ok(self
+            .rows(tables::META, None, schema::meta_from_batch)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k == "schema_version")
+            .find_map(|(_, v)| v.parse::<u32>().ok()))
+    }
+
+    /// Older layouts differ only by tables that `ensure_tables` has just created: the upgrade is
+    /// recorded so an older binary refuses the store instead of ignoring the new tables.
+    async fn record_layout_version(&self) -> Result<(), StoreError> {
+        let found = self.stored_layout_version().await?;
+        if found == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        if let Some(old) = found {
+            tracing::info!(from = old, to = SCHEMA_VERSION, store = %self.uri, "store layout upgraded");
+        }
+        let batch = schema::meta_to_batch(&[("schema_version", SCHEMA_VERSION.to_string())])
+            .map_err(arrow(tables::META))?;
+        self.merge(tables::META, batch, Merge::Upsert).await?;
+        Ok(())
     }
 
     pub(crate) async fn table(&self, name: &str) -> Result<lancedb::Table, StoreError> {

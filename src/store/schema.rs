@@ -20,7 +20,7 @@ use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Table names.
 pub mod tables {
@@ -34,8 +34,23 @@ pub mod tables {
     pub const RUNS: &str = "runs";
     /// Key/value facts about the store itself (schema version).
     pub const META: &str = "roadwork_meta";
+    /// The registry of trained heads (since layout 2).
+    pub const MODELS: &str = "models";
+    /// Evaluation results, one row per (model, eval set).
+    pub const EVALUATIONS: &str = "evaluations";
+    /// Per-sample scores from a training run: out-of-fold and ensemble probabilities (layout 2).
+    pub const HEAD_SCORES: &str = "head_scores";
     /// Every table the store creates on open, in a stable order.
-    pub const ALL: [&str; 5] = [SAMPLES, LABELS, PREDICTIONS, RUNS, META];
+    pub const ALL: [&str; 8] = [
+        SAMPLES,
+        LABELS,
+        PREDICTIONS,
+        RUNS,
+        META,
+        MODELS,
+        EVALUATIONS,
+        HEAD_SCORES,
+    ];
 }
 
 /// Column names.
@@ -74,9 +89,26 @@ pub mod col {
     pub const SUMMARY: &str = "summary";
     pub const KEY: &str = "key";
     pub const VALUE: &str = "value";
+    pub const CREATED_AT: &str = "created_at";
+    pub const EMBEDDING_MODEL: &str = "embedding_model";
+    pub const SNAPSHOT: &str = "snapshot";
+    pub const ARTIFACT_DIR: &str = "artifact_dir";
+    pub const CARD: &str = "card";
+    pub const EVAL_ID: &str = "eval_id";
+    pub const EVAL_SET: &str = "eval_set";
+    pub const N: &str = "n";
+    pub const METRICS: &str = "metrics";
+    pub const SLICES: &str = "slices";
+    pub const SCORE_ID: &str = "score_id";
+    pub const SPLIT: &str = "split";
+    pub const OOF_PROB: &str = "oof_prob";
+    pub const PROB: &str = "prob";
+    pub const ENSEMBLE_MEAN: &str = "ensemble_mean";
+    pub const ENSEMBLE_STD: &str = "ensemble_std";
+    pub const ENSEMBLE_MI: &str = "ensemble_mi";
 }
 
-fn ts_type() -> DataType {
+pub(crate) fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
@@ -160,6 +192,9 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
         tables::PREDICTIONS => Some(predictions_schema()),
         tables::RUNS => Some(runs_schema()),
         tables::META => Some(meta_schema()),
+        tables::MODELS => Some(super::models::models_schema()),
+        tables::EVALUATIONS => Some(super::models::evaluations_schema()),
+        tables::HEAD_SCORES => Some(super::models::head_scores_schema()),
         _ => None,
     }
 }
@@ -174,6 +209,9 @@ pub fn key_of(table: &str) -> &'static str {
         tables::LABELS => col::LABEL_ID,
         tables::PREDICTIONS => col::REQUEST_ID,
         tables::RUNS => col::RUN_ID,
+        tables::MODELS => col::MODEL_VERSION,
+        tables::EVALUATIONS => col::EVAL_ID,
+        tables::HEAD_SCORES => col::SCORE_ID,
         _ => col::KEY,
     }
 }
@@ -261,19 +299,19 @@ pub struct RunRow {
     pub summary: String,
 }
 
-fn micros(t: &DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(v: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(v).single().unwrap_or_default()
 }
 
-fn finish(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+pub(crate) fn finish(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(schema, cols)
 }
 
-fn ts_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+pub(crate) fn ts_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
     let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     for v in values {
         b.append_option(v);
@@ -281,7 +319,7 @@ fn ts_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-fn str_array<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+pub(crate) fn str_array<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
@@ -412,7 +450,10 @@ pub fn meta_to_batch(rows: &[(&str, String)]) -> Result<RecordBatch, ArrowError>
 }
 
 /// Typed access to one column of a batch read back from the store.
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
+pub(crate) fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a T, ArrowError> {
     batch
         .column_by_name(name)
         .ok_or_else(|| ArrowError::SchemaError(format!("column {name:?} missing")))?

@@ -1,0 +1,3 @@
+//! Subcommand handlers too large for `main.rs`, one file per stage.
+
+pub mod train;

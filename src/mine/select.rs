@@ -1,0 +1,537 @@
+//! Choosing what to label next under a budget.
+//!
+//! Strategies (facts from the active-learning literature; the digits benchmark in `bench al`
+//! measures them):
+//! - `random`: the baseline every strategy must beat.
+//! - `margin`: smallest gap between the two most probable classes (calibrated probabilities).
+//! - `coreset`: k-center greedy (Sener & Savarese 2018): repeatedly take the candidate farthest
+//!   from everything labelled or already taken.
+//! - `typiclust` (Hacohen et al. 2022): cluster into |labelled| + budget clusters, then repeatedly
+//!   take the most typical candidate of the largest cluster with the fewest labels.
+//! - `auto`: switches by budget regime. With no model yet, or while labelled + budget is at most
+//!   `low_budget_per_class × classes`, typicality and coverage win (the low-budget regime). Above
+//!   it, a greedy that multiplies uncertainty (margin), diversity (distance to the labelled and
+//!   chosen set) and class balance (predicted classes below their fair share are preferred),
+//!   Lightly-style.
+//!
+//! Every chosen item carries its score and the reasons it was chosen.
+
+use burn::prelude::Backend;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::MineError;
+use super::compute::Compute;
+use super::density::typicality;
+use super::kmeans::{KMeansConfig, KMeansMode, kmeans};
+use super::knn::{Prepared, nearest_in};
+use super::vectors::{Metric, Vectors, distance_from_dot};
+
+/// A selection strategy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Auto,
+    Typiclust,
+    Coreset,
+    Margin,
+    Random,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Typiclust => "typiclust",
+            Strategy::Coreset => "coreset",
+            Strategy::Margin => "margin",
+            Strategy::Random => "random",
+        }
+    }
+
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Auto,
+        Strategy::Typiclust,
+        Strategy::Coreset,
+        Strategy::Margin,
+        Strategy::Random,
+    ];
+}
+
+/// Selection settings (`[mine.select]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectConfig {
+    pub strategy: Strategy,
+    pub seed: u64,
+    /// `auto` stays in the low-budget regime while labelled + budget ≤ this × classes.
+    pub low_budget_per_class: f64,
+    /// TypiClust never makes more clusters than this.
+    pub max_clusters: usize,
+    /// Neighbours for typicality.
+    pub typicality_k: usize,
+    /// TypiClust skips clusters smaller than this (too small to have a typical member).
+    pub min_cluster_size: usize,
+    /// Exponents of uncertainty and diversity in `auto`'s high-budget score.
+    pub uncertainty_weight: f64,
+    pub diversity_weight: f64,
+    /// Score factor for a candidate whose predicted class already has its share; 1 = no balance.
+    pub balance_penalty: f64,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Auto,
+            seed: 0,
+            low_budget_per_class: 5.0,
+            max_clusters: 500,
+            typicality_k: 20,
+            min_cluster_size: 5,
+            uncertainty_weight: 1.0,
+            diversity_weight: 1.0,
+            balance_penalty: 0.5,
+        }
+    }
+}
+
+/// What the strategies choose from.
+pub struct Pool<'a> {
+    /// Every row: labelled and candidates (other rows are ignored).
+    pub x: &'a Vectors,
+    pub labelled: &'a [usize],
+    pub candidates: &'a [usize],
+    /// The current model's probabilities, `x.len() × classes` row-major; `None` before any model.
+    pub probs: Option<&'a [f64]>,
+    pub classes: usize,
+    pub metric: Metric,
+}
+
+/// One chosen row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub row: usize,
+    pub rank: usize,
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+/// The outcome of one selection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    pub requested: Strategy,
+    /// The strategy that ran (`auto` resolves to one; `margin` without a model runs `random`).
+    pub used: Strategy,
+    /// `low-budget`, `high-budget`, or empty when not `auto`.
+    pub regime: String,
+    pub budget: usize,
+    /// Why fewer than `budget` items came back, if so.
+    pub clamped: Option<String>,
+    pub items: Vec<Selected>,
+}
+
+/// Margin uncertainty of a row: 1 − (p₁ − p₂), in [0, 1].
+fn uncertainty(probs: &[f64], classes: usize, row: usize) -> f64 {
+    let r = &probs[row * classes..(row + 1) * classes];
+    let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for &v in r {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    (1.0 - (a - b)).clamp(0.0, 1.0)
+}
+
+fn predicted(probs: &[f64], classes: usize, row: usize) -> usize {
+    let r = &probs[row * classes..(row + 1) * classes];
+    (0..classes)
+        .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+        .unwrap_or(0)
+}
+
+/// Chooses up to `budget` candidates.
+pub fn select<B: Backend>(
+    c: &Compute<B>,
+    pool: &Pool,
+    budget: usize,
+    cfg: &SelectConfig,
+) -> Result<Selection, MineError> {
+    if budget == 0 {
+        return Err(MineError::Config("the budget must be at least 1".into()));
+    }
+    if pool.candidates.is_empty() {
+        return Err(MineError::Empty(
+            "no unlabelled candidates to select from".into(),
+        ));
+    }
+    if let Some(p) = pool.probs
+        && p.len() != pool.x.len() * pool.classes
+    {
+        return Err(MineError::Shape(format!(
+            "{} probabilities for {} rows × {} classes",
+            p.len(),
+            pool.x.len(),
+            pool.classes
+        )));
+    }
+    let n = budget.min(pool.candidates.len());
+    let clamped = (n < budget).then(|| {
+        format!(
+            "budget {budget} exceeds the {} candidates; all are selected",
+            pool.candidates.len()
+        )
+    });
+    let (used, regime) = match (cfg.strategy, pool.probs) {
+        (Strategy::Auto, None) => (Strategy::Typiclust, "low-budget"),
+        (Strategy::Auto, Some(_))
+            if (pool.labelled.len() + n) as f64
+                <= cfg.low_budget_per_class * pool.classes.max(2) as f64 =>
+        {
+            (Strategy::Typiclust, "low-budget")
+        }
+        (Strategy::Auto, Some(_)) => (Strategy::Auto, "high-budget"),
+        (Strategy::Margin, None) => (Strategy::Random, ""),
+        (s, _) => (s, ""),
+    };
+    let mut items = match used {
+        Strategy::Random => random(pool, n, cfg.seed),
+        Strategy::Margin => margin(pool, n),
+        Strategy::Coreset => coreset(c, pool, n, cfg, None)?,
+        Strategy::Typiclust => typiclust(c, pool, n, cfg)?,
+        Strategy::Auto => coreset(c, pool, n, cfg, pool.probs)?,
+    };
+    if cfg.strategy == Strategy::Margin && pool.probs.is_none() {
+        items
+            .iter_mut()
+            .for_each(|i| i.reasons.push("no model yet: random".into()));
+    }
+    for (rank, it) in items.iter_mut().enumerate() {
+        it.rank = rank + 1;
+    }
+    Ok(Selection {
+        requested: cfg.strategy,
+        used,
+        regime: regime.into(),
+        budget,
+        clamped,
+        items,
+    })
+}
+
+fn random(pool: &Pool, n: usize, seed: u64) -> Vec<Selected> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = pool.candidates.to_vec();
+    rows.shuffle(&mut rng);
+    rows.into_iter()
+        .take(n)
+        .map(|row| Selected {
+            row,
+            rank: 0,
+            score: 0.0,
+            reasons: vec!["random".into()],
+        })
+        .collect()
+}
+
+fn margin(pool: &Pool, n: usize) -> Vec<Selected> {
+    let Some(p) = pool.probs else {
+        return Vec::new();
+    };
+    let mut scored: Vec<(f64, usize)> = pool
+        .candidates
+        .iter()
+        .map(|&r| (uncertainty(p, pool.classes, r), r))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored
+        .into_iter()
+        .take(n)
+        .map(|(u, row)| Selected {
+            row,
+            rank: 0,
+            score: u,
+            reasons: vec![format!("margin uncertainty {u:.3}")],
+        })
+        .collect()
+}
+
+/// k-center greedy; with `probs`, the distance is weighted by uncertainty and class balance
+/// (`auto`'s high-budget regime).
+fn coreset<B: Backend>(
+    c: &Compute<B>,
+    pool: &Pool,
+    n: usize,
+    cfg: &SelectConfig,
+    probs: Option<&[f64]>,
+) -> Result<Vec<Selected>, MineError> {
+    let p = Prepared::new(pool.x, pool.metric);
+    let cand = pool.candidates;
+    let mut dist = nearest_in(c, &p, cand, pool.labelled)?;
+    let mut taken = vec![false; cand.len()];
+    let mut class_count = vec![0f64; pool.classes.max(1)];
+    if let Some(pr) = probs {
+        for &r in pool.labelled {
+            class_count[predicted(pr, pool.classes, r)] += 1.0;
+        }
+    }
+    // Candidates stay on the device; each pick is one matrix-vector product.
+    let cand_t = c.matrix(p.x.gather(cand).as_slice(), cand.len(), p.x.dim());
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let finite_max = dist
+            .iter()
+            .zip(&taken)
+            .filter(|&(d, &t)| !t && d.is_finite())
+            .map(|(&d, _)| d)
+            .fold(0f32, f32::max)
+            .max(1e-12);
+        let total: f64 = class_count.iter().sum::<f64>() + 1.0;
+        let fair = total / class_count.len() as f64;
+        let mut best: Option<(f64, usize, Vec<String>)> = None;
+        for (ci, &row) in cand.iter().enumerate() {
+            if taken[ci] {
+                continue;
+            }
+            // Nothing labelled yet: every candidate is equally far; diversity = 1.
+            let div = if dist[ci].is_finite() {
+                (dist[ci] / finite_max) as f64
+            } else {
+                1.0
+            };
+            let (score, reasons) = match probs {
+                None => (div, vec![format!("coverage: distance {:.3}", dist[ci])]),
+                Some(pr) => {
+                    let u = uncertainty(pr, pool.classes, row);
+                    let k = predicted(pr, pool.classes, row);
+                    let bal = if class_count[k] + 1.0 > fair {
+                        cfg.balance_penalty
+                    } else {
+                        1.0
+                    };
+                    let s = u.powf(cfg.uncertainty_weight) * div.powf(cfg.diversity_weight) * bal;
+                    let mut why =
+                        vec![format!("uncertainty {u:.3}"), format!("diversity {div:.3}")];
+                    if bal == 1.0 && cfg.balance_penalty < 1.0 {
+                        why.push(format!("predicted class {k} under-represented"));
+                    }
+                    (s, why)
+                }
+            };
+            if best.as_ref().is_none_or(|b| score > b.0) {
+                best = Some((score, ci, reasons));
+            }
+        }
+        let Some((score, ci, reasons)) = best else {
+            break;
+        };
+        taken[ci] = true;
+        let row = cand[ci];
+        if let Some(pr) = probs {
+            class_count[predicted(pr, pool.classes, row)] += 1.0;
+        }
+        out.push(Selected {
+            row,
+            rank: 0,
+            score,
+            reasons,
+        });
+        // Distances to the new centre.
+        let d = c.dots_against(p.x.row(row), &cand_t)?;
+        for (ci, &dot) in d.iter().enumerate() {
+            let dd = distance_from_dot(p.metric, dot, p.sq[row], p.sq[cand[ci]]);
+            dist[ci] = dist[ci].min(dd);
+        }
+    }
+    Ok(out)
+}
+
+fn typiclust<B: Backend>(
+    c: &Compute<B>,
+    pool: &Pool,
+    n: usize,
+    cfg: &SelectConfig,
+) -> Result<Vec<Selected>, MineError> {
+    let rows: Vec<usize> = pool
+        .labelled
+        .iter()
+        .chain(pool.candidates)
+        .copied()
+        .collect();
+    let x = pool.x.gather(&rows).for_metric(pool.metric);
+    let k = (pool.labelled.len() + n)
+        .min(cfg.max_clusters)
+        .clamp(1, rows.len());
+    let km = kmeans(
+        c,
+        &x,
+        k,
+        &KMeansConfig {
+            mode: KMeansMode::Lloyd,
+            restarts: 1,
+            seed: cfg.seed,
+            ..KMeansConfig::default()
+        },
+    )?;
+    let typ = typicality(
+        c,
+        &x,
+        pool.metric,
+        &km.assignments,
+        cfg.typicality_k,
+        2048,
+        cfg.seed,
+    )?;
+    let sizes = km.sizes();
+    let mut covered = vec![0usize; k];
+    for a in &km.assignments[..pool.labelled.len()] {
+        covered[*a as usize] += 1;
+    }
+    // Candidates per cluster, most typical first (local indices into `rows`).
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
+    for local in pool.labelled.len()..rows.len() {
+        members[km.assignments[local] as usize].push(local);
+    }
+    for m in &mut members {
+        m.sort_by(|&a, &b| typ[b].total_cmp(&typ[a]).then(a.cmp(&b)));
+        m.reverse(); // pop() takes the most typical
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        // The largest cluster among those with the fewest labels; tiny clusters only when nothing
+        // else is left.
+        let pick = (0..k).filter(|&j| !members[j].is_empty()).min_by_key(|&j| {
+            (
+                sizes[j] < cfg.min_cluster_size,
+                covered[j],
+                std::cmp::Reverse(sizes[j]),
+                j,
+            )
+        });
+        let Some(j) = pick else {
+            break;
+        };
+        let Some(local) = members[j].pop() else {
+            break;
+        };
+        covered[j] += 1;
+        out.push(Selected {
+            row: rows[local],
+            rank: 0,
+            score: typ[local] as f64,
+            reasons: vec![
+                format!("most typical of cluster {j} (size {})", sizes[j]),
+                format!("cluster had {} labels", covered[j] - 1),
+            ],
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::Cpu;
+    use std::collections::HashSet;
+
+    fn pool_data() -> Vectors {
+        crate::bench::mine::clustered(300, 8, 6, 2)
+    }
+
+    #[test]
+    fn every_strategy_returns_unique_candidates_within_budget() {
+        let c = Compute::<Cpu>::new(Default::default());
+        let x = pool_data();
+        let labelled: Vec<usize> = (0..10).collect();
+        let candidates: Vec<usize> = (10..300).collect();
+        let probs: Vec<f64> = (0..300)
+            .flat_map(|i| {
+                let q = (i % 17) as f64 / 17.0;
+                [1.0 - q, q]
+            })
+            .collect();
+        for s in Strategy::ALL {
+            for probs in [None, Some(&probs[..])] {
+                let pool = Pool {
+                    x: &x,
+                    labelled: &labelled,
+                    candidates: &candidates,
+                    probs,
+                    classes: 2,
+                    metric: Metric::Cosine,
+                };
+                let cfg = SelectConfig {
+                    strategy: s,
+                    ..Default::default()
+                };
+                let sel = select(&c, &pool, 25, &cfg).unwrap();
+                assert_eq!(sel.items.len(), 25, "{s:?}");
+                let rows: HashSet<usize> = sel.items.iter().map(|i| i.row).collect();
+                assert_eq!(rows.len(), 25);
+                assert!(rows.iter().all(|r| (10..300).contains(r)));
+                assert!(
+                    sel.items
+                        .iter()
+                        .all(|i| !i.reasons.is_empty() && i.score.is_finite())
+                );
+                assert_eq!(sel.items[0].rank, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn typiclust_covers_every_cluster_before_repeating() {
+        let c = Compute::<Cpu>::new(Default::default());
+        let x = pool_data(); // 6 well separated clusters
+        let candidates: Vec<usize> = (0..300).collect();
+        let pool = Pool {
+            x: &x,
+            labelled: &[],
+            candidates: &candidates,
+            probs: None,
+            classes: 2,
+            metric: Metric::Cosine,
+        };
+        let sel = select(&c, &pool, 6, &SelectConfig::default()).unwrap();
+        assert_eq!(sel.used, Strategy::Typiclust);
+        let truth = |r: usize| crate::bench::mine::clustered_centre(r, 300, 6);
+        let hit: HashSet<usize> = sel.items.iter().map(|i| truth(i.row)).collect();
+        assert_eq!(hit.len(), 6, "one pick per true cluster");
+    }
+
+    #[test]
+    fn budget_larger_than_pool_is_clamped_and_zero_is_an_error() {
+        let c = Compute::<Cpu>::new(Default::default());
+        let x = pool_data();
+        let candidates: Vec<usize> = (0..7).collect();
+        let pool = Pool {
+            x: &x,
+            labelled: &[],
+            candidates: &candidates,
+            probs: None,
+            classes: 2,
+            metric: Metric::Cosine,
+        };
+        let sel = select(&c, &pool, 50, &SelectConfig::default()).unwrap();
+        assert_eq!(sel.items.len(), 7);
+        assert!(sel.clamped.is_some());
+        assert!(matches!(
+            select(&c, &pool, 0, &SelectConfig::default()),
+            Err(MineError::Config(_))
+        ));
+        let none = Pool {
+            candidates: &[],
+            ..pool
+        };
+        assert!(matches!(
+            select(&c, &none, 3, &SelectConfig::default()),
+            Err(MineError::Empty(_))
+        ));
+    }
+}

@@ -1,0 +1,366 @@
+//! The training data: stored features joined with effective labels and sample facts, read at a
+//! snapshot, and split deterministically by sample id.
+//!
+//! Splits are a pure function of the sample id (its sha256), so a sample never moves between train,
+//! calibration and eval as the store grows: the eval set is frozen per sample, and no eval image
+//! ever trains a head. Synthetic samples only ever train (calibration and evaluation are on real
+//! data, the distribution validators send).
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float32Type;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::store::schema::{col, labels_from_batch, tables};
+use crate::store::{
+    SampleId, SampleSource, SnapshotName, Store, VECTOR, effective_labels, embeddings_table,
+};
+
+/// Shares of real samples held out of training (`[train.split]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Share of real samples in the frozen eval set.
+    pub eval_share: f64,
+    /// Share of real samples used only to fit the temperature.
+    pub calib_share: f64,
+    /// Tag keys (`key=value` in `samples.tags`) reported as evaluation slices, besides source and era.
+    pub slice_tags: Vec<String>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            eval_share: 0.15,
+            calib_share: 0.10,
+            slice_tags: vec![
+                "daytime".into(),
+                "weather".into(),
+                "scene_environment".into(),
+            ],
+        }
+    }
+}
+
+/// Which part of the data a sample belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Calib,
+    Eval,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Calib => "calib",
+            Split::Eval => "eval",
+        }
+    }
+}
+
+/// A uniform number in [0,1) from 8 bytes of the sample id (hex) starting at byte `at`.
+fn unit(id: &SampleId, at: usize) -> f64 {
+    let hex = &id.as_str()[at * 2..at * 2 + 16];
+    u64::from_str_radix(hex, 16).unwrap_or(0) as f64 / 2f64.powi(64)
+}
+
+/// The split of a sample: synthetic samples always train; real ones by their id.
+pub fn split_of(id: &SampleId, source: &str, cfg: &SplitConfig) -> Split {
+    if source == SampleSource::Synthetic.as_str() {
+        return Split::Train;
+    }
+    let u = unit(id, 0);
+    if u < cfg.eval_share {
+        Split::Eval
+    } else if u < cfg.eval_share + cfg.calib_share {
+        Split::Calib
+    } else {
+        Split::Train
+    }
+}
+
+/// The cross-validation fold of a training sample (independent of its split draw).
+pub fn fold_of(id: &SampleId, folds: usize) -> usize {
+    ((unit(id, 8) * folds as f64) as usize).min(folds.saturating_sub(1))
+}
+
+/// Labelled, embedded samples in one contiguous feature matrix.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub ids: Vec<SampleId>,
+    /// Row-major `len × dim`.
+    pub x: Vec<f32>,
+    pub dim: usize,
+    pub y: Vec<u8>,
+    pub split: Vec<Split>,
+    /// `key=value` slice memberships per sample (source, era, configured tags).
+    pub slices: Vec<Vec<String>>,
+    /// Embedded samples without an effective label (validator traffic, mostly): scored by the
+    /// head and the ensemble for mining, never trained on. Row-major like `x`.
+    pub pool_ids: Vec<SampleId>,
+    pub pool_x: Vec<f32>,
+}
+
+/// The rows of one split, as a sub-dataset.
+pub struct Part {
+    pub x: Vec<f32>,
+    pub y: Vec<u8>,
+    /// Indices into the parent dataset.
+    pub rows: Vec<usize>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// Features of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The rows selected by `keep`.
+    pub fn part(&self, keep: impl Fn(usize) -> bool) -> Part {
+        let rows: Vec<usize> = (0..self.len()).filter(|&i| keep(i)).collect();
+        let mut x = Vec::with_capacity(rows.len() * self.dim);
+        for &i in &rows {
+            x.extend_from_slice(self.row(i));
+        }
+        Part {
+            y: rows.iter().map(|&i| self.y[i]).collect(),
+            x,
+            rows,
+        }
+    }
+
+    /// Samples per (split, label).
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (s, y) in self.split.iter().zip(&self.y) {
+            *out.entry(format!("{}/{}", s.as_str(), y)).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Reads a table now or at a snapshot.
+async fn read(
+    store: &Store,
+    at: Option<&SnapshotName>,
+    table: &str,
+    cols: &[&str],
+) -> Result<Vec<RecordBatch>, TrainError> {
+    Ok(match at {
+        Some(s) => store.scan_at(s, table, Some(cols)).await?,
+        None => store.scan(table, Some(cols), None, None).await?,
+    })
+}
+
+/// Every vector of `embedding_model` (at the snapshot), with its dimension.
+pub async fn read_vectors(
+    store: &Store,
+    at: Option<&SnapshotName>,
+    embedding_model: &str,
+) -> Result<(Vec<SampleId>, Vec<f32>, usize), TrainError> {
+    let table = embeddings_table(embedding_model);
+    if !store.table_names().await?.contains(&table) {
+        return Err(TrainError::NoEmbeddings {
+            model: embedding_model.to_string(),
+            available: store.embedding_models().await?,
+        });
+    }
+    let batches = read(store, at, &table, &[col::SAMPLE_ID, VECTOR])
+        .await
+        .map_err(|e| match e {
+            TrainError::Store(crate::store::StoreError::SnapshotNotFound { name, .. }) => {
+                TrainError::SnapshotLacksModel {
+                    snapshot: name,
+                    model: embedding_model.to_string(),
+                }
+            }
+            other => other,
+        })?;
+    let (mut ids, mut x, mut dim) = (Vec::new(), Vec::new(), 0usize);
+    for b in &batches {
+        let (Some(id), Some(v)) = (
+            b.column_by_name(col::SAMPLE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(VECTOR)
+                .and_then(|c| c.as_fixed_size_list_opt()),
+        ) else {
+            return Err(TrainError::BadTable {
+                table: table.clone(),
+                why: "sample_id or vector column missing or mistyped".into(),
+            });
+        };
+        dim = v.value_length() as usize;
+        let values = v.values().as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            let Ok(sid) = id.value(i).parse::<SampleId>() else {
+                continue;
+            };
+            let start = v.value_offset(i) as usize;
+            let row = &values.values()[start..start + dim];
+            if let Some(bad) = row.iter().position(|x| !x.is_finite()) {
+                return Err(TrainError::NonFinite {
+                    sample_id: sid.to_string(),
+                    index: bad,
+                });
+            }
+            ids.push(sid);
+            x.extend_from_slice(row);
+        }
+    }
+    Ok((ids, x, dim))
+}
+
+/// Source, era and tags of every sample (at the snapshot).
+async fn read_facts(
+    store: &Store,
+    at: Option<&SnapshotName>,
+) -> Result<HashMap<String, (String, Vec<String>)>, TrainError> {
+    let batches = read(
+        store,
+        at,
+        tables::SAMPLES,
+        &[col::SAMPLE_ID, col::SOURCE, col::ERA, col::TAGS],
+    )
+    .await?;
+    let mut out = HashMap::new();
+    for b in &batches {
+        let cols = (
+            b.column_by_name(col::SAMPLE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(col::SOURCE)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(col::ERA)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(col::TAGS)
+                .and_then(|c| c.as_list_opt::<i32>()),
+        );
+        let (Some(id), Some(source), Some(era), Some(tags)) = cols else {
+            return Err(TrainError::BadTable {
+                table: tables::SAMPLES.into(),
+                why: "sample columns missing or mistyped".into(),
+            });
+        };
+        for i in 0..b.num_rows() {
+            let t = tags.value(i);
+            let mut slices = vec![
+                format!("source={}", source.value(i)),
+                format!("era={}", era.value(i)),
+            ];
+            if let Some(t) = t.as_string_opt::<i32>() {
+                slices.extend(t.iter().flatten().map(str::to_string));
+            }
+            out.insert(
+                id.value(i).to_string(),
+                (source.value(i).to_string(), slices),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Joins vectors, effective labels and sample facts at `at` (now when `None`).
+pub async fn load(
+    store: &Store,
+    at: Option<&SnapshotName>,
+    embedding_model: &str,
+    cfg: &SplitConfig,
+) -> Result<Dataset, TrainError> {
+    let (ids, x, dim) = read_vectors(store, at, embedding_model).await?;
+    let mut label_rows = Vec::new();
+    for b in read(
+        store,
+        at,
+        tables::LABELS,
+        &[
+            col::LABEL_ID,
+            col::SAMPLE_ID,
+            col::LABEL,
+            col::SOURCE,
+            col::CONFIDENCE,
+            col::AUTHOR,
+            col::TS,
+        ],
+    )
+    .await?
+    {
+        label_rows.extend(labels_from_batch(&b).map_err(|e| TrainError::BadTable {
+            table: tables::LABELS.into(),
+            why: e.to_string(),
+        })?);
+    }
+    let labels: HashMap<String, u8> = effective_labels(&label_rows)
+        .into_iter()
+        .map(|l| (l.sample_id.to_string(), l.label.as_u8()))
+        .collect();
+    let facts = read_facts(store, at).await?;
+    let mut ds = Dataset {
+        dim,
+        ..Default::default()
+    };
+    let keep_tag = |s: &String| {
+        s.starts_with("source=")
+            || s.starts_with("era=")
+            || s.split_once('=')
+                .is_some_and(|(k, _)| cfg.slice_tags.iter().any(|t| t == k))
+    };
+    for (i, id) in ids.into_iter().enumerate() {
+        let Some(&y) = labels.get(id.as_str()) else {
+            ds.pool_x.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+            ds.pool_ids.push(id);
+            continue;
+        };
+        let (source, slices) = facts
+            .get(id.as_str())
+            .cloned()
+            .unwrap_or_else(|| ("unknown".into(), vec!["source=unknown".into()]));
+        ds.split.push(split_of(&id, &source, cfg));
+        ds.slices
+            .push(slices.into_iter().filter(|s| keep_tag(s)).collect());
+        ds.x.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+        ds.y.push(y);
+        ds.ids.push(id);
+    }
+    Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_stable_roughly_proportional_and_synthetic_only_trains() {
+        let cfg = SplitConfig::default();
+        let mut counts = HashMap::new();
+        for i in 0..4000u32 {
+            let id = SampleId::of_bytes(&i.to_le_bytes());
+            let s = split_of(&id, "dataset", &cfg);
+            assert_eq!(s, split_of(&id, "dataset", &cfg));
+            assert_eq!(split_of(&id, "synthetic", &cfg), Split::Train);
+            *counts.entry(s).or_insert(0usize) += 1;
+        }
+        let share = |s| counts[&s] as f64 / 4000.0;
+        assert!((share(Split::Eval) - 0.15).abs() < 0.03);
+        assert!((share(Split::Calib) - 0.10).abs() < 0.03);
+        let folds: Vec<usize> = (0..1000u32)
+            .map(|i| fold_of(&SampleId::of_bytes(&i.to_le_bytes()), 5))
+            .collect();
+        for f in 0..5 {
+            let n = folds.iter().filter(|&&x| x == f).count();
+            assert!((150..250).contains(&n), "fold {f}: {n}");
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Evaluation on the frozen eval set and the promotion gate.
+//!
+//! The eval set is the `eval` split (a pure function of sample id, real data only) of the labelled
+//! samples that the model's embeddings cover. Two heads are compared only on the samples both can
+//! score, and the comparison is stored as one `evaluations` row per head with the same digest.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::calibrate::Temperature;
+use super::data::{self, Dataset, Split, SplitConfig};
+use super::metrics::{Curve, Metrics, Reliability, pr_curve, reliability, roc_curve};
+use super::model::{TrainedHead, sha256_hex};
+use super::registry::{ChampionPointer, Registry};
+use super::reward::{Replay, replay};
+use crate::store::{EvaluationRow, Store};
+
+/// Metrics of one slice (e.g. `weather=rain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceMetrics {
+    pub slice: String,
+    pub n: u64,
+    pub positives: u64,
+    pub accuracy: f64,
+    pub mcc: f64,
+    pub f1: f64,
+    pub roc_auc: Option<f64>,
+}
+
+/// One model on one eval set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub model_version: String,
+    /// Digest of the sorted sample ids: evaluations are comparable when it matches.
+    pub eval_set: String,
+    pub metrics: Metrics,
+    /// The same, before temperature scaling.
+    pub uncalibrated: Metrics,
+    pub slices: Vec<SliceMetrics>,
+    pub replay: Option<Replay>,
+    pub roc: Curve,
+    pub pr: Curve,
+    pub reliability: Reliability,
+    pub reliability_uncalibrated: Reliability,
+    pub temperature: Temperature,
+}
+
+impl Evaluation {
+    /// The `evaluations` row.
+    pub fn to_row(&self) -> Result<EvaluationRow, TrainError> {
+        let metrics = serde_json::json!({
+            "metrics": self.metrics,
+            "uncalibrated": self.uncalibrated,
+            "replay": self.replay,
+            "temperature": self.temperature,
+        });
+        Ok(EvaluationRow {
+            model_version: self.model_version.clone(),
+            ts: Utc::now(),
+            eval_set: self.eval_set.clone(),
+            n: self.metrics.n as u32,
+            metrics: metrics.to_string(),
+            slices: serde_json::to_string(&self.slices)
+                .map_err(|e| TrainError::Card(e.to_string()))?,
+        })
+    }
+}
+
+/// Digest of a set of sample ids.
+pub fn eval_set_digest(ids: &[&str]) -> String {
+    let mut v: Vec<&str> = ids.to_vec();
+    v.sort_unstable();
+    sha256_hex(v.join("\n").as_bytes())[..16].to_string()
+}
+
+/// Slice memberships of the given dataset rows.
+pub fn slices_of(ds: &Dataset, rows: &[usize]) -> Vec<Vec<String>> {
+    rows.iter().map(|&i| ds.slices[i].clone()).collect()
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Evaluates logits against labels: calibrated metrics, curves, slices and the reward replay.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model_version: &str,
+    ids: &[&str],
+    logits: &[f32],
+    labels: &[u8],
+    slices: &[Vec<String>],
+    t: Temperature,
+    replay_queries: usize,
+    seed: u64,
+) -> Evaluation {
+    let probs: Vec<f32> = logits.iter().map(|&z| t.served(z)).collect();
+    let raw: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
+    let mut by_slice: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, s) in slices.iter().enumerate() {
+        for name in s {
+            by_slice.entry(name.as_str()).or_default().push(i);
+        }
+    }
+    let slices = by_slice
+        .into_iter()
+        .map(|(name, rows)| {
+            let p: Vec<f32> = rows.iter().map(|&i| probs[i]).collect();
+            let y: Vec<u8> = rows.iter().map(|&i| labels[i]).collect();
+            let m = Metrics::compute(&p, &y);
+            SliceMetrics {
+                slice: name.to_string(),
+                n: m.n,
+                positives: m.positives,
+                accuracy: m.accuracy,
+                mcc: m.mcc,
+                f1: m.f1,
+                roc_auc: m.roc_auc,
+            }
+        })
+        .collect();
+    Evaluation {
+        model_version: model_version.to_string(),
+        eval_set: eval_set_digest(ids),
+        metrics: Metrics::compute(&probs, labels),
+        uncalibrated: Metrics::compute(&raw, labels),
+        slices,
+        replay: replay(&probs, labels, replay_queries, seed),
+        roc: roc_curve(&probs, labels),
+        pr: pr_curve(&probs, labels),
+        reliability: reliability(&probs, labels, super::metrics::ECE_BINS),
+        reliability_uncalibrated: reliability(&raw, labels, super::metrics::ECE_BINS),
+        temperature: t,
+    }
+}
+
+/// Loads a registered head for CPU inference.
+pub fn load_head(
+    registry: &Registry,
+    version: &str,
+) -> Result<TrainedHead<crate::embed::Cpu>, TrainError> {
+    let (card, weights) = registry.load(version)?;
+    TrainedHead::from_parts(card, &weights, &Default::default())
+}
+
+/// The current eval set of a head's embedding model: eval-split labelled samples, optionally
+/// restricted to `only` (ids another model can also score).
+async fn eval_set(
+    store: &Store,
+    embedding_model: &str,
+    split: &SplitConfig,
+) -> Result<Dataset, TrainError> {
+    let ds = data::load(store, None, embedding_model, split).await?;
+    let mut out = Dataset {
+        dim: ds.dim,
+        ..Default::default()
+    };
+    for i in 0..ds.len() {
+        if ds.split[i] == Split::Eval {
+            out.ids.push(ds.ids[i].clone());
+            out.x.extend_from_slice(ds.row(i));
+            out.y.push(ds.y[i]);
+            out.split.push(Split::Eval);
+            out.slices.push(ds.slices[i].clone());
+        }
+    }
+    Ok(out)
+}
+
+fn restrict(ds: &Dataset, keep: &HashSet<String>) -> Dataset {
+    let rows: Vec<usize> = (0..ds.len())
+        .filter(|&i| keep.contains(ds.ids[i].as_str()))
+        .collect();
+    let part = ds.part(|i| keep.contains(ds.ids[i].as_str()));
+    Dataset {
+        ids: rows.iter().map(|&i| ds.ids[i].clone()).collect(),
+        x: part.x,
+        dim: ds.dim,
+        y: part.y,
+        split: vec![Split::Eval; rows.len()],
+        slices: slices_of(ds, &rows),
+        pool_ids: vec![],
+        pool_x: vec![],
+    }
+}
+
+fn run_eval(
+    head: &TrainedHead<crate::embed::Cpu>,
+    ds: &Dataset,
+    queries: usize,
+    seed: u64,
+) -> Result<Evaluation, TrainError> {
+    if ds.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "no labelled eval-split samples with embeddings {} in the store",
+            head.card.embedding_model
+        )));
+    }
+    let z = head.logits(&ds.x)?;
+    let ids: Vec<&str> = ds.ids.iter().map(|i| i.as_str()).collect();
+    Ok(evaluate(
+        &head.card.model_version,
+        &ids,
+        &z,
+        &ds.y,
+        &ds.slices,
+        head.card.calibration.temperature,
+        queries,
+        seed,
+    ))
+}
+
+/// Evaluates a registered head on the store's current eval set and stores the result.
+pub async fn evaluate_version(
+    store: &Store,
+    registry: &Registry,
+    version: &str,
+    split: &SplitConfig,
+    replay_queries: usize,
+    seed: u64,
+) -> Result<Evaluation, TrainError> {
+    let head = load_head(registry, version)?;
+    let ds = eval_set(store, &head.card.embedding_model, split).await?;
+    let e = run_eval(&head, &ds, replay_queries, seed)?;
+    store.put_evaluation(&e.to_row()?).await?;
+    Ok(e)
+}
+
+/// Which number the gate compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMetric {
+    /// Matthews correlation at 0.5 (what the subnet's 100-query window rewards).
+    #[default]
+    Mcc,
+    /// Mean reward of the validator replay.
+    Reward,
+    RocAuc,
+    Accuracy,
+}
+
+impl GateMetric {
+    fn of(self, e: &Evaluation) -> f64 {
+        match self {
+            GateMetric::Mcc => e.metrics.mcc,
+            GateMetric::Reward => e.replay.as_ref().map_or(0.0, |r| r.mean_reward),
+            GateMetric::RocAuc => e.metrics.roc_auc.unwrap_or(0.0),
+            GateMetric::Accuracy => e.metrics.accuracy,
+        }
+    }
+}
+
+/// The promotion gate (`[train.promote]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromoteConfig {
+    pub metric: GateMetric,
+    /// The challenger must beat the champion by at least this much on `metric`.
+    pub min_gain: f64,
+    /// No slice's accuracy may drop by more than this.
+    pub slice_tolerance: f64,
+    /// Slices smaller than this (in the shared eval set) are not gated: too noisy.
+    pub min_slice_n: u64,
+}
+
+impl Default for PromoteConfig {
+    fn default() -> Self {
+        Self {
+            metric: GateMetric::Mcc,
+            min_gain: 0.0,
+            slice_tolerance: 0.05,
+            min_slice_n: 30,
+        }
+    }
+}
+
+/// What the gate decided and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub challenger: String,
+    pub champion: Option<String>,
+    pub promoted: bool,
+    pub metric: GateMetric,
+    pub challenger_score: f64,
+    pub champion_score: Option<f64>,
+    /// Shared eval samples the comparison used.
+    pub n: u64,
+    /// Why it was refused (empty when promoted).
+    pub reasons: Vec<String>,
+    pub pointer: Option<ChampionPointer>,
+}
+
+/// Promotes `version` if it beats the champion (or there is none). `force` skips the gate.
+pub async fn promote(
+    store: &Store,
+    registry: &Registry,
+    version: &str,
+    cfg: &PromoteConfig,
+    split: &SplitConfig,
+    seed: u64,
+    force: bool,
+) -> Result<GateDecision, TrainError> {
+    let challenger = load_head(registry, version)?;
+    let champion = match registry.champion()? {
+        Some(p) if p.version != version => Some(load_head(registry, &p.version)?),
+        _ => None,
+    };
+    let c_set = eval_set(store, &challenger.card.embedding_model, split).await?;
+    let (c_set, k_set) = match &champion {
+        Some(k) => {
+            let k_set = eval_set(store, &k.card.embedding_model, split).await?;
+            let theirs: HashSet<&str> = k_set.ids.iter().map(|i| i.as_str()).collect();
+            let both: HashSet<String> = c_set
+                .ids
+                .iter()
+                .filter(|i| theirs.contains(i.as_str()))
+                .map(|i| i.to_string())
+                .collect();
+            (restrict(&c_set, &both), Some(restrict(&k_set, &both)))
+        }
+        None => (c_set, None),
+    };
+    let queries = 2000;
+    let mut reasons = Vec::new();
+    let ce = match run_eval(&challenger, &c_set, queries, seed) {
+        Ok(e) => {
+            store.put_evaluation(&e.to_row()?).await?;
+            Some(e)
+        }
+        Err(TrainError::NotEnoughData(why)) => {
+            reasons.push(why);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let ke = match (&champion, &k_set, &ce) {
+        (Some(k), Some(s), Some(_)) => {
+            let e = run_eval(k, s, queries, seed)?;
+            store.put_evaluation(&e.to_row()?).await?;
+            Some(e)
+        }
+        _ => None,
+    };
+    let score = ce.as_ref().map_or(f64::NAN, |e| cfg.metric.of(e));
+    if let (Some(ce), Some(ke)) = (&ce, &ke) {
+        let champ = cfg.metric.of(ke);
+        if score < champ + cfg.min_gain {
+            reasons.push(format!(
+                "{:?} {score:.4} does not beat the champion's {champ:.4} by {}",
+                cfg.metric, cfg.min_gain
+            ));
+        }
+        for s in &ce.slices {
+            let Some(k) = ke.slices.iter().find(|k| k.slice == s.slice) else {
+                continue;
+            };
+            if s.n >= cfg.min_slice_n && s.accuracy < k.accuracy - cfg.slice_tolerance {
+                reasons.push(format!(
+                    "slice {} regresses: accuracy {:.3} vs {:.3} (n = {})",
+                    s.slice, s.accuracy, k.accuracy, s.n
+                ));
+            }
+        }
+    }
+    // Without an eval set there is nothing to compare: a first head may still serve (anything beats
+    // no head), a challenger may not replace a champion.
+    if ce.is_none() && champion.is_none() {
+        reasons.clear();
+    }
+    let promoted = force || reasons.is_empty();
+    let pointer = if promoted {
+        Some(registry.set_champion(version)?)
+    } else {
+        None
+    };
+    Ok(GateDecision {
+        challenger: version.to_string(),
+        champion: champion.map(|k| k.card.model_version),
+        promoted,
+        metric: cfg.metric,
+        challenger_score: score,
+        champion_score: ke.as_ref().map(|e| cfg.metric.of(e)),
+        n: ce.as_ref().map_or(0, |e| e.metrics.n),
+        reasons,
+        pointer,
+    })
+}

@@ -1,0 +1,262 @@
+//! The evaluation report: `index.html` with PNG plots (ROC, PR, reliability before and after
+//! calibration, confusion matrix, loss curves) and the per-slice table, for a person in a browser.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::TrainError;
+use super::eval::Evaluation;
+use super::model::ModelCard;
+use crate::plot::{Chart, matrix_png, series_color};
+
+fn plot_err(e: crate::plot::PlotError) -> TrainError {
+    TrainError::Report(e.to_string())
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.4}"))
+}
+
+fn curves(dir: &Path, e: &Evaluation) -> Result<(), TrainError> {
+    let mut roc = Chart::new(
+        520,
+        440,
+        "ROC",
+        "false positive rate",
+        "true positive rate",
+        (0.0, 1.0),
+        (0.0, 1.0),
+    )
+    .map_err(plot_err)?;
+    roc.reference((0.0, 0.0), (1.0, 1.0));
+    roc.line(
+        &format!("AUC {}", opt(e.metrics.roc_auc)),
+        &e.roc.x,
+        &e.roc.y,
+        series_color(0),
+    );
+    roc.save_png(&dir.join("roc.png")).map_err(plot_err)?;
+
+    let mut pr = Chart::new(
+        520,
+        440,
+        "Precision-recall",
+        "recall",
+        "precision",
+        (0.0, 1.0),
+        (0.0, 1.0),
+    )
+    .map_err(plot_err)?;
+    pr.line(
+        &format!("AP {}", opt(e.metrics.pr_auc)),
+        &e.pr.x,
+        &e.pr.y,
+        series_color(0),
+    );
+    pr.save_png(&dir.join("pr.png")).map_err(plot_err)?;
+
+    let mut rel = Chart::new(
+        520,
+        440,
+        "Reliability",
+        "predicted P(roadwork)",
+        "observed frequency",
+        (0.0, 1.0),
+        (0.0, 1.0),
+    )
+    .map_err(plot_err)?;
+    rel.reference((0.0, 0.0), (1.0, 1.0));
+    for (k, (name, r)) in [
+        (
+            format!("raw ECE {:.3}", e.uncalibrated.ece),
+            &e.reliability_uncalibrated,
+        ),
+        (
+            format!("T={:.2} ECE {:.3}", e.temperature.t, e.metrics.ece),
+            &e.reliability,
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let used: Vec<_> = r.bins.iter().filter(|b| b.count > 0).collect();
+        rel.line(
+            name,
+            &used.iter().map(|b| b.confidence).collect::<Vec<_>>(),
+            &used.iter().map(|b| b.frequency).collect::<Vec<_>>(),
+            series_color(k + 1),
+        );
+    }
+    rel.save_png(&dir.join("reliability.png"))
+        .map_err(plot_err)?;
+
+    let c = e.metrics.confusion;
+    matrix_png(
+        &dir.join("confusion.png"),
+        "Confusion (rows: truth)",
+        &["roadwork", "clean"],
+        &["said yes", "said no"],
+        &[vec![c.tp, c.fn_], vec![c.fp, c.tn]],
+    )
+    .map_err(plot_err)
+}
+
+fn loss_plot(dir: &Path, card: &ModelCard) -> Result<bool, TrainError> {
+    let mut series: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for (k, h) in card.fold_histories.iter().enumerate() {
+        series.push((
+            format!("fold {} val", k + 1),
+            h.iter().map(|e| e.epoch as f64).collect(),
+            h.iter().map(|e| e.val_loss.unwrap_or(f64::NAN)).collect(),
+        ));
+    }
+    series.push((
+        "final train".into(),
+        card.history.iter().map(|e| e.epoch as f64).collect(),
+        card.history.iter().map(|e| e.train_loss).collect(),
+    ));
+    let max_x = series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .fold(1.0f64, |a, &b| a.max(b));
+    let max_y = series
+        .iter()
+        .flat_map(|s| s.2.iter())
+        .filter(|v| v.is_finite())
+        .fold(0.1f64, |a, &b| a.max(b));
+    if series.iter().all(|s| s.1.is_empty()) {
+        return Ok(false);
+    }
+    let mut ch = Chart::new(
+        640,
+        440,
+        "Loss",
+        "epoch",
+        "BCE",
+        (1.0, max_x.max(2.0)),
+        (0.0, max_y * 1.05),
+    )
+    .map_err(plot_err)?;
+    for (k, (name, x, y)) in series.iter().enumerate() {
+        ch.line(name, x, y, series_color(k));
+    }
+    ch.save_png(&dir.join("loss.png")).map_err(plot_err)?;
+    Ok(true)
+}
+
+/// Writes the report into `dir` and returns the path of its `index.html`.
+pub fn write_report(
+    dir: &Path,
+    e: &Evaluation,
+    card: Option<&ModelCard>,
+) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    curves(dir, e)?;
+    let has_loss = match card {
+        Some(c) => loss_plot(dir, c)?,
+        None => false,
+    };
+    let m = &e.metrics;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{v} evaluation</title>\
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}\
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}\
+td:first-child{{text-align:left}}img{{margin:6px;border:1px solid #eee}}</style></head><body>\
+<h1>{v}</h1><p>Eval set <code>{set}</code>: {n} samples, {pos} roadwork. Temperature {t:.3} \
+(fitted on {fo} calibration samples).</p>",
+        v = esc(&e.model_version),
+        set = e.eval_set,
+        n = m.n,
+        pos = m.positives,
+        t = e.temperature.t,
+        fo = e.temperature.fitted_on,
+    );
+    h.push_str("<h2>Metrics</h2><table><tr><th>metric</th><th>calibrated</th><th>raw</th></tr>");
+    let u = &e.uncalibrated;
+    for (name, a, b) in [
+        ("accuracy", Some(m.accuracy), Some(u.accuracy)),
+        ("MCC", Some(m.mcc), Some(u.mcc)),
+        ("F1", Some(m.f1), Some(u.f1)),
+        ("precision", Some(m.precision), Some(u.precision)),
+        ("recall", Some(m.recall), Some(u.recall)),
+        ("ROC-AUC", m.roc_auc, u.roc_auc),
+        ("PR-AUC", m.pr_auc, u.pr_auc),
+        ("ECE", Some(m.ece), Some(u.ece)),
+        ("Brier", Some(m.brier), Some(u.brier)),
+        ("log loss", Some(m.log_loss), Some(u.log_loss)),
+    ] {
+        let _ = write!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td></tr>",
+            opt(a),
+            opt(b)
+        );
+    }
+    h.push_str("</table>");
+    if let Some(r) = &e.replay {
+        let _ = write!(
+            h,
+            "<h2>Subnet reward replay</h2><p>{q} validator queries (50/50 labels): mean reward \
+{mr:.4} per query after the first 100, validator EMA {ema:.4}.</p>",
+            q = r.queries,
+            mr = r.mean_reward,
+            ema = r.final_ema
+        );
+    }
+    h.push_str("<h2>Plots</h2>");
+    for img in ["roc.png", "pr.png", "reliability.png", "confusion.png"] {
+        let _ = write!(h, "<img src=\"{img}\" alt=\"{img}\">");
+    }
+    if has_loss {
+        h.push_str("<img src=\"loss.png\" alt=\"loss curves\">");
+    }
+    h.push_str(
+        "<h2>Slices</h2><table><tr><th>slice</th><th>n</th><th>roadwork</th><th>accuracy</th>\
+<th>MCC</th><th>F1</th><th>ROC-AUC</th></tr>",
+    );
+    for s in &e.slices {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+            esc(&s.slice),
+            s.n,
+            s.positives,
+            s.accuracy,
+            s.mcc,
+            s.f1,
+            opt(s.roc_auc)
+        );
+    }
+    h.push_str("</table>");
+    if let Some(c) = card {
+        let _ = write!(
+            h,
+            "<h2>Lineage</h2><p>Embeddings <code>{emb}</code>, snapshot <code>{snap}</code>, seed {seed}, \
+final head trained {fe} epochs (fold best epochs {fb:?}), weights sha256 <code>{sha}</code>.</p>",
+            emb = esc(&c.embedding_model),
+            snap = esc(&c.snapshot),
+            seed = c.seed,
+            fe = c.final_epochs,
+            fb = c.fold_best_epochs,
+            sha = c.weights_sha256
+        );
+    }
+    h.push_str("</body></html>\n");
+    let index = dir.join("index.html");
+    std::fs::write(&index, h).map_err(|source| TrainError::Io {
+        path: index.clone(),
+        source,
+    })?;
+    Ok(index)
+}

@@ -1,0 +1,558 @@
+//! One training run, end to end: pin → load → validate → K-fold + final fit → calibrate → evaluate
+//! → register. Compute runs on a blocking thread; only the store and registry edges are async.
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::calibrate::Temperature;
+use super::data::{self, Dataset, Split};
+use super::eval::{evaluate, slices_of};
+use super::fit::{EpochLog, Xy, fit, logits};
+use super::metrics::reliability;
+use super::model::{CalibrationReport, ModelCard, encode_head, sha256_hex};
+use super::registry::Registry;
+use super::{TrainConfig, TrainError};
+use crate::embed::ComputeDevice;
+use crate::store::{HeadScoreRow, ModelRow, RunRow, SnapshotName, Store};
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_id: String,
+    pub card: ModelCard,
+    pub artifact_dir: std::path::PathBuf,
+    /// Rows written to `head_scores`.
+    pub scored: usize,
+    pub elapsed_s: f64,
+}
+
+/// Trains heads into a registry from a store.
+pub struct Trainer {
+    store: Store,
+    registry: Registry,
+    cfg: TrainConfig,
+    progress: bool,
+}
+
+/// Everything the compute phase returns (host vectors; no tensors leave it).
+struct Computed {
+    weights: Vec<u8>,
+    /// Final-head logits of every dataset row, then of every pool row.
+    logits: Vec<f32>,
+    pool_logits: Vec<f32>,
+    /// Per fold head: probabilities of every dataset row, then pool row.
+    fold_probs: Vec<Vec<f32>>,
+    fold_pool_probs: Vec<Vec<f32>>,
+    /// Held-out logit of each train row (None for other splits).
+    oof: Vec<Option<f32>>,
+    fold_best: Vec<usize>,
+    final_epochs: usize,
+    history: Vec<EpochLog>,
+    fold_histories: Vec<Vec<EpochLog>>,
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Binary entropy in nats.
+fn entropy(p: f64) -> f64 {
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    -(p * p.ln() + (1.0 - p) * (1.0 - p).ln())
+}
+
+/// Mean, standard deviation and BALD mutual information of the members' probabilities.
+fn ensemble_stats(ps: &[f32]) -> (f32, f32, f32) {
+    let k = ps.len().max(1) as f64;
+    let mean = ps.iter().map(|&p| p as f64).sum::<f64>() / k;
+    let var = ps.iter().map(|&p| (p as f64 - mean).powi(2)).sum::<f64>() / k;
+    let mi = entropy(mean) - ps.iter().map(|&p| entropy(p as f64)).sum::<f64>() / k;
+    (mean as f32, var.sqrt() as f32, mi.max(0.0) as f32)
+}
+
+fn median(v: &[usize]) -> usize {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.get(s.len() / 2).copied().unwrap_or(1).max(1)
+}
+
+/// A fresh, sortable, unique model version.
+fn new_version() -> String {
+    let now = Utc::now();
+    let salt = sha256_hex(
+        format!(
+            "{}-{}",
+            now.timestamp_nanos_opt().unwrap_or(0),
+            std::process::id()
+        )
+        .as_bytes(),
+    );
+    format!("head-{}-{}", now.format("%Y%m%dT%H%M%S"), &salt[..6])
+}
+
+fn compute<B: AutodiffBackend>(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    device: &B::Device,
+    bar: &ProgressBar,
+) -> Result<Computed, TrainError> {
+    let k = cfg.folds;
+    let train_rows: Vec<usize> = (0..ds.len())
+        .filter(|&i| ds.split[i] == Split::Train)
+        .collect();
+    let fold: Vec<usize> = ds.ids.iter().map(|id| data::fold_of(id, k)).collect();
+    let mut oof = vec![None; ds.len()];
+    let (mut fold_probs, mut fold_pool_probs) = (Vec::new(), Vec::new());
+    let (mut fold_best, mut fold_histories) = (Vec::new(), Vec::new());
+    for f in 0..k {
+        let tr = ds.part(|i| ds.split[i] == Split::Train && fold[i] != f);
+        let va = ds.part(|i| ds.split[i] == Split::Train && fold[i] == f);
+        if va.rows.is_empty() || tr.rows.is_empty() {
+            tracing::warn!(fold = f, "fold is empty; skipped");
+            bar.inc(1);
+            continue;
+        }
+        bar.set_message(format!("fold {}/{k}", f + 1));
+        let fitted = fit::<B>(
+            &cfg.head,
+            &cfg.fit,
+            Xy {
+                x: &tr.x,
+                y: &tr.y,
+                dim: ds.dim,
+            },
+            Some(Xy {
+                x: &va.x,
+                y: &va.y,
+                dim: ds.dim,
+            }),
+            cfg.fit.max_epochs,
+            cfg.seed
+                .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(f as u64 + 1)),
+            device,
+        );
+        let z = logits(&fitted.head, &ds.x, ds.dim, device);
+        for &r in &va.rows {
+            oof[r] = Some(z[r]);
+        }
+        fold_probs.push(z.into_iter().map(sigmoid).collect());
+        fold_pool_probs.push(
+            logits(&fitted.head, &ds.pool_x, ds.dim, device)
+                .into_iter()
+                .map(sigmoid)
+                .collect(),
+        );
+        fold_best.push(fitted.best_epoch);
+        fold_histories.push(fitted.history);
+        bar.inc(1);
+    }
+    if fold_best.is_empty() {
+        return Err(TrainError::NotEnoughData(
+            "every cross-validation fold is empty".into(),
+        ));
+    }
+    let final_epochs = median(&fold_best);
+    bar.set_message(format!("final head, {final_epochs} epochs"));
+    let all = ds.part(|i| ds.split[i] == Split::Train);
+    debug_assert_eq!(all.rows, train_rows);
+    let fitted = fit::<B>(
+        &cfg.head,
+        &cfg.fit,
+        Xy {
+            x: &all.x,
+            y: &all.y,
+            dim: ds.dim,
+        },
+        None,
+        final_epochs,
+        cfg.seed,
+        device,
+    );
+    bar.inc(1);
+    let head = fitted.head;
+    Ok(Computed {
+        weights: encode_head(&head)?,
+        logits: logits(&head, &ds.x, ds.dim, device),
+        pool_logits: logits(&head, &ds.pool_x, ds.dim, device),
+        fold_probs,
+        fold_pool_probs,
+        oof,
+        fold_best,
+        final_epochs,
+        history: fitted.history,
+        fold_histories,
+    })
+}
+
+/// Runs the compute phase on the configured device.
+fn compute_on_device(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    bar: &ProgressBar,
+) -> Result<Computed, TrainError> {
+    match cfg.device {
+        ComputeDevice::Cpu => {
+            compute::<Autodiff<crate::embed::Cpu>>(ds, cfg, &Default::default(), bar)
+        }
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => {
+            compute::<Autodiff<burn::backend::Cuda<f32>>>(ds, cfg, &Default::default(), bar)
+        }
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => Err(TrainError::Unsupported(
+            "this build has no CUDA support; rebuild with `--features cuda`".into(),
+        )),
+    }
+}
+
+/// Refuses data that cannot train: a missing class, too few labels per class, too few rows.
+pub fn check_trainable(ds: &Dataset, min_per_class: usize) -> Result<(), TrainError> {
+    let train: Vec<u8> = (0..ds.len())
+        .filter(|&i| ds.split[i] == Split::Train)
+        .map(|i| ds.y[i])
+        .collect();
+    let pos = train.iter().filter(|&&y| y == 1).count();
+    let neg = train.len() - pos;
+    if pos == 0 || neg == 0 {
+        return Err(TrainError::NotEnoughData(format!(
+            "the training split has only one class ({pos} roadwork, {neg} clean)"
+        )));
+    }
+    if pos < min_per_class || neg < min_per_class {
+        return Err(TrainError::NotEnoughData(format!(
+            "{pos} roadwork and {neg} clean training samples; at least {min_per_class} of each are needed (train.min_per_class)"
+        )));
+    }
+    Ok(())
+}
+
+/// The embedding model to train on: the configured one, or the only one in the store.
+pub async fn resolve_embedding_model(
+    store: &Store,
+    cfg: &TrainConfig,
+) -> Result<String, TrainError> {
+    if let Some(m) = &cfg.embedding_model {
+        return Ok(m.clone());
+    }
+    let models = store.embedding_models().await?;
+    match models.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(TrainError::NoEmbeddings {
+            model: "(any)".into(),
+            available: vec![],
+        }),
+        _ => Err(TrainError::AmbiguousEmbeddings(models)),
+    }
+}
+
+impl Trainer {
+    /// Checks the configuration (before any data is read).
+    pub fn new(store: Store, registry: Registry, cfg: TrainConfig) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        Ok(Self {
+            store,
+            registry,
+            cfg,
+            progress: true,
+        })
+    }
+
+    /// No progress bar (tests, embedding in other stages).
+    pub fn quiet(mut self) -> Self {
+        self.progress = false;
+        self
+    }
+
+    /// Trains, calibrates, evaluates and registers one head. With `snapshot`, reads exactly that
+    /// snapshot; otherwise pins the store's current state as `train/<model_version>` first.
+    pub async fn train(&self, snapshot: Option<SnapshotName>) -> Result<TrainSummary, TrainError> {
+        let started = Instant::now();
+        let cfg = &self.cfg;
+        let embedding_model = resolve_embedding_model(&self.store, cfg).await?;
+        let version = new_version();
+        let run_id = crate::ingest::new_run_id("train");
+        // Read first (at the current state or the given snapshot), so bad data never leaves a tag.
+        let ds = data::load(&self.store, snapshot.as_ref(), &embedding_model, &cfg.split).await?;
+        check_trainable(&ds, cfg.min_per_class)?;
+        let snap = match snapshot {
+            Some(s) => s,
+            None => SnapshotName::parse(&format!("train/{version}"))?,
+        };
+        let pinned = match self.store.snapshot(&snap).await {
+            Ok(s) => s.versions,
+            Err(crate::store::StoreError::SnapshotExists { .. }) => self
+                .store
+                .snapshots()
+                .await?
+                .into_iter()
+                .find(|s| s.name == snap)
+                .map(|s| s.versions)
+                .unwrap_or_default(),
+            Err(e) => return Err(e.into()),
+        };
+        // The snapshot may be newer than what was read when we pinned it ourselves; re-read at the
+        // tag so the card's versions are exactly the data trained on.
+        let ds = data::load(&self.store, Some(&snap), &embedding_model, &cfg.split).await?;
+        check_trainable(&ds, cfg.min_per_class)?;
+        let mut run = RunRow {
+            run_id: run_id.clone(),
+            kind: "train".into(),
+            started_at: Utc::now(),
+            finished_at: None,
+            status: "running".into(),
+            params: serde_json::json!({ "model_version": version, "snapshot": snap.to_string(), "config": cfg }).to_string(),
+            summary: "{}".into(),
+        };
+        self.store.record_run(&run).await?;
+        let parent = self.registry.champion()?.map(|c| c.version);
+
+        let bar = if self.progress {
+            ProgressBar::new(cfg.folds as u64 + 1)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} fits {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix("train");
+        tracing::info!(version = %version, model = %embedding_model, rows = ds.len(), pool = ds.pool_ids.len(), "training");
+        let (ds, c) = {
+            let cfg = cfg.clone();
+            let bar = bar.clone();
+            tokio::task::spawn_blocking(move || {
+                let c = compute_on_device(&ds, &cfg, &bar);
+                (ds, c)
+            })
+            .await
+            .map_err(|e| TrainError::Task(e.to_string()))?
+        };
+        bar.finish_and_clear();
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                run.status = "failed".into();
+                run.finished_at = Some(Utc::now());
+                run.summary = serde_json::json!({ "error": e.to_string() }).to_string();
+                self.store.record_run(&run).await?;
+                return Err(e);
+            }
+        };
+
+        let calibration = self.calibrate(&ds, &c.logits);
+        let t = calibration.temperature;
+        let eval_rows: Vec<usize> = (0..ds.len())
+            .filter(|&i| ds.split[i] == Split::Eval)
+            .collect();
+        let evaluation = (!eval_rows.is_empty()).then(|| {
+            let z: Vec<f32> = eval_rows.iter().map(|&i| c.logits[i]).collect();
+            let y: Vec<u8> = eval_rows.iter().map(|&i| ds.y[i]).collect();
+            let slices = slices_of(&ds, &eval_rows);
+            let ids: Vec<&str> = eval_rows.iter().map(|&i| ds.ids[i].as_str()).collect();
+            evaluate(
+                &version,
+                &ids,
+                &z,
+                &y,
+                &slices,
+                t,
+                cfg.replay_queries,
+                cfg.seed,
+            )
+        });
+        let card = ModelCard {
+            format: super::model::CARD_FORMAT,
+            model_version: version.clone(),
+            created_at: Utc::now(),
+            embedding_model: embedding_model.clone(),
+            dim: ds.dim,
+            head: cfg.head.clone(),
+            calibration,
+            snapshot: snap.to_string(),
+            table_versions: pinned,
+            recipe: serde_json::to_value(cfg).map_err(|e| TrainError::Card(e.to_string()))?,
+            seed: cfg.seed,
+            data: ds.counts(),
+            fold_best_epochs: c.fold_best.clone(),
+            final_epochs: c.final_epochs,
+            history: c.history.clone(),
+            fold_histories: c.fold_histories.clone(),
+            metrics: evaluation.as_ref().map(|e| e.metrics.clone()),
+            replay: evaluation.as_ref().and_then(|e| e.replay.clone()),
+            weights_sha256: sha256_hex(&c.weights),
+            parent,
+            roadwork_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let artifact_dir = self.registry.register(&card, &c.weights)?;
+        let card_json =
+            serde_json::to_string(&card).map_err(|e| TrainError::Card(e.to_string()))?;
+        let scores = score_rows(&ds, &c, t, &version);
+        let scored = scores.len();
+        self.store.put_head_scores(&scores).await?;
+        if let Some(e) = &evaluation {
+            self.store.put_evaluation(&e.to_row()?).await?;
+        }
+        self.store
+            .put_model(&ModelRow {
+                model_version: version.clone(),
+                created_at: card.created_at,
+                embedding_model,
+                snapshot: snap.to_string(),
+                artifact_dir: artifact_dir.to_string_lossy().into_owned(),
+                card: card_json,
+            })
+            .await?;
+        run.status = "ok".into();
+        run.finished_at = Some(Utc::now());
+        run.summary = serde_json::json!({
+            "model_version": version,
+            "metrics": card.metrics,
+            "temperature": card.calibration.temperature,
+            "scored": scored,
+        })
+        .to_string();
+        self.store.record_run(&run).await?;
+        Ok(TrainSummary {
+            run_id,
+            card,
+            artifact_dir,
+            scored,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Fits the temperature on the calibration split (real data only), if it is usable.
+    fn calibrate(&self, ds: &Dataset, z_all: &[f32]) -> CalibrationReport {
+        let rows: Vec<usize> = (0..ds.len())
+            .filter(|&i| ds.split[i] == Split::Calib)
+            .collect();
+        let z: Vec<f32> = rows.iter().map(|&i| z_all[i]).collect();
+        let y: Vec<u8> = rows.iter().map(|&i| ds.y[i]).collect();
+        let raw: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
+        let ece_before = reliability(&raw, &y, super::metrics::ECE_BINS).ece;
+        let skipped = if rows.len() < self.cfg.min_calibration {
+            Some(format!(
+                "{} calibration samples, fewer than train.min_calibration = {}",
+                rows.len(),
+                self.cfg.min_calibration
+            ))
+        } else if !y.contains(&0) || !y.contains(&1) {
+            Some("the calibration split has one class only".into())
+        } else {
+            None
+        };
+        let temperature = if skipped.is_some() {
+            Temperature::default()
+        } else {
+            Temperature::fit(&z, &y)
+        };
+        let cal: Vec<f32> = z.iter().map(|&z| temperature.served(z)).collect();
+        CalibrationReport {
+            temperature,
+            ece_before,
+            ece_after: reliability(&cal, &y, super::metrics::ECE_BINS).ece,
+            skipped,
+        }
+    }
+}
+
+/// Per-sample scores for mining: every labelled and every pool sample.
+fn score_rows(ds: &Dataset, c: &Computed, t: Temperature, version: &str) -> Vec<HeadScoreRow> {
+    let now = Utc::now();
+    let members =
+        |probs: &[Vec<f32>], i: usize| -> Vec<f32> { probs.iter().map(|p| p[i]).collect() };
+    let mut out = Vec::with_capacity(ds.len() + ds.pool_ids.len());
+    for i in 0..ds.len() {
+        let (mean, std, mi) = ensemble_stats(&members(&c.fold_probs, i));
+        out.push(HeadScoreRow {
+            model_version: version.to_string(),
+            sample_id: ds.ids[i].clone(),
+            split: ds.split[i].as_str().to_string(),
+            label: Some(ds.y[i]),
+            oof_prob: c.oof[i].map(sigmoid),
+            prob: t.served(c.logits[i]),
+            ensemble_mean: mean,
+            ensemble_std: std,
+            ensemble_mi: mi,
+            ts: now,
+        });
+    }
+    for (i, id) in ds.pool_ids.iter().enumerate() {
+        let (mean, std, mi) = ensemble_stats(&members(&c.fold_pool_probs, i));
+        out.push(HeadScoreRow {
+            model_version: version.to_string(),
+            sample_id: id.clone(),
+            split: "unlabelled".into(),
+            label: None,
+            oof_prob: None,
+            prob: t.served(c.pool_logits[i]),
+            ensemble_mean: mean,
+            ensemble_std: std,
+            ensemble_mi: mi,
+            ts: now,
+        });
+    }
+    out
+}
+
+/// Times `epochs` epochs of one head fit on `n × dim` random clustered features (for
+/// `roadwork bench train`); returns seconds.
+pub fn bench_fit(
+    cfg: &TrainConfig,
+    x: &[f32],
+    y: &[u8],
+    dim: usize,
+    epochs: usize,
+) -> Result<f64, TrainError> {
+    let started = Instant::now();
+    let xy = Xy { x, y, dim };
+    match cfg.device {
+        ComputeDevice::Cpu => {
+            fit::<Autodiff<crate::embed::Cpu>>(
+                &cfg.head,
+                &cfg.fit,
+                xy,
+                None,
+                epochs,
+                cfg.seed,
+                &Default::default(),
+            );
+        }
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => {
+            fit::<Autodiff<burn::backend::Cuda<f32>>>(
+                &cfg.head,
+                &cfg.fit,
+                xy,
+                None,
+                epochs,
+                cfg.seed,
+                &Default::default(),
+            );
+        }
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => {
+            return Err(TrainError::Unsupported(
+                "this build has no CUDA support; rebuild with `--features cuda`".into(),
+            ));
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensemble_agreement_has_no_mutual_information() {
+        let (m, s, mi) = ensemble_stats(&[0.8, 0.8, 0.8]);
+        assert!((m - 0.8).abs() < 1e-6 && s < 1e-6 && mi < 1e-6);
+        let (m, s, mi) = ensemble_stats(&[0.01, 0.99]);
+        assert!((m - 0.5).abs() < 1e-6 && s > 0.45 && mi > 0.5);
+    }
+}
