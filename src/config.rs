@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
+use crate::mine::MineConfig;
 use crate::train::TrainConfig;
 
 /// Everything a run of `roadwork` can be configured with.
@@ -18,6 +19,7 @@ pub struct Config {
     pub decode: DecodeLimits,
     pub embed: EmbedConfig,
     pub train: TrainConfig,
+    pub mine: MineConfig,
 }
 
 /// Where things live.
@@ -84,6 +86,8 @@ pub enum ConfigError {
     },
     #[error("config: {0}")]
     Train(String),
+    #[error("config: {0}")]
+    Mine(String),
     #[error("config value {field} = {value} is out of range: {why}")]
     Invalid {
         field: &'static str,
@@ -139,6 +143,9 @@ impl Config {
         }
         if let Err(why) = self.train.validate() {
             return Err(ConfigError::Train(why));
+        }
+        if let Err(why) = self.mine.validate() {
+            return Err(ConfigError::Mine(why.to_string()));
         }
         if self.decode.max_side_px < 16 {
             return bad(

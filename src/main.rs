@@ -95,6 +95,14 @@ enum Command {
     /// The head registry: list, show, promote, rollback, champion.
     #[command(subcommand)]
     Models(cli::train::ModelsCmd),
+    /// Hard cases, clusters, duplicates, drift; budgeted selection for labelling.
+    #[command(subcommand)]
+    Mine(cli::mine::MineCmd),
+    /// Nearest stored samples to a sample (or an image file in the store), through the ANN index.
+    #[command(
+        after_help = "Examples:\n  roadwork similar 3fa2…(64 hex) -k 20\n  roadwork similar photo.jpg -k 10 --where \"source = 'validator'\"\n  roadwork similar 3fa2… --recall 200"
+    )]
+    Similar(cli::mine::SimilarArgs),
     /// Store maintenance: layout, versions and snapshots.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -197,6 +205,14 @@ enum BenchCmd {
         after_help = "Examples:\n  roadwork bench train --n 100000 --dim 1024 --epochs 3\n  roadwork bench train --heads '0;256;512,128' --device cuda"
     )]
     Train(cli::train::BenchTrain),
+    /// Active-learning strategies on the committed digits data, 10 to 500 labels.
+    #[command(
+        after_help = "Examples:\n  roadwork bench al\n  roadwork bench al --seeds 3 --strategies auto,random"
+    )]
+    Al(cli::mine::BenchAl),
+    /// kNN graph, k-means and duplicate search at scale, with peak memory.
+    #[command(after_help = "Example:\n  roadwork bench mine --n 100000,1000000 --dim 384")]
+    Mine(cli::mine::BenchMine),
 }
 
 fn init_tracing(verbose: u8) {
@@ -280,8 +296,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cli::train::train(cfg, a).await,
         Command::Eval(a) => cli::train::eval(cfg, a).await,
         Command::Models(cmd) => cli::train::models(cfg, cmd).await,
+        Command::Mine(cmd) => cli::mine::mine(cfg, cmd).await,
+        Command::Similar(a) => cli::mine::similar(cfg, a).await,
         Command::Bench(BenchCmd::Embed(b)) => bench_embed(b),
         Command::Bench(BenchCmd::Train(b)) => cli::train::bench_train(&cfg, b),
+        Command::Bench(BenchCmd::Mine(b)) => {
+            tokio::task::spawn_blocking(move || cli::mine::bench_mine(b)).await?
+        }
+        Command::Bench(BenchCmd::Al(b)) => {
+            tokio::task::spawn_blocking(move || cli::mine::bench_al(b)).await?
+        }
         Command::Bench(BenchCmd::Ingest {
             n,
             width,
@@ -412,6 +436,8 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
         Some(p) => println!("champion report: {}", p.display()),
         None => println!("no champion report: the eval split is empty"),
     }
+    println!();
+    cli::mine::print_mine_summary(&r.mine);
     println!("\nsamples by source and effective label:");
     print!("{}", render_table(&r.by_source_label, 100));
     println!("\nsamples by era and format:");

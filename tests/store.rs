@@ -49,7 +49,7 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 2);
+    assert_eq!(schema::SCHEMA_VERSION, 3);
     assert_eq!(
         show(schema::samples_schema()),
         "sample_id:Utf8,image:LargeBinary,width:UInt32,height:UInt32,format:Utf8,bytes:UInt64,\
@@ -78,6 +78,26 @@ artifact_dir:Utf8,card:Utf8"
         "score_id:Utf8,model_version:Utf8,sample_id:Utf8,split:Utf8,label:UInt8,oof_prob:Float32,\
 prob:Float32,ensemble_mean:Float32,ensemble_std:Float32,ensemble_mi:Float32,ts:Timestamp(µs, \"UTC\")"
     );
+    assert_eq!(
+        show(schema::schema_of(tables::MINE_SCORES).unwrap()),
+        "score_id:Utf8,run_id:Utf8,sample_id:Utf8,cluster:UInt32,hardness:Float32,reasons:Utf8,\
+prob:Float32,label_issue:Boolean,outlier:Boolean,knn_mean:Float32,typicality:Float32,dup_group:Utf8,sets:Utf8"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::MINE_CLUSTERS).unwrap()),
+        "cluster_id:Utf8,run_id:Utf8,cluster:UInt32,size:UInt32,n_labelled:UInt32,positive_share:Float32,\
+error_rate:Float32,train_share:Float32,traffic_share:Float32,drift_ratio:Float32,drift_z:Float32,\
+under_covered:Boolean,exemplar:Utf8"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::DUPLICATES).unwrap()),
+        "pair_id:Utf8,run_id:Utf8,sample_a:Utf8,sample_b:Utf8,kind:Utf8,distance:Float32,sets_a:Utf8,sets_b:Utf8"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::SELECTIONS).unwrap()),
+        "selection_row:Utf8,name:Utf8,created_at:Timestamp(µs, \"UTC\"),sample_id:Utf8,rank:UInt32,\
+score:Float32,strategy:Utf8,reasons:Utf8"
+    );
 }
 
 /// A layout-1 store (before the training tables) opens: the tables are added and the version
@@ -89,7 +109,15 @@ async fn a_layout_1_store_is_upgraded_in_place() {
     drop(store);
     let uri = dir.path().join("store").to_string_lossy().into_owned();
     let db = lancedb::connect(&uri).execute().await.unwrap();
-    for t in [tables::MODELS, tables::EVALUATIONS, tables::HEAD_SCORES] {
+    for t in [
+        tables::MODELS,
+        tables::EVALUATIONS,
+        tables::HEAD_SCORES,
+        tables::MINE_SCORES,
+        tables::MINE_CLUSTERS,
+        tables::DUPLICATES,
+        tables::SELECTIONS,
+    ] {
         db.drop_table(t, &[]).await.unwrap();
     }
     set_layout_version(&db, "1").await;
@@ -111,7 +139,7 @@ async fn a_layout_1_store_is_upgraded_in_place() {
         .unwrap()
         .value(0)
         .to_string();
-    assert_eq!(v, "2");
+    assert_eq!(v, "3");
 }
 
 #[tokio::test]

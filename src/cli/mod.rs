@@ -1,3 +1,4 @@
 //! Subcommand handlers too large for `main.rs`, one file per stage.
 
+pub mod mine;
 pub mod train;

@@ -23,6 +23,7 @@ pub mod hardness;
 pub mod kmeans;
 pub mod knn;
 pub mod label_issues;
+mod run;
 pub mod select;
 mod vectors;
 
@@ -37,6 +38,9 @@ pub use hardness::{HardCase, Signals};
 pub use kmeans::{KMeans, KMeansConfig, KMeansMode, kmeans, kmeans_plus_plus, lloyd, minibatch};
 pub use knn::{KnnConfig, KnnGraph, KnnMethod, exact_neighbors, knn_graph, nearest_in, recall_at};
 pub use label_issues::{LabelIssues, find_binary_label_issues, find_label_issues};
+pub use run::{
+    HardRow, MineConfig, MineSummary, Miner, resolve_embedding_model, write_selection_csv,
+};
 pub use select::{Pool, SelectConfig, Selected, Selection, Strategy, select};
 pub use vectors::{Metric, Vectors, quantile};
 

@@ -6,7 +6,8 @@
 //! 4. Embeds every sample with DINOv3 (random weights unless the config names a weights file).
 //! 5. Trains, calibrates and evaluates a head, registers it, and promotes it through the gate;
 //!    writes the HTML evaluation report of the champion.
-//! 6. Prints what the store holds, through the same SQL a person would type.
+//! 6. Mines the store with the champion's scores: hard cases, clusters, duplicates, drift.
+//! 7. Prints what the store holds, through the same SQL a person would type.
 //!
 //! Re-running it adds no data (every ingest is idempotent); it trains a new challenger, which the
 //! gate promotes only if it is at least as good as the champion.
@@ -59,6 +60,8 @@ pub struct DemoReport {
     pub embed: crate::embed::EmbedSummary,
     pub train: TrainSummary,
     pub gate: GateDecision,
+    /// Hard cases, clusters, duplicates and drift of the champion's data.
+    pub mine: crate::mine::MineSummary,
     /// The champion's evaluation report (`index.html`); none without eval samples.
     pub report: Option<PathBuf>,
 }
@@ -148,6 +151,14 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         }
         Err(e) => return Err(e.into()),
     };
+    let miner = crate::mine::Miner::new(store.clone(), cfg.mine.clone())?;
+    let mine = miner
+        .run(
+            &crate::mine::Compute::<crate::embed::Cpu>::new(Default::default()),
+            Some(&champion),
+            Some(&cfg.data.dir.join("reports")),
+        )
+        .await?;
     let q = QueryEngine::new(store.clone());
     let by_source_label = q.execute(SAMPLES_BY_SOURCE_AND_LABEL).await?;
     let by_era = q
@@ -170,5 +181,6 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         train,
         gate,
         report,
+        mine,
     })
 }

@@ -26,6 +26,8 @@ pub enum PipelineError {
     Embed(#[from] crate::embed::EmbedError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Mine(#[from] crate::mine::MineError),
     #[error("background task failed: {0}")]
     Task(String),
 }

@@ -9,8 +9,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::Utc;
+use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::index::vector::IvfHnswSqIndexBuilder;
+use lancedb::query::{ExecutableQuery, QueryBase};
 use lancedb::table::OptimizeAction;
 
 use super::schema::col;
@@ -251,5 +253,90 @@ impl Store {
             .await
             .map_err(lance("create index", table))?;
         Ok(IndexOutcome::Created { rows })
+    }
+
+    /// The `k` nearest stored vectors to `vector` by cosine distance, nearest first: through the
+    /// table's ANN index when it has one (`exact = false`), or by a flat scan. `only_if` is a SQL
+    /// filter on the embeddings table (e.g. `sample_id IN (…)`).
+    pub async fn nearest(
+        &self,
+        model_id: &str,
+        vector: &[f32],
+        k: usize,
+        only_if: Option<&str>,
+        exact: bool,
+    ) -> Result<Vec<(SampleId, f32)>, StoreError> {
+        let table = embeddings_table(model_id);
+        let t = self.table(&table).await?;
+        let mut q = t
+            .query()
+            .nearest_to(vector)
+            .map_err(lance("vector query", &table))?
+            .distance_type(lancedb::DistanceType::Cosine)
+            .limit(k.max(1));
+        if exact {
+            q = q.bypass_vector_index();
+        }
+        if let Some(f) = only_if {
+            q = q.only_if(f);
+        }
+        let batches: Vec<RecordBatch> = q
+            .execute()
+            .await
+            .map_err(lance("vector query", &table))?
+            .try_collect()
+            .await
+            .map_err(lance("vector query", &table))?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let (Some(id), Some(d)) = (
+                b.column_by_name(col::SAMPLE_ID)
+                    .and_then(|c| c.as_string_opt::<i32>()),
+                b.column_by_name("_distance")
+                    .and_then(|c| c.as_primitive_opt::<arrow_array::types::Float32Type>()),
+            ) else {
+                return Err(StoreError::SchemaMismatch {
+                    table: table.clone(),
+                    problems: "vector query returned no sample_id/_distance".into(),
+                });
+            };
+            for i in 0..b.num_rows() {
+                if let Ok(sid) = id.value(i).parse::<SampleId>() {
+                    out.push((sid, d.value(i)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(out)
+    }
+
+    /// The stored vector of one sample, if it has one.
+    pub async fn vector_of(
+        &self,
+        model_id: &str,
+        sample: &SampleId,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        let table = embeddings_table(model_id);
+        let filter = format!("{} = '{}'", col::SAMPLE_ID, sample);
+        let batches = self
+            .scan(
+                &table,
+                Some(&[col::SAMPLE_ID, VECTOR]),
+                Some(&filter),
+                Some(1),
+            )
+            .await?;
+        for b in &batches {
+            if let Some(v) = b
+                .column_by_name(VECTOR)
+                .and_then(|c| c.as_fixed_size_list_opt())
+                && b.num_rows() > 0
+            {
+                let values = v.value(0);
+                let f = values.as_primitive::<arrow_array::types::Float32Type>();
+                return Ok(Some(f.values().to_vec()));
+            }
+        }
+        Ok(None)
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod ids;
 mod labels;
 pub mod manifest;
+mod mining;
 mod models;
 pub mod querylog;
 pub mod schema;
@@ -34,6 +35,7 @@ pub use embeddings::{
 pub use error::StoreError;
 pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
 pub use labels::{EffectiveLabel, effective_labels};
+pub use mining::{DuplicateRow, MineClusterRow, MineScoreRow, SelectionRow};
 pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
 pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
 pub use snapshot::SnapshotName;

@@ -20,7 +20,7 @@ use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Table names.
 pub mod tables {
@@ -40,8 +40,16 @@ pub mod tables {
     pub const EVALUATIONS: &str = "evaluations";
     /// Per-sample scores from a training run: out-of-fold and ensemble probabilities (layout 2).
     pub const HEAD_SCORES: &str = "head_scores";
+    /// Per-sample results of a mining run: cluster, hardness and reasons (layout 3).
+    pub const MINE_SCORES: &str = "mine_scores";
+    /// Per-cluster results of a mining run: size, label mix, error rate, drift.
+    pub const MINE_CLUSTERS: &str = "mine_clusters";
+    /// Duplicate edges (exact, re-encoded, near) found by a mining run.
+    pub const DUPLICATES: &str = "duplicates";
+    /// Named selections for labelling.
+    pub const SELECTIONS: &str = "selections";
     /// Every table the store creates on open, in a stable order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 12] = [
         SAMPLES,
         LABELS,
         PREDICTIONS,
@@ -50,6 +58,10 @@ pub mod tables {
         MODELS,
         EVALUATIONS,
         HEAD_SCORES,
+        MINE_SCORES,
+        MINE_CLUSTERS,
+        DUPLICATES,
+        SELECTIONS,
     ];
 }
 
@@ -106,6 +118,37 @@ pub mod col {
     pub const ENSEMBLE_MEAN: &str = "ensemble_mean";
     pub const ENSEMBLE_STD: &str = "ensemble_std";
     pub const ENSEMBLE_MI: &str = "ensemble_mi";
+    pub const CLUSTER: &str = "cluster";
+    pub const HARDNESS: &str = "hardness";
+    pub const REASONS: &str = "reasons";
+    pub const LABEL_ISSUE: &str = "label_issue";
+    pub const OUTLIER: &str = "outlier";
+    pub const KNN_MEAN: &str = "knn_mean";
+    pub const TYPICALITY: &str = "typicality";
+    pub const DUP_GROUP: &str = "dup_group";
+    pub const SETS: &str = "sets";
+    pub const CLUSTER_ID: &str = "cluster_id";
+    pub const SIZE: &str = "size";
+    pub const N_LABELLED: &str = "n_labelled";
+    pub const POSITIVE_SHARE: &str = "positive_share";
+    pub const ERROR_RATE: &str = "error_rate";
+    pub const TRAIN_SHARE: &str = "train_share";
+    pub const TRAFFIC_SHARE: &str = "traffic_share";
+    pub const DRIFT_RATIO: &str = "drift_ratio";
+    pub const DRIFT_Z: &str = "drift_z";
+    pub const UNDER_COVERED: &str = "under_covered";
+    pub const EXEMPLAR: &str = "exemplar";
+    pub const PAIR_ID: &str = "pair_id";
+    pub const SAMPLE_A: &str = "sample_a";
+    pub const SAMPLE_B: &str = "sample_b";
+    pub const DISTANCE: &str = "distance";
+    pub const SETS_A: &str = "sets_a";
+    pub const SETS_B: &str = "sets_b";
+    pub const SELECTION_ROW: &str = "selection_row";
+    pub const NAME: &str = "name";
+    pub const RANK: &str = "rank";
+    pub const SCORE: &str = "score";
+    pub const STRATEGY: &str = "strategy";
 }
 
 pub(crate) fn ts_type() -> DataType {
@@ -195,6 +238,10 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
         tables::MODELS => Some(super::models::models_schema()),
         tables::EVALUATIONS => Some(super::models::evaluations_schema()),
         tables::HEAD_SCORES => Some(super::models::head_scores_schema()),
+        tables::MINE_SCORES => Some(super::mining::mine_scores_schema()),
+        tables::MINE_CLUSTERS => Some(super::mining::mine_clusters_schema()),
+        tables::DUPLICATES => Some(super::mining::duplicates_schema()),
+        tables::SELECTIONS => Some(super::mining::selections_schema()),
         _ => None,
     }
 }
@@ -212,6 +259,10 @@ pub fn key_of(table: &str) -> &'static str {
         tables::MODELS => col::MODEL_VERSION,
         tables::EVALUATIONS => col::EVAL_ID,
         tables::HEAD_SCORES => col::SCORE_ID,
+        tables::MINE_SCORES => col::SCORE_ID,
+        tables::MINE_CLUSTERS => col::CLUSTER_ID,
+        tables::DUPLICATES => col::PAIR_ID,
+        tables::SELECTIONS => col::SELECTION_ROW,
         _ => col::KEY,
     }
 }
