@@ -301,7 +301,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Embed(b)) => bench_embed(b),
         Command::Bench(BenchCmd::Train(b)) => cli::train::bench_train(&cfg, b),
         Command::Bench(BenchCmd::Mine(b)) => {
-            tokio::task::spawn_blocking(move || cli::mine::bench_mine(b)).await?
+            let b = std::sync::Arc::new(b);
+            let bb = b.clone();
+            tokio::task::spawn_blocking(move || cli::mine::bench_mine(&bb)).await??;
+            cli::mine::bench_lance(&cfg, &b).await
         }
         Command::Bench(BenchCmd::Al(b)) => {
             tokio::task::spawn_blocking(move || cli::mine::bench_al(b)).await?

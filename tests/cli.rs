@@ -23,6 +23,11 @@ fn every_subcommand_help_shows_an_example() {
         vec!["store", "info"],
         vec!["store", "snapshot"],
         vec!["bench", "ingest"],
+        vec!["bench", "al"],
+        vec!["bench", "mine"],
+        vec!["mine", "run"],
+        vec!["mine", "select"],
+        vec!["similar"],
     ] {
         let out = roadwork(d.path())
             .args(&args)
@@ -55,11 +60,17 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         text.contains("samples by source and effective label"),
         "{text}"
     );
-    assert!(text.contains("40 samples in the store"), "{text}");
+    // 20 scenes, 20 NATIX rows, 20 validator-traffic crops.
+    assert!(text.contains("60 samples in the store"), "{text}");
     assert!(
-        text.contains("embedded 40") && text.contains("WARNING: random weights"),
+        text.contains("embedded 60") && text.contains("WARNING: random weights"),
         "{text}"
     );
+    assert!(
+        text.contains("top hard cases:") && text.contains("under-covered clusters"),
+        "{text}"
+    );
+    assert!(text.contains("mining report:"), "{text}");
 
     let q = roadwork(d.path())
         .args([
@@ -73,7 +84,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_eq!(
         String::from_utf8_lossy(&q.stdout),
-        "source,n\ndataset,20\nsynthetic,20\n"
+        "source,n\ndataset,20\nsynthetic,20\nvalidator,20\n"
     );
 
     let again = roadwork(d.path())
@@ -82,7 +93,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(
-        text.contains("reusing") && text.contains("40 samples in the store"),
+        text.contains("reusing") && text.contains("60 samples in the store"),
         "{text}"
     );
     assert!(text.contains("new samples 0"), "{text}");

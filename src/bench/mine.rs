@@ -155,3 +155,68 @@ pub fn markdown(rows: &[MineBenchRow]) -> String {
     }
     s
 }
+
+/// Recall of the Lance ANN index (IVF-HNSW-SQ, cosine) against a flat scan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LanceRecall {
+    pub n: usize,
+    pub dim: usize,
+    pub index_build_s: f64,
+    pub queries: usize,
+    pub recall_at_10: f64,
+    pub ann_ms_per_query: f64,
+    pub exact_ms_per_query: f64,
+}
+
+/// Writes `n` clustered vectors to an embeddings table of `store`, builds the ANN index and
+/// compares `queries` ANN searches (top 10) with exact ones.
+pub async fn lance_recall(
+    store: &crate::store::Store,
+    n: usize,
+    dim: usize,
+    queries: usize,
+) -> Result<LanceRecall, crate::mine::MineError> {
+    use crate::store::{SampleId, embeddings_table};
+    use std::collections::HashSet;
+    use std::time::Instant;
+    let model = format!("bench-lance-{n}x{dim}");
+    let x = clustered(n, dim, (n / 100).clamp(10, 2000), 5);
+    let ids: Vec<SampleId> = (0..n)
+        .map(|i| SampleId::of_bytes(format!("bench-{i}").as_bytes()))
+        .collect();
+    for start in (0..n).step_by(20_000) {
+        let end = (start + 20_000).min(n);
+        let rows: Vec<(SampleId, Vec<f32>)> = (start..end)
+            .map(|i| (ids[i].clone(), x.row(i).to_vec()))
+            .collect();
+        store.put_embeddings(&model, dim, &rows).await?;
+    }
+    let t = Instant::now();
+    store
+        .refresh_vector_index(&embeddings_table(&model), 1)
+        .await?;
+    let index_build_s = t.elapsed().as_secs_f64();
+    let (mut hit, mut total, mut ann_s, mut exact_s) = (0usize, 0usize, 0f64, 0f64);
+    let step = (n / queries.max(1)).max(1);
+    let q: Vec<usize> = (0..n).step_by(step).take(queries).collect();
+    for &i in &q {
+        let t = Instant::now();
+        let ann = store.nearest(&model, x.row(i), 10, None, false).await?;
+        ann_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let exact = store.nearest(&model, x.row(i), 10, None, true).await?;
+        exact_s += t.elapsed().as_secs_f64();
+        let e: HashSet<&SampleId> = exact.iter().map(|r| &r.0).collect();
+        hit += ann.iter().filter(|r| e.contains(&r.0)).count();
+        total += exact.len();
+    }
+    Ok(LanceRecall {
+        n,
+        dim,
+        index_build_s,
+        queries: q.len(),
+        recall_at_10: hit as f64 / total.max(1) as f64,
+        ann_ms_per_query: 1000.0 * ann_s / q.len().max(1) as f64,
+        exact_ms_per_query: 1000.0 * exact_s / q.len().max(1) as f64,
+    })
+}

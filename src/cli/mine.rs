@@ -84,12 +84,40 @@ pub struct BenchMine {
     dim: usize,
     #[arg(long, default_value_t = 256)]
     kmeans_k: usize,
+    /// Also measure the Lance ANN index (`similar`) against exact search on this many vectors
+    /// written to a scratch store under <data>/bench/lance (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    lance_n: usize,
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
+/// Measures recall@10 of the Lance ANN path against exact search.
+pub async fn bench_lance(cfg: &Config, b: &BenchMine) -> Result<()> {
+    if b.lance_n == 0 {
+        return Ok(());
+    }
+    let dir = cfg.data.dir.join("bench/lance");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let store = Store::open(&dir.to_string_lossy()).await?;
+    let r = roadwork::bench::mine::lance_recall(&store, b.lance_n, b.dim, 200).await?;
+    println!(
+        "\nLance ANN (IVF-HNSW-SQ, cosine) on {} × {}: index built in {:.1} s; recall@10 vs exact {:.3} over {} queries; {:.1} ms/query ANN, {:.1} ms/query exact",
+        r.n,
+        r.dim,
+        r.index_build_s,
+        r.recall_at_10,
+        r.queries,
+        r.ann_ms_per_query,
+        r.exact_ms_per_query
+    );
+    Ok(())
+}
+
 /// Runs the mining scale benchmark and prints its table.
-pub fn bench_mine(b: BenchMine) -> Result<()> {
+pub fn bench_mine(b: &BenchMine) -> Result<()> {
     let c = Compute::<Cpu>::new(Default::default());
     let mut rows = Vec::new();
     for &n in &b.n {
@@ -102,8 +130,8 @@ pub fn bench_mine(b: BenchMine) -> Result<()> {
     }
     println!();
     print!("{}", roadwork::bench::mine::markdown(&rows));
-    if let Some(p) = b.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
+    if let Some(p) = &b.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())

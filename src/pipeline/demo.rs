@@ -6,6 +6,8 @@
 //! 4. Embeds every sample with DINOv3 (random weights unless the config names a weights file).
 //! 5. Trains, calibrates and evaluates a head, registers it, and promotes it through the gate;
 //!    writes the HTML evaluation report of the champion.
+//!    Validator-like traffic (unlabelled night/rain/fog crops) is ingested beside the data, so
+//!    mining has a distribution shift to find.
 //! 6. Mines the store with the champion's scores: hard cases, clusters, duplicates, drift.
 //! 7. Prints what the store holds, through the same SQL a person would type.
 //!
@@ -20,9 +22,12 @@ use super::PipelineError;
 use crate::config::Config;
 use crate::ingest::{FolderOptions, IngestSummary, Ingestor, NatixOptions};
 use crate::query::{QueryEngine, SAMPLES_BY_SOURCE_AND_LABEL};
-use crate::store::Store;
 use crate::store::manifest::MANIFEST_FILE;
-use crate::synth::scenes::{GenerateSummary, generate_scenes, write_natix_shard};
+use crate::store::{SampleSource, Store};
+use crate::synth::scenes::SynthError;
+use crate::synth::scenes::{
+    Daytime, GenerateSummary, SceneSpec, Weather, generate_scenes, scene_jpeg, write_natix_shard,
+};
 use crate::train::{
     GateDecision, Registry, TrainSummary, Trainer, evaluate_version, promote, write_report,
 };
@@ -99,12 +104,32 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
     if !opts.progress {
         ingestor = ingestor.quiet();
     }
+    let traffic_dir = cfg
+        .data
+        .dir
+        .join(format!("traffic/seed{}-n{}", opts.seed + 2, opts.n));
+    if !traffic_dir.join(TRAFFIC_DONE).is_file() {
+        let (dir, seed, n) = (traffic_dir.clone(), opts.seed + 2, (opts.n / 4).max(20));
+        tokio::task::spawn_blocking(move || write_shifted_traffic(&dir, seed, n))
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))??;
+    }
     let ingests = vec![
         ingestor
             .ingest_folder(&scenes_dir, &FolderOptions::default())
             .await?,
         ingestor
             .ingest_natix(std::slice::from_ref(&shard), &NatixOptions::default())
+            .await?,
+        ingestor
+            .ingest_folder(
+                &traffic_dir,
+                &FolderOptions {
+                    source: SampleSource::Validator,
+                    author: Some("demo-traffic".into()),
+                    ..FolderOptions::default()
+                },
+            )
             .await?,
     ];
     let embed = crate::embed::embed(&store, &cfg.embed, None, cfg.decode, opts.progress).await?;
@@ -183,4 +208,32 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         report,
         mine,
     })
+}
+
+/// Marks a complete traffic folder.
+const TRAFFIC_DONE: &str = ".complete";
+
+/// Unlabelled "validator traffic" whose distribution differs from the training scenes: night-time
+/// rain and fog at the 224² validator-crop size. Mining should find the clusters it falls in
+/// under-covered and the two-sample test should call it drift.
+fn write_shifted_traffic(dir: &std::path::Path, seed: u64, n: usize) -> Result<(), SynthError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| SynthError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for i in 0..n as u64 {
+        let mut spec = SceneSpec::draw(seed, i);
+        spec.daytime = Daytime::Night;
+        spec.weather = if i % 2 == 0 {
+            Weather::Rain
+        } else {
+            Weather::Fog
+        };
+        (spec.width, spec.height) = (224, 224);
+        let path = dir.join(format!("query-{i:05}.jpg"));
+        std::fs::write(&path, scene_jpeg(&spec)?).map_err(io(&path))?;
+    }
+    let done = dir.join(TRAFFIC_DONE);
+    std::fs::write(&done, b"").map_err(io(&done))
 }
