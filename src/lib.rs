@@ -22,6 +22,7 @@ pub mod mine;
 pub mod pipeline;
 pub mod plot;
 pub mod query;
+pub mod serve;
 pub mod store;
 pub mod synth;
 pub mod train;

@@ -1,5 +1,7 @@
 //! The binary end to end: help texts, the demo, and `roadwork query` on what the demo stored.
 
+mod support;
+
 use std::process::Command;
 
 fn roadwork(data: &std::path::Path) -> Command {
@@ -97,6 +99,78 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         "{text}"
     );
     assert!(text.contains("new samples 0"), "{text}");
+
+    // similar: by sample id, and by an image file that is not in the store (embedded on the fly
+    // with the same random encoder the demo used).
+    let ids = roadwork(d.path())
+        .args([
+            "query",
+            "--format",
+            "csv",
+            "SELECT sample_id FROM samples ORDER BY sample_id LIMIT 1",
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&ids.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let sim = roadwork(d.path())
+        .args(["similar", &id, "-k", "5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&sim.stdout);
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert!(
+        !text.contains(&id),
+        "a sample is not its own neighbour:\n{text}"
+    );
+    let photo = d.path().join("new.jpg");
+    std::fs::write(&photo, support::small_scene(99, 3)).unwrap();
+    let sim = roadwork(d.path())
+        .args([
+            "similar",
+            photo.to_str().unwrap(),
+            "-k",
+            "3",
+            "--where",
+            "source = 'validator'",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&sim.stdout).lines().count(), 4);
+    // mine select → CSV of unlabelled (validator) samples.
+    let csv = d.path().join("to_label.csv");
+    let sel = roadwork(d.path())
+        .args([
+            "mine",
+            "select",
+            "--budget",
+            "5",
+            "--name",
+            "t1",
+            "--out",
+            csv.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sel.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 6);
 
     let bad = roadwork(d.path())
         .args(["query", "SELECT nope FROM samples"])

@@ -328,7 +328,9 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
         tcfg.split.eval_share = 0.2;
         let (orig, twin) = mining_store(&store, &tcfg.split).await;
         let reg = Registry::open(dir.path().join("models")).unwrap();
-        let t = Trainer::new(store.clone(), reg, tcfg).unwrap().quiet();
+        let t = Trainer::new(store.clone(), reg.clone(), tcfg.clone())
+            .unwrap()
+            .quiet();
         let head = t.train(None).await.unwrap().card.model_version;
 
         let cfg = MineConfig {
@@ -386,6 +388,15 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
         );
         assert!(s.report.as_ref().unwrap().exists());
         assert!(!s.top_hard.is_empty() && s.top_hard.iter().all(|h| h.hardness.is_finite()));
+        // Evaluations now report per-cluster slices from this run.
+        let ev = roadwork::train::evaluate_version(&store, &reg, &head, &tcfg.split, 200, 0)
+            .await
+            .unwrap();
+        assert!(
+            ev.slices.iter().any(|sl| sl.slice.starts_with("cluster=")),
+            "{:?}",
+            ev.slices.iter().map(|s| &s.slice).collect::<Vec<_>>()
+        );
 
         // Selection: only unlabelled (traffic) samples, within budget, stored and exported.
         let (sel, rows) = miner

@@ -360,6 +360,31 @@ pub struct SimilarArgs {
     /// Also measure recall@10 of the ANN path against exact search on this many random samples.
     #[arg(long)]
     recall: Option<usize>,
+    /// Weights (safetensors) to embed an image file that is not in the store; without it the
+    /// configured random model is used, which only matches a store embedded the same way.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+/// Embeds an image that is not in the store with the configured encoder, if that encoder is the
+/// one the stored vectors came from.
+fn embed_file(
+    cfg: &Config,
+    bytes: &[u8],
+    weights: Option<&std::path::Path>,
+    model: &str,
+) -> Result<Vec<f32>> {
+    let e = roadwork::embed::Embedder::<Cpu>::load(&cfg.embed, weights, &Default::default())?;
+    anyhow::ensure!(
+        e.model_id() == model,
+        "the stored vectors are {model}, but the configured encoder is {}; pass the same --weights \
+         (and [embed] settings) the store was embedded with",
+        e.model_id()
+    );
+    let img = roadwork::imaging::decode(bytes, &cfg.decode)?;
+    e.embed_images(std::slice::from_ref(&img.image))
+        .pop()
+        .context("the encoder returned no vector")
 }
 
 /// `roadwork similar`.
@@ -368,18 +393,26 @@ pub async fn similar(cfg: Config, a: SimilarArgs) -> Result<()> {
     let model =
         roadwork::mine::resolve_embedding_model(&store, cfg.mine.embedding_model.as_deref())
             .await?;
-    let id: SampleId = match a.query.parse() {
-        Ok(id) => id,
+    let (id, file) = match a.query.parse::<SampleId>() {
+        Ok(id) => (id, None),
         Err(_) => {
             let bytes = std::fs::read(&a.query).with_context(|| {
                 format!("{} is neither a sample id nor a readable file", a.query)
             })?;
-            SampleId::of_bytes(&bytes)
+            (SampleId::of_bytes(&bytes), Some(bytes))
         }
     };
-    let v = store.vector_of(&model, &id).await?.with_context(|| {
-        format!("sample {id} has no {model} embedding; ingest it and run `roadwork embed` first")
-    })?;
+    let v = match (store.vector_of(&model, &id).await?, file) {
+        (Some(v), _) => v,
+        (None, Some(bytes)) => {
+            let (cfg2, w, m) = (cfg.clone(), a.weights.clone(), model.clone());
+            tokio::task::spawn_blocking(move || embed_file(&cfg2, &bytes, w.as_deref(), &m))
+                .await??
+        }
+        (None, None) => anyhow::bail!(
+            "sample {id} has no {model} embedding; ingest it and run `roadwork embed` first"
+        ),
+    };
     let only = match &a.filter {
         Some(f) => Some(sample_ids_where(&store, f).await?),
         None => None,

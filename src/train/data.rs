@@ -272,6 +272,48 @@ async fn read_facts(
     Ok(out)
 }
 
+/// The cluster of every sample in the most recent successful mining run (empty before any), so
+/// evaluations report per-cluster slices. Clusters are a derived view of the current store, not
+/// of the snapshot: they are read now.
+async fn latest_clusters(store: &Store) -> Result<HashMap<String, u32>, TrainError> {
+    let latest = store
+        .runs()
+        .await?
+        .into_iter()
+        .filter(|r| r.kind == "mine" && r.status == "ok")
+        .max_by_key(|r| r.started_at);
+    let Some(run) = latest else {
+        return Ok(HashMap::new());
+    };
+    let filter = format!("{} = '{}'", col::RUN_ID, run.run_id.replace('\'', "''"));
+    let mut out = HashMap::new();
+    for b in store
+        .scan(
+            tables::MINE_SCORES,
+            Some(&[col::SAMPLE_ID, col::CLUSTER]),
+            Some(&filter),
+            None,
+        )
+        .await?
+    {
+        let (Some(id), Some(c)) = (
+            b.column_by_name(col::SAMPLE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(col::CLUSTER)
+                .and_then(|c| c.as_primitive_opt::<arrow_array::types::UInt32Type>()),
+        ) else {
+            return Err(TrainError::BadTable {
+                table: tables::MINE_SCORES.into(),
+                why: "sample_id or cluster missing or mistyped".into(),
+            });
+        };
+        for i in 0..b.num_rows() {
+            out.insert(id.value(i).to_string(), c.value(i));
+        }
+    }
+    Ok(out)
+}
+
 /// Joins vectors, effective labels and sample facts at `at` (now when `None`).
 pub async fn load(
     store: &Store,
@@ -307,6 +349,7 @@ pub async fn load(
         .map(|l| (l.sample_id.to_string(), l.label.as_u8()))
         .collect();
     let facts = read_facts(store, at).await?;
+    let clusters = latest_clusters(store).await?;
     let mut ds = Dataset {
         dim,
         ..Default::default()
@@ -328,8 +371,11 @@ pub async fn load(
             .cloned()
             .unwrap_or_else(|| ("unknown".into(), vec!["source=unknown".into()]));
         ds.split.push(split_of(&id, &source, cfg));
-        ds.slices
-            .push(slices.into_iter().filter(|s| keep_tag(s)).collect());
+        let mut kept: Vec<String> = slices.into_iter().filter(|s| keep_tag(s)).collect();
+        if let Some(c) = clusters.get(id.as_str()) {
+            kept.push(format!("cluster={c}"));
+        }
+        ds.slices.push(kept);
         ds.x.extend_from_slice(&x[i * dim..(i + 1) * dim]);
         ds.y.push(y);
         ds.ids.push(id);
