@@ -1,12 +1,39 @@
 //! Serve: the miner's answer path. Validators send one street image per request and score
-//! P(roadwork); this stage verifies who is asking, decodes the image and answers.
+//! P(roadwork); this stage verifies who is asking, decodes the image and answers with tier 1 (the
+//! DINOv3 encoder and the champion head, in process).
 //!
-//! Built so far: [`auth`] (bittensor axon request verification: body hash, sr25519 signature,
-//! axon hotkey, nonce rules) and [`payload`] (base64 image fields in every spelling). The HTTP
-//! server, cascade, durable query log and hot-load follow (issue 6).
+//! - [`auth`]: bittensor axon request verification (body hash, sr25519 signature, axon hotkey,
+//!   nonce rules);
+//! - [`metagraph`]: which validators may ask (a snapshot file, reloaded when it changes);
+//! - [`payload`]: base64 image fields in every spelling;
+//! - [`tier1`]: encoder + head, with an atomic head swap;
+//! - [`server`]: the axum router and its metrics.
+//!
+//! Invariants: every answer is a finite float in [0, 1] and never exactly 0.5, or -1 for an image
+//! that cannot be decoded; a head trained on another encoder's features is refused.
+//!
+//! Not built yet (issue 6): the tier-2 VLM cascade, the durable query log, hot-load from the
+//! champion pointer, `roadwork serve` with profiles.
 
 pub mod auth;
+pub mod metagraph;
 pub mod payload;
+pub mod server;
+pub mod tier1;
 
 pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, ss58_public_key};
+pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use payload::{PayloadError, decode_base64_image};
+pub use server::{AppState, Clock, Metrics, router};
+pub use tier1::{Tier1, Tier1Answer, Tier1Error};
+
+/// What can stop the server from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("head {version} reads {head} features but the encoder makes {encoder}")]
+    HeadMismatch {
+        version: String,
+        head: String,
+        encoder: String,
+    },
+}

@@ -1,0 +1,369 @@
+//! The HTTP server: `POST /ImageSynapse` (the bittensor axon route a subnet-72 validator calls),
+//! `POST /v1/predict` (local clients), `GET /healthz`, `GET /metrics` (Prometheus text).
+//!
+//! Status codes follow the axon: 401 for a request that fails verification (missing headers,
+//! body hash, signature, axon hotkey, nonce), 403 for a hotkey the metagraph does not allow, 404
+//! for an unknown route, 503 when the configured in-flight limit is reached, 400 for a body that
+//! is not a synapse. Refusals say why in a JSON `message`; internal failures say nothing and log.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce};
+use super::metagraph::Metagraph;
+use super::payload::decode_base64_image;
+use super::tier1::Tier1;
+use crate::train::UNDECIDED;
+
+/// Where "now" comes from: the system clock, or a fixed instant (tests replaying a captured
+/// request at its capture time).
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    FixedNs(u128),
+}
+
+impl Clock {
+    pub fn now_ns(&self) -> u128 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            Clock::FixedNs(t) => *t,
+        }
+    }
+}
+
+/// Upper bounds of the latency histogram, seconds.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.0, 10.0,
+];
+
+/// Counters behind `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    tier1_buckets: [AtomicU64; BUCKETS.len()],
+    tier1_count: AtomicU64,
+    tier1_sum_us: AtomicU64,
+    undecodable: AtomicU64,
+    inflight: AtomicUsize,
+}
+
+impl Metrics {
+    fn count(&self, route: &str, status: StatusCode) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_string(), status.as_u16())).or_default() += 1;
+        }
+    }
+
+    fn observe_tier1(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.tier1_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.tier1_count.fetch_add(1, Ordering::Relaxed);
+        self.tier1_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, profile: &str, model_version: &str) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP roadwork_requests_total Requests answered, by route and status.\n# TYPE roadwork_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                out.push_str(&format!(
+                    "roadwork_requests_total{{profile=\"{profile}\",route=\"{route}\",status=\"{status}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str("# HELP roadwork_tier_latency_seconds Tier latency.\n# TYPE roadwork_tier_latency_seconds histogram\n");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "roadwork_tier_latency_seconds_bucket{{profile=\"{profile}\",tier=\"1\",le=\"{b}\"}} {}\n",
+                self.tier1_buckets[i].load(Ordering::Relaxed)
+            ));
+        }
+        let count = self.tier1_count.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "roadwork_tier_latency_seconds_bucket{{profile=\"{profile}\",tier=\"1\",le=\"+Inf\"}} {count}\n\
+             roadwork_tier_latency_seconds_sum{{profile=\"{profile}\",tier=\"1\"}} {}\n\
+             roadwork_tier_latency_seconds_count{{profile=\"{profile}\",tier=\"1\"}} {count}\n",
+            self.tier1_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out.push_str(&format!(
+            "# HELP roadwork_undecodable_total Images answered -1.\n# TYPE roadwork_undecodable_total counter\nroadwork_undecodable_total{{profile=\"{profile}\"}} {}\n",
+            self.undecodable.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP roadwork_queue_depth Requests in flight.\n# TYPE roadwork_queue_depth gauge\nroadwork_queue_depth{{profile=\"{profile}\"}} {}\n",
+            self.inflight.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP roadwork_model_info The head answering tier 1.\n# TYPE roadwork_model_info gauge\nroadwork_model_info{{profile=\"{profile}\",version=\"{model_version}\"}} 1\n"
+        ));
+        out
+    }
+}
+
+/// Everything a profile's handlers share.
+pub struct AppState {
+    pub profile: String,
+    pub tier1: Arc<Tier1>,
+    /// Our hotkey (SS58); `/ImageSynapse` answers 503 without one.
+    pub axon_hotkey: Option<String>,
+    pub metagraph: Option<Arc<Metagraph>>,
+    pub nonces: NonceTracker,
+    pub clock: Clock,
+    /// Answer by this long after receipt.
+    pub deadline: Duration,
+    pub body_limit_bytes: usize,
+    pub max_inflight: usize,
+    pub metrics: Metrics,
+}
+
+/// The router of one profile.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.body_limit_bytes;
+    Router::new()
+        .route("/ImageSynapse", post(image_synapse))
+        .route("/v1/predict", post(predict))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({ "message": message.to_string() })),
+    )
+        .into_response()
+}
+
+/// Decrements the in-flight gauge when a request ends, however it ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn admit(s: &AppState) -> Option<InFlight<'_>> {
+    let n = s.metrics.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = InFlight(&s.metrics.inflight);
+    (n <= s.max_inflight).then_some(guard)
+}
+
+/// Runs tier 1 within the deadline. `None` = undecodable (answer -1); a deadline miss answers
+/// undecided (a valid, finite answer is worth more than none).
+async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> (f32, Option<String>) {
+    let t1 = s.tier1.clone();
+    let left = s.deadline.saturating_sub(started.elapsed());
+    let t = Instant::now();
+    let job = tokio::task::spawn_blocking(move || t1.predict(&bytes));
+    match tokio::time::timeout(left, job).await {
+        Ok(Ok(Ok(a))) => {
+            s.metrics.observe_tier1(t.elapsed());
+            (a.prob, None)
+        }
+        Ok(Ok(Err(e))) => {
+            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(profile = %s.profile, "answering -1: {e}");
+            (-1.0, Some(e.to_string()))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(profile = %s.profile, "tier 1 task failed: {e}; answering undecided");
+            (UNDECIDED, None)
+        }
+        Err(_) => {
+            tracing::warn!(profile = %s.profile, "tier 1 missed the deadline; answering undecided");
+            (UNDECIDED, None)
+        }
+    }
+}
+
+/// A refusal before any work: status and the reason sent back.
+struct Refused(StatusCode, String);
+
+impl Refused {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1)
+    }
+}
+
+fn auth_error(e: AuthError) -> Refused {
+    Refused(StatusCode::UNAUTHORIZED, e.to_string())
+}
+
+/// Verifies the axon headers; returns the dendrite hotkey.
+fn verify(s: &AppState, h: &HeaderMap) -> Result<String, Refused> {
+    let get = |name: &'static str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::MissingHeader(name))
+    };
+    let Some(ours) = &s.axon_hotkey else {
+        return Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no axon hotkey configured (serve.axon_hotkey)".into(),
+        ));
+    };
+    let req = (|| {
+        Ok::<_, AuthError>(SignedRequest {
+            nonce: get("bt_header_dendrite_nonce")?,
+            dendrite_hotkey: get("bt_header_dendrite_hotkey")?,
+            axon_hotkey: get("bt_header_axon_hotkey")?,
+            uuid: get("bt_header_dendrite_uuid")?,
+            body_hash: get("computed_body_hash")?,
+            signature: get("bt_header_dendrite_signature")?,
+        })
+    })()
+    .map_err(auth_error)?;
+    if req.axon_hotkey != ours {
+        return Err(auth_error(AuthError::WrongAxon {
+            got: req.axon_hotkey.into(),
+        }));
+    }
+    let want = body_hash(&[]);
+    if req.body_hash != want {
+        return Err(auth_error(AuthError::BodyHash {
+            got: req.body_hash.into(),
+            want,
+        }));
+    }
+    let nonce = parse_nonce(req.nonce).map_err(auth_error)?;
+    req.verify_signature().map_err(auth_error)?;
+    if let Some(m) = &s.metagraph
+        && let Err(why) = m.check(req.dendrite_hotkey)
+    {
+        return Err(Refused(StatusCode::FORBIDDEN, why.to_string()));
+    }
+    let timeout = h
+        .get("timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(12.0);
+    let endpoint = format!("{}:{}", req.dendrite_hotkey, req.uuid);
+    s.nonces
+        .check(&endpoint, nonce, timeout, s.clock.now_ns())
+        .map_err(auth_error)?;
+    Ok(req.dendrite_hotkey.to_string())
+}
+
+async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let route = "/ImageSynapse";
+    let Some(_slot) = admit(&s) else {
+        s.metrics.count(route, StatusCode::SERVICE_UNAVAILABLE);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    };
+    let validator = match verify(&s, &h) {
+        Ok(v) => v,
+        Err(r) => {
+            s.metrics.count(route, r.0);
+            return r.into_response();
+        }
+    };
+    let mut synapse: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            s.metrics.count(route, StatusCode::BAD_REQUEST);
+            return refuse(StatusCode::BAD_REQUEST, "body is not a synapse JSON object");
+        }
+    };
+    let image = synapse.get("image").and_then(Value::as_str).unwrap_or("");
+    let prediction = match decode_base64_image(image, s.body_limit_bytes) {
+        Ok(bytes) => answer(&s, bytes, started).await.0,
+        Err(e) => {
+            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%validator, "answering -1: {e}");
+            -1.0
+        }
+    };
+    synapse["prediction"] = json!(prediction);
+    tracing::debug!(%validator, prediction, ms = started.elapsed().as_millis() as u64, "answered");
+    s.metrics.count(route, StatusCode::OK);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        synapse.to_string(),
+    )
+        .into_response()
+}
+
+async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let route = "/v1/predict";
+    let Some(_slot) = admit(&s) else {
+        s.metrics.count(route, StatusCode::SERVICE_UNAVAILABLE);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    };
+    let is_json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let bytes = if is_json {
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                s.metrics.count(route, StatusCode::BAD_REQUEST);
+                return refuse(StatusCode::BAD_REQUEST, format!("bad JSON: {e}"));
+            }
+        };
+        decode_base64_image(
+            v.get("image").and_then(Value::as_str).unwrap_or(""),
+            s.body_limit_bytes,
+        )
+        .map_err(|e| e.to_string())
+    } else {
+        Ok(body.to_vec())
+    };
+    let (prediction, error) = match bytes {
+        Ok(b) => answer(&s, b, started).await,
+        Err(e) => {
+            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+            (-1.0, Some(e))
+        }
+    };
+    s.metrics.count(route, StatusCode::OK);
+    axum::Json(json!({
+        "prediction": prediction,
+        "model_version": s.tier1.model_version(),
+        "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "error": error,
+    }))
+    .into_response()
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({
+        "status": "ok",
+        "profile": s.profile,
+        "model_version": s.tier1.model_version(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(&s.profile, &s.tier1.model_version()),
+    )
+        .into_response()
+}
