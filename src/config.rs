@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
 use crate::mine::MineConfig;
+use crate::serve::ServeConfig;
 use crate::train::TrainConfig;
 
 /// Everything a run of `roadwork` can be configured with.
@@ -20,6 +21,7 @@ pub struct Config {
     pub embed: EmbedConfig,
     pub train: TrainConfig,
     pub mine: MineConfig,
+    pub serve: ServeConfig,
 }
 
 /// Where things live.
@@ -88,6 +90,8 @@ pub enum ConfigError {
     Train(String),
     #[error("config: {0}")]
     Mine(String),
+    #[error("config: {0}")]
+    Serve(String),
     #[error("config value {field} = {value} is out of range: {why}")]
     Invalid {
         field: &'static str,
@@ -143,6 +147,9 @@ impl Config {
         }
         if let Err(why) = self.train.validate() {
             return Err(ConfigError::Train(why));
+        }
+        if let Err(why) = self.serve.validate() {
+            return Err(ConfigError::Serve(why));
         }
         if let Err(why) = self.mine.validate() {
             return Err(ConfigError::Mine(why.to_string()));

@@ -95,6 +95,22 @@ enum Command {
     /// The head registry: list, show, promote, rollback, champion.
     #[command(subcommand)]
     Models(cli::train::ModelsCmd),
+    /// Answers validators (bittensor axon `/ImageSynapse`) and local clients with the champion head;
+    /// follows the champion pointer and hot-swaps new heads.
+    #[command(
+        after_help = "Examples:\n  roadwork serve --config serve.toml\n  roadwork serve --weights dinov3_vits16.safetensors --port 8091"
+    )]
+    Serve {
+        /// Encoder weights (overrides serve.weights).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Serve this head version instead of following the champion.
+        #[arg(long)]
+        model: Option<String>,
+        /// Port of the first profile (overrides its config).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Hard cases, clusters, duplicates, drift; budgeted selection for labelling.
     #[command(subcommand)]
     Mine(cli::mine::MineCmd),
@@ -297,6 +313,28 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cli::train::eval(cfg, a).await,
         Command::Models(cmd) => cli::train::models(cfg, cmd).await,
         Command::Mine(cmd) => cli::mine::mine(cfg, cmd).await,
+        Command::Serve {
+            weights,
+            model,
+            port,
+        } => {
+            let mut sc = cfg.serve.clone();
+            sc.weights = weights.or(sc.weights);
+            sc.model = model.or(sc.model);
+            if let (Some(p), Some(first)) = (port, sc.profiles.first_mut()) {
+                first.port = p;
+            }
+            let registry = roadwork::train::Registry::open(cfg.train.registry_dir(&cfg.data.dir))?;
+            let running = roadwork::serve::start(&sc, &cfg.embed, cfg.decode, registry).await?;
+            for (name, addr) in &running.addrs {
+                println!(
+                    "profile {name}: http://{addr} (model {})",
+                    running.tier1.model_version()
+                );
+            }
+            running.until_signal().await;
+            Ok(())
+        }
         Command::Similar(a) => cli::mine::similar(cfg, a).await,
         Command::Bench(BenchCmd::Embed(b)) => bench_embed(b),
         Command::Bench(BenchCmd::Train(b)) => cli::train::bench_train(&cfg, b),

@@ -30,6 +30,7 @@ fn every_subcommand_help_shows_an_example() {
         vec!["mine", "run"],
         vec!["mine", "select"],
         vec!["similar"],
+        vec!["serve"],
     ] {
         let out = roadwork(d.path())
             .args(&args)

@@ -41,6 +41,12 @@ fn embedder() -> Arc<Embedder<Cpu>> {
 
 /// A random linear head for `e`'s features, registered under `version`.
 fn head_for(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> TrainedHead<Cpu> {
+    let (card, w) = head_parts(e, version, dim, seed);
+    TrainedHead::from_parts(card, &w, &Default::default()).unwrap()
+}
+
+/// The model card and safetensors bytes of such a head.
+fn head_parts(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> (ModelCard, Vec<u8>) {
     let hc = HeadConfig {
         hidden: vec![],
         dropout: 0.0,
@@ -77,7 +83,7 @@ fn head_for(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> TrainedH
         parent: None,
         roadwork_version: String::new(),
     };
-    TrainedHead::from_parts(card, &w, &Default::default()).unwrap()
+    (card, w)
 }
 
 struct Server {
@@ -334,4 +340,77 @@ async fn a_head_swap_takes_effect_and_a_mismatched_head_is_refused() {
         .await
         .unwrap();
     assert_eq!(h["model_version"], "head-b");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit() {
+    use roadwork::serve::{ProfileConfig, ServeConfig, start};
+    use roadwork::train::Registry;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("models")).unwrap();
+    let embed = EmbedConfig {
+        resolution: 32,
+        ..Default::default()
+    };
+    // The server loads the configured encoder itself: the production path. A tiny one keeps the
+    // test fast, so the heads are made for the default ViT-S/16 random encoder's id and dim.
+    let e = Arc::new(Embedder::<Cpu>::load(&embed, None, &Default::default()).unwrap());
+    for (v, dim, seed) in [
+        ("head-1", e.dim(), 1),
+        ("head-2", e.dim(), 2),
+        ("head-bad", e.dim() + 1, 3),
+    ] {
+        let (card, w) = head_parts(&e, v, dim, seed);
+        reg.register(&card, &w).unwrap();
+    }
+    reg.set_champion("head-1").unwrap();
+    let cfg = ServeConfig {
+        watch_ms: 50,
+        profiles: vec![
+            ProfileConfig {
+                name: "speed".into(),
+                bind: "127.0.0.1".into(),
+                port: 0,
+                axon_hotkey: None,
+            },
+            ProfileConfig {
+                name: "accuracy".into(),
+                bind: "127.0.0.1".into(),
+                port: 0,
+                axon_hotkey: None,
+            },
+        ],
+        ..Default::default()
+    };
+    let running = start(&cfg, &embed, DecodeLimits::default(), reg.clone())
+        .await
+        .unwrap();
+    assert_eq!(running.addrs.len(), 2);
+    let version = |addr: std::net::SocketAddr| async move {
+        let h: Value = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["model_version"].as_str().unwrap().to_string()
+    };
+    let (a, b) = (running.addrs[0].1, running.addrs[1].1);
+    assert_eq!(version(a).await, "head-1");
+    reg.set_champion("head-2").unwrap();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = version(b).await;
+        if seen == "head-2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "head-2", "both profiles share the swapped head");
+    assert_eq!(version(a).await, "head-2");
+    // A champion for other features is refused; head-2 keeps serving.
+    reg.set_champion("head-bad").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(version(a).await, "head-2");
+    running.shutdown().await;
 }

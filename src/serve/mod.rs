@@ -12,24 +12,40 @@
 //! Invariants: every answer is a finite float in [0, 1] and never exactly 0.5, or -1 for an image
 //! that cannot be decoded; a head trained on another encoder's features is refused.
 //!
-//! Not built yet (issue 6): the tier-2 VLM cascade, the durable query log, hot-load from the
-//! champion pointer, `roadwork serve` with profiles.
+//! - [`start`]: `roadwork serve` — one listener per profile sharing one encoder and head, and the
+//!   champion pointer followed (poll + SIGHUP) with atomic hot-swaps.
+//!
+//! Not built yet (issue 6): the tier-2 VLM cascade and the durable query log.
 
 pub mod auth;
+mod config;
 pub mod metagraph;
 pub mod payload;
+mod run;
 pub mod server;
 pub mod tier1;
 
 pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, ss58_public_key};
+pub use config::{ProfileConfig, ServeConfig};
 pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use payload::{PayloadError, decode_base64_image};
+pub use run::{Running, start};
 pub use server::{AppState, Clock, Metrics, router};
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
 
 /// What can stop the server from serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("invalid serve configuration: {0}")]
+    Config(String),
+    #[error("cannot load the head: {0}")]
+    Head(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("head {version} reads {head} features but the encoder makes {encoder}")]
     HeadMismatch {
         version: String,

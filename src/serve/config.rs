@@ -1,0 +1,147 @@
+//! `[serve]` configuration: who we are on the subnet, who may ask, limits, and the profiles (one
+//! port each, all sharing one copy of the encoder and head).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One listening profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Name in logs, metrics and the query log (`speed`, `accuracy`, …).
+    pub name: String,
+    /// Address to bind; `0.0.0.0` to accept validators from the network.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    pub port: u16,
+    /// This profile's own hotkey (several miners on one machine); default `serve.axon_hotkey`.
+    #[serde(default)]
+    pub axon_hotkey: Option<String>,
+}
+
+fn default_bind() -> String {
+    "0.0.0.0".into()
+}
+
+/// The server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Our hotkey (SS58). Requests signed for another axon are refused; without it
+    /// `/ImageSynapse` answers 503 (local `/v1/predict` still works).
+    pub axon_hotkey: Option<String>,
+    /// Metagraph snapshot (JSON list of `{hotkey, stake, validator_permit}`); without it any
+    /// correctly signed hotkey is answered.
+    pub metagraph: Option<PathBuf>,
+    /// Minimum validator stake, TAO.
+    pub min_stake: f64,
+    /// Largest request body, MiB (full-resolution images arrive as several MB of base64).
+    pub body_limit_mib: usize,
+    /// Answer within this many milliseconds of receipt (the validator times out at 9 s).
+    pub deadline_ms: u64,
+    /// Requests in flight per profile before answering 503.
+    pub max_inflight: usize,
+    /// Encoder weights (safetensors); without them the random encoder of `[embed]` is used and
+    /// only a head trained on its features will load.
+    pub weights: Option<PathBuf>,
+    /// Head version to serve; default: the champion, followed as it changes.
+    pub model: Option<String>,
+    /// How often the champion pointer is checked, milliseconds.
+    pub watch_ms: u64,
+    pub profiles: Vec<ProfileConfig>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            axon_hotkey: None,
+            metagraph: None,
+            min_stake: 1000.0,
+            body_limit_mib: 64,
+            deadline_ms: 7000,
+            max_inflight: 64,
+            weights: None,
+            model: None,
+            watch_ms: 1000,
+            profiles: vec![ProfileConfig {
+                name: "speed".into(),
+                bind: default_bind(),
+                port: 8091,
+                axon_hotkey: None,
+            }],
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Range checks serde cannot do.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.body_limit_mib < 32 {
+            return Err("serve.body_limit_mib must be at least 32 (full-resolution images)".into());
+        }
+        if self.deadline_ms == 0 || self.deadline_ms >= 9000 {
+            return Err("serve.deadline_ms must be in 1..9000 (validators time out at 9 s)".into());
+        }
+        if self.max_inflight == 0 {
+            return Err("serve.max_inflight must be at least 1".into());
+        }
+        if self.profiles.is_empty() {
+            return Err("serve.profiles needs at least one profile".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.profiles {
+            // Port 0 asks the system for a free port, so it never collides.
+            if p.port != 0 && !seen.insert((p.bind.clone(), p.port)) {
+                return Err(format!("two profiles listen on {}:{}", p.bind, p.port));
+            }
+        }
+        for h in self
+            .profiles
+            .iter()
+            .filter_map(|p| p.axon_hotkey.as_ref())
+            .chain(self.axon_hotkey.as_ref())
+        {
+            super::auth::ss58_public_key(h).map_err(|e| format!("serve axon_hotkey: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        assert!(ServeConfig::default().validate().is_ok());
+        let bad = [
+            ServeConfig {
+                deadline_ms: 9000,
+                ..Default::default()
+            },
+            ServeConfig {
+                body_limit_mib: 8,
+                ..Default::default()
+            },
+            ServeConfig {
+                max_inflight: 0,
+                ..Default::default()
+            },
+            ServeConfig {
+                profiles: vec![],
+                ..Default::default()
+            },
+            ServeConfig {
+                axon_hotkey: Some("5Fnot-an-address".into()),
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let mut twice = ServeConfig::default();
+        twice.profiles.push(twice.profiles[0].clone());
+        assert!(twice.validate().unwrap_err().contains("two profiles"));
+    }
+}

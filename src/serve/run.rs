@@ -1,0 +1,217 @@
+//! `roadwork serve`: loads the encoder once and the champion head, starts one server per profile,
+//! and follows the champion pointer: a new champion loads in the background and swaps in
+//! atomically; a head that fails to load (or does not fit the encoder) is refused and the old
+//! one keeps serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::config::ServeConfig;
+use super::metagraph::Metagraph;
+use super::server::{AppState, Clock, router};
+use super::tier1::Tier1;
+use super::{NonceTracker, ServeError};
+use crate::embed::{Cpu, EmbedConfig, Embedder};
+use crate::imaging::DecodeLimits;
+use crate::train::{Registry, TrainedHead};
+
+/// A running server: one listener per profile.
+pub struct Running {
+    /// `(profile, address)` actually bound (port 0 in the config picks a free one).
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub tier1: Arc<Tier1>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish, and waits for the listeners.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Serves until Ctrl-C / SIGTERM.
+    pub async fn until_signal(self) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        self.shutdown().await;
+    }
+}
+
+fn load_head(registry: &Registry, version: &str) -> Result<TrainedHead<Cpu>, ServeError> {
+    let (card, weights) = registry
+        .load(version)
+        .map_err(|e| ServeError::Head(e.to_string()))?;
+    TrainedHead::from_parts(card, &weights, &Default::default())
+        .map_err(|e| ServeError::Head(e.to_string()))
+}
+
+/// Starts every profile.
+pub async fn start(
+    cfg: &ServeConfig,
+    embed: &EmbedConfig,
+    decode: DecodeLimits,
+    registry: Registry,
+) -> Result<Running, ServeError> {
+    cfg.validate().map_err(ServeError::Config)?;
+    let version = match &cfg.model {
+        Some(v) => v.clone(),
+        None => registry
+            .champion()
+            .map_err(|e| ServeError::Head(e.to_string()))?
+            .map(|p| p.version)
+            .ok_or_else(|| {
+                ServeError::Head(
+                    "no champion head: run `roadwork train` and `roadwork models promote` first"
+                        .into(),
+                )
+            })?,
+    };
+    let (embed2, weights) = (embed.clone(), cfg.weights.clone());
+    let embedder = tokio::task::spawn_blocking(move || {
+        Embedder::<Cpu>::load(&embed2, weights.as_deref(), &Default::default())
+    })
+    .await
+    .map_err(|e| ServeError::Head(e.to_string()))?
+    .map_err(|e| ServeError::Head(e.to_string()))?;
+    if embedder.is_random() {
+        tracing::warn!("serving with a RANDOM encoder (no serve.weights): answers carry no signal");
+    }
+    let head = load_head(&registry, &version)?;
+    let tier1 = Arc::new(Tier1::new(Arc::new(embedder), head, decode)?);
+    tracing::info!(%version, "tier 1 ready");
+    let metagraph = cfg
+        .metagraph
+        .as_ref()
+        .map(|p| Arc::new(Metagraph::open(p, cfg.min_stake)));
+    let (tx, rx) = watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for p in &cfg.profiles {
+        let state = Arc::new(AppState {
+            profile: p.name.clone(),
+            tier1: tier1.clone(),
+            axon_hotkey: p.axon_hotkey.clone().or_else(|| cfg.axon_hotkey.clone()),
+            metagraph: metagraph.clone(),
+            nonces: NonceTracker::default(),
+            clock: Clock::System,
+            deadline: Duration::from_millis(cfg.deadline_ms),
+            body_limit_bytes: cfg.body_limit_mib << 20,
+            max_inflight: cfg.max_inflight,
+            metrics: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind((p.bind.as_str(), p.port))
+            .await
+            .map_err(|e| ServeError::Bind {
+                addr: format!("{}:{}", p.bind, p.port),
+                source: e,
+            })?;
+        let addr = listener.local_addr().map_err(|e| ServeError::Bind {
+            addr: format!("{}:{}", p.bind, p.port),
+            source: e,
+        })?;
+        tracing::info!(profile = %p.name, %addr, "listening");
+        addrs.push((p.name.clone(), addr));
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let app = router(state);
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("server stopped: {e}");
+            }
+        }));
+    }
+    if cfg.model.is_none() {
+        tasks.push(tokio::spawn(follow_champion(
+            registry,
+            tier1.clone(),
+            Duration::from_millis(cfg.watch_ms.max(50)),
+            rx.clone(),
+        )));
+    }
+    Ok(Running {
+        addrs,
+        tier1,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+/// Polls the champion pointer (and reacts to SIGHUP at once); loads a new champion off the
+/// async workers and swaps it in. A failed load is logged and retried only when the pointer
+/// changes again.
+async fn follow_champion(
+    registry: Registry,
+    tier1: Arc<Tier1>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut refused: Option<String> = None;
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = hup_fut => tracing::info!("SIGHUP: checking the champion pointer"),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Ok(Some(p)) = registry.champion() else {
+            continue;
+        };
+        if p.version == tier1.model_version() || refused.as_deref() == Some(p.version.as_str()) {
+            continue;
+        }
+        let (reg, v) = (registry.clone(), p.version.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_head(&reg, &v)).await;
+        match loaded {
+            Ok(Ok(head)) => match tier1.swap_head(head) {
+                Ok(v) => {
+                    tracing::info!(version = %v, "hot-loaded the new champion");
+                    refused = None;
+                }
+                Err(e) => {
+                    tracing::error!("refusing champion {}: {e}", p.version);
+                    refused = Some(p.version);
+                }
+            },
+            Ok(Err(e)) => {
+                tracing::error!("refusing champion {}: {e}", p.version);
+                refused = Some(p.version);
+            }
+            Err(e) => tracing::error!("head loader failed: {e}"),
+        }
+    }
+}
