@@ -231,6 +231,29 @@ enum BenchCmd {
     Mine(cli::mine::BenchMine),
 }
 
+/// Returns on Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "roadwork=info,warn",
@@ -324,15 +347,19 @@ async fn run(cli: Cli) -> Result<()> {
             if let (Some(p), Some(first)) = (port, sc.profiles.first_mut()) {
                 first.port = p;
             }
-            let registry = roadwork::train::Registry::open(cfg.train.registry_dir(&cfg.data.dir))?;
-            let running = roadwork::serve::start(&sc, &cfg.embed, cfg.decode, registry).await?;
+            let (running, mover) = roadwork::pipeline::serve::start(&cfg, &sc).await?;
             for (name, addr) in &running.addrs {
                 println!(
                     "profile {name}: http://{addr} (model {})",
                     running.tier1.model_version()
                 );
             }
-            running.until_signal().await;
+            wait_for_signal().await;
+            let moved = roadwork::pipeline::serve::stop(&cfg, running, mover).await?;
+            println!(
+                "stopped; moved {} logged requests ({} segments) into the store",
+                moved.records, moved.segments
+            );
             Ok(())
         }
         Command::Similar(a) => cli::mine::similar(cfg, a).await,

@@ -116,6 +116,7 @@ async fn start(allowed: &[&str], clock: Clock) -> Server {
         body_limit_bytes: 32 << 20,
         max_inflight: 64,
         metrics: Default::default(),
+        querylog: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -382,7 +383,8 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
         ],
         ..Default::default()
     };
-    let running = start(&cfg, &embed, DecodeLimits::default(), reg.clone())
+    let ql = dir.path().join("querylog");
+    let running = start(&cfg, &embed, DecodeLimits::default(), reg.clone(), &ql)
         .await
         .unwrap();
     assert_eq!(running.addrs.len(), 2);
@@ -413,4 +415,90 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(version(a).await, "head-2");
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once() {
+    use roadwork::ingest::Ingestor;
+    use roadwork::pipeline::serve::move_querylog;
+    use roadwork::serve::QueryLog;
+    use roadwork::store::tables;
+    let (dir, store) = support::tmp_store().await;
+    let ql = dir.path().join("querylog");
+    let log = Arc::new(QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap());
+    let e = embedder();
+    let head = head_for(&e, "head-a", e.dim(), 1);
+    let tier1 = Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap());
+    let state = Arc::new(AppState {
+        profile: "speed".into(),
+        tier1,
+        axon_hotkey: None,
+        metagraph: None,
+        nonces: NonceTracker::default(),
+        clock: Clock::System,
+        deadline: Duration::from_secs(7),
+        body_limit_bytes: 32 << 20,
+        max_inflight: 64,
+        metrics: Default::default(),
+        querylog: Some(log.clone()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let c = reqwest::Client::new();
+    for i in 0..3 {
+        let r = c
+            .post(format!("{url}/v1/predict"))
+            .body(support::small_scene(6, i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // Acknowledged ⇒ already on disk: count the lines now, before any mover ran.
+        let lines: usize = std::fs::read_dir(&ql)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("active-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+            .sum();
+        assert_eq!(lines, i as usize + 1);
+    }
+    let ingestor =
+        Ingestor::new(store.clone(), Default::default(), DecodeLimits::default()).quiet();
+    let m = move_querylog(&log, &ingestor).await.unwrap();
+    assert_eq!((m.segments, m.records), (1, 3));
+    assert_eq!(
+        store.count_rows(tables::PREDICTIONS, None).await.unwrap(),
+        3
+    );
+    assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 3);
+
+    // A crash: a segment left active holding an already-ingested line and a torn last line. The
+    // next open seals it; moving it adds nothing twice and skips the torn line.
+    let done = std::fs::read_dir(ql.join("done"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let first = std::fs::read_to_string(&done)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        ql.join("active-1.jsonl"),
+        format!("{first}\n{}", &first[..first.len() / 2]),
+    )
+    .unwrap();
+    let reopened = QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap();
+    assert_eq!(reopened.sealed().unwrap().len(), 1);
+    move_querylog(&reopened, &ingestor).await.unwrap();
+    assert_eq!(
+        store.count_rows(tables::PREDICTIONS, None).await.unwrap(),
+        3
+    );
+    assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 3);
+    assert!(reopened.sealed().unwrap().is_empty());
 }

@@ -5,6 +5,7 @@
 //! each stage until it is the whole nightly loop.
 
 pub mod demo;
+pub mod serve;
 
 use crate::ingest::IngestError;
 use crate::query::QueryError;
@@ -28,6 +29,8 @@ pub enum PipelineError {
     Train(#[from] crate::train::TrainError),
     #[error(transparent)]
     Mine(#[from] crate::mine::MineError),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
     #[error("background task failed: {0}")]
     Task(String),
 }

@@ -49,6 +49,14 @@ pub struct ServeConfig {
     pub model: Option<String>,
     /// How often the champion pointer is checked, milliseconds.
     pub watch_ms: u64,
+    /// Query-log directory; default `<data.dir>/querylog`.
+    pub querylog_dir: Option<PathBuf>,
+    /// A log segment is sealed (ready for Lance) after this many records…
+    pub querylog_segment_records: usize,
+    /// …or this many seconds.
+    pub querylog_segment_s: u64,
+    /// How often sealed segments are moved into Lance, seconds.
+    pub ingest_every_s: u64,
     pub profiles: Vec<ProfileConfig>,
 }
 
@@ -64,6 +72,10 @@ impl Default for ServeConfig {
             weights: None,
             model: None,
             watch_ms: 1000,
+            querylog_dir: None,
+            querylog_segment_records: 1000,
+            querylog_segment_s: 60,
+            ingest_every_s: 30,
             profiles: vec![ProfileConfig {
                 name: "speed".into(),
                 bind: default_bind(),

@@ -15,12 +15,16 @@
 //! - [`start`]: `roadwork serve` — one listener per profile sharing one encoder and head, and the
 //!   champion pointer followed (poll + SIGHUP) with atomic hot-swaps.
 //!
-//! Not built yet (issue 6): the tier-2 VLM cascade and the durable query log.
+//! - [`querylog`]: every answer appended and fsync'd before its reply; sealed segments are moved
+//!   into Lance by `pipeline::serve`.
+//!
+//! Not built yet (issue 6): the tier-2 VLM cascade.
 
 pub mod auth;
 mod config;
 pub mod metagraph;
 pub mod payload;
+pub mod querylog;
 mod run;
 pub mod server;
 pub mod tier1;
@@ -29,6 +33,7 @@ pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, s
 pub use config::{ProfileConfig, ServeConfig};
 pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use payload::{PayloadError, decode_base64_image};
+pub use querylog::QueryLog;
 pub use run::{Running, start};
 pub use server::{AppState, Clock, Metrics, router};
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};

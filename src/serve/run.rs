@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::config::ServeConfig;
 use super::metagraph::Metagraph;
+use super::querylog::QueryLog;
 use super::server::{AppState, Clock, router};
 use super::tier1::Tier1;
 use super::{NonceTracker, ServeError};
@@ -24,6 +25,8 @@ pub struct Running {
     /// `(profile, address)` actually bound (port 0 in the config picks a free one).
     pub addrs: Vec<(String, SocketAddr)>,
     pub tier1: Arc<Tier1>,
+    /// The durable log every profile appends to.
+    pub querylog: Arc<QueryLog>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -36,24 +39,6 @@ impl Running {
             let _ = t.await;
         }
     }
-
-    /// Serves until Ctrl-C / SIGTERM.
-    pub async fn until_signal(self) {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down: finishing requests in flight");
-        self.shutdown().await;
-    }
 }
 
 fn load_head(registry: &Registry, version: &str) -> Result<TrainedHead<Cpu>, ServeError> {
@@ -64,14 +49,23 @@ fn load_head(registry: &Registry, version: &str) -> Result<TrainedHead<Cpu>, Ser
         .map_err(|e| ServeError::Head(e.to_string()))
 }
 
-/// Starts every profile.
+/// Starts every profile, logging to `querylog_dir`.
 pub async fn start(
     cfg: &ServeConfig,
     embed: &EmbedConfig,
     decode: DecodeLimits,
     registry: Registry,
+    querylog_dir: &std::path::Path,
 ) -> Result<Running, ServeError> {
     cfg.validate().map_err(ServeError::Config)?;
+    let querylog = Arc::new(
+        QueryLog::open(
+            querylog_dir,
+            cfg.querylog_segment_records,
+            Duration::from_secs(cfg.querylog_segment_s),
+        )
+        .map_err(|e| ServeError::Config(format!("query log {}: {e}", querylog_dir.display())))?,
+    );
     let version = match &cfg.model {
         Some(v) => v.clone(),
         None => registry
@@ -117,6 +111,7 @@ pub async fn start(
             body_limit_bytes: cfg.body_limit_mib << 20,
             max_inflight: cfg.max_inflight,
             metrics: Default::default(),
+            querylog: Some(querylog.clone()),
         });
         let listener = tokio::net::TcpListener::bind((p.bind.as_str(), p.port))
             .await
@@ -154,6 +149,7 @@ pub async fn start(
     Ok(Running {
         addrs,
         tier1,
+        querylog,
         shutdown: tx,
         tasks,
     })

@@ -22,7 +22,10 @@ use serde_json::{Value, json};
 use super::auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce};
 use super::metagraph::Metagraph;
 use super::payload::decode_base64_image;
+use super::querylog::QueryLog;
 use super::tier1::Tier1;
+use crate::store::SampleId;
+use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
 use crate::train::UNDECIDED;
 
 /// Where "now" comes from: the system clock, or a fixed instant (tests replaying a captured
@@ -58,6 +61,7 @@ pub struct Metrics {
     tier1_count: AtomicU64,
     tier1_sum_us: AtomicU64,
     undecodable: AtomicU64,
+    querylog_errors: AtomicU64,
     inflight: AtomicUsize,
 }
 
@@ -109,6 +113,10 @@ impl Metrics {
             self.undecodable.load(Ordering::Relaxed)
         ));
         out.push_str(&format!(
+            "# HELP roadwork_querylog_errors_total Answers whose log append failed.\n# TYPE roadwork_querylog_errors_total counter\nroadwork_querylog_errors_total{{profile=\"{profile}\"}} {}\n",
+            self.querylog_errors.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
             "# HELP roadwork_queue_depth Requests in flight.\n# TYPE roadwork_queue_depth gauge\nroadwork_queue_depth{{profile=\"{profile}\"}} {}\n",
             self.inflight.load(Ordering::Relaxed)
         ));
@@ -133,6 +141,8 @@ pub struct AppState {
     pub body_limit_bytes: usize,
     pub max_inflight: usize,
     pub metrics: Metrics,
+    /// Where answered requests are logged (fsync'd before the reply); `None` logs nothing.
+    pub querylog: Option<Arc<QueryLog>>,
 }
 
 /// The router of one profile.
@@ -170,32 +180,118 @@ fn admit(s: &AppState) -> Option<InFlight<'_>> {
     (n <= s.max_inflight).then_some(guard)
 }
 
-/// Runs tier 1 within the deadline. `None` = undecodable (answer -1); a deadline miss answers
-/// undecided (a valid, finite answer is worth more than none).
-async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> (f32, Option<String>) {
+/// What tier 1 made of one image.
+struct Outcome {
+    /// The answer sent: finite in [0, 1] and never 0.5, or -1.
+    prob: f32,
+    /// The tier's own score, when it produced one.
+    tier1: Option<f32>,
+    tier1_ms: f32,
+    tier1_error: Option<String>,
+    decode_error: Option<String>,
+    model_version: String,
+}
+
+/// Runs tier 1 within the deadline: an undecodable image answers -1; a deadline miss or a failed
+/// task answers undecided (a valid, finite answer is worth more than none).
+async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> Outcome {
     let t1 = s.tier1.clone();
     let left = s.deadline.saturating_sub(started.elapsed());
     let t = Instant::now();
     let job = tokio::task::spawn_blocking(move || t1.predict(&bytes));
-    match tokio::time::timeout(left, job).await {
+    let mut o = Outcome {
+        prob: UNDECIDED,
+        tier1: None,
+        tier1_ms: 0.0,
+        tier1_error: None,
+        decode_error: None,
+        model_version: s.tier1.model_version(),
+    };
+    let r = tokio::time::timeout(left, job).await;
+    o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
+    match r {
         Ok(Ok(Ok(a))) => {
             s.metrics.observe_tier1(t.elapsed());
-            (a.prob, None)
+            (o.prob, o.tier1, o.model_version) = (a.prob, Some(a.prob), a.model_version);
         }
         Ok(Ok(Err(e))) => {
             s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(profile = %s.profile, "answering -1: {e}");
-            (-1.0, Some(e.to_string()))
+            o.prob = -1.0;
+            o.decode_error = Some(e.to_string());
         }
         Ok(Err(e)) => {
             tracing::error!(profile = %s.profile, "tier 1 task failed: {e}; answering undecided");
-            (UNDECIDED, None)
+            o.tier1_error = Some("tier 1 task failed".into());
         }
         Err(_) => {
             tracing::warn!(profile = %s.profile, "tier 1 missed the deadline; answering undecided");
-            (UNDECIDED, None)
+            o.tier1_error = Some("deadline".into());
         }
     }
+    o
+}
+
+/// Logs an answered request durably before its reply goes out. A failed append is counted and
+/// logged; the answer is still sent (a validator's reward is lost for good, a log line can be
+/// recovered from the reply logs).
+#[allow(clippy::too_many_arguments)]
+async fn log_answer(
+    s: &Arc<AppState>,
+    request_id: String,
+    validator: Option<String>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+    bytes: &[u8],
+    o: &Outcome,
+) {
+    let Some(log) = s.querylog.clone() else {
+        return;
+    };
+    use base64::Engine as _;
+    let rec = QueryLogRecord {
+        v: QUERY_LOG_VERSION,
+        request_id,
+        received_at,
+        answered_at: chrono::Utc::now(),
+        validator_hotkey: validator,
+        profile: s.profile.clone(),
+        image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        image_sha256: SampleId::of_bytes(bytes).to_string(),
+        model_version: o.model_version.clone(),
+        tiers: vec![TierOutput {
+            tier: 1,
+            score: o.tier1,
+            latency_ms: o.tier1_ms,
+            error: o.tier1_error.clone().or_else(|| o.decode_error.clone()),
+        }],
+        decided_by: 1,
+        final_score: o.prob,
+        latency_ms: started.elapsed().as_secs_f32() * 1000.0,
+        decode_error: o.decode_error.clone(),
+    };
+    match tokio::task::spawn_blocking(move || log.append(&rec)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            s.metrics.querylog_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("query log append failed: {e}");
+        }
+        Err(e) => {
+            s.metrics.querylog_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("query log task failed: {e}");
+        }
+    }
+}
+
+/// A unique id for a local request.
+fn local_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "local-{}-{}-{}",
+        Clock::System.now_ns(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A refusal before any work: status and the reason sent back.
@@ -287,15 +383,47 @@ async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes
             return refuse(StatusCode::BAD_REQUEST, "body is not a synapse JSON object");
         }
     };
+    let received_at = chrono::Utc::now();
     let image = synapse.get("image").and_then(Value::as_str).unwrap_or("");
-    let prediction = match decode_base64_image(image, s.body_limit_bytes) {
-        Ok(bytes) => answer(&s, bytes, started).await.0,
+    let (bytes, o) = match decode_base64_image(image, s.body_limit_bytes) {
+        Ok(bytes) => {
+            let o = answer(&s, bytes.clone(), started).await;
+            (bytes, o)
+        }
         Err(e) => {
             s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%validator, "answering -1: {e}");
-            -1.0
+            let o = Outcome {
+                prob: -1.0,
+                tier1: None,
+                tier1_ms: 0.0,
+                tier1_error: None,
+                decode_error: Some(e.to_string()),
+                model_version: s.tier1.model_version(),
+            };
+            (Vec::new(), o)
         }
     };
+    let prediction = o.prob;
+    let request_id = format!(
+        "{validator}:{}:{}",
+        h.get("bt_header_dendrite_uuid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        h.get("bt_header_dendrite_nonce")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    );
+    log_answer(
+        &s,
+        request_id,
+        Some(validator.clone()),
+        received_at,
+        started,
+        &bytes,
+        &o,
+    )
+    .await;
     synapse["prediction"] = json!(prediction);
     tracing::debug!(%validator, prediction, ms = started.elapsed().as_millis() as u64, "answered");
     s.metrics.count(route, StatusCode::OK);
@@ -334,13 +462,36 @@ async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> R
     } else {
         Ok(body.to_vec())
     };
-    let (prediction, error) = match bytes {
-        Ok(b) => answer(&s, b, started).await,
+    let received_at = chrono::Utc::now();
+    let (bytes, o) = match bytes {
+        Ok(b) => {
+            let o = answer(&s, b.clone(), started).await;
+            (b, o)
+        }
         Err(e) => {
             s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-            (-1.0, Some(e))
+            let o = Outcome {
+                prob: -1.0,
+                tier1: None,
+                tier1_ms: 0.0,
+                tier1_error: None,
+                decode_error: Some(e),
+                model_version: s.tier1.model_version(),
+            };
+            (Vec::new(), o)
         }
     };
+    log_answer(
+        &s,
+        local_request_id(),
+        None,
+        received_at,
+        started,
+        &bytes,
+        &o,
+    )
+    .await;
+    let (prediction, error) = (o.prob, o.decode_error.clone());
     s.metrics.count(route, StatusCode::OK);
     axum::Json(json!({
         "prediction": prediction,

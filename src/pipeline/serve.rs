@@ -1,0 +1,92 @@
+//! `roadwork serve` as a pipeline: the serving stage answers and logs; this composition moves its
+//! sealed query-log segments into Lance (through the query-log ingest, which is idempotent) in
+//! the background, and once more on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::PipelineError;
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use crate::serve::{QueryLog, Running, ServeConfig};
+use crate::store::Store;
+use crate::train::Registry;
+
+/// What one pass of the mover did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MoveSummary {
+    pub segments: usize,
+    pub records: usize,
+}
+
+/// Seals the active segment and ingests every sealed one; a segment is marked done only after
+/// its ingest committed, so a crash in between re-ingests it (adding nothing).
+pub async fn move_querylog(
+    log: &QueryLog,
+    ingestor: &Ingestor,
+) -> Result<MoveSummary, PipelineError> {
+    log.seal_active()
+        .map_err(|e| PipelineError::Task(format!("sealing the query log: {e}")))?;
+    let mut s = MoveSummary::default();
+    let segments = log
+        .sealed()
+        .map_err(|e| PipelineError::Task(format!("listing the query log: {e}")))?;
+    for seg in segments {
+        let r = ingestor.ingest_querylog(&seg).await?;
+        s.segments += 1;
+        s.records += r.accepted;
+        log.mark_done(&seg)
+            .map_err(|e| PipelineError::Task(format!("retiring {}: {e}", seg.display())))?;
+    }
+    Ok(s)
+}
+
+/// Starts the server and the mover; returns the running server (the caller waits for a signal
+/// and then calls [`stop`]).
+pub async fn start(
+    cfg: &Config,
+    sc: &ServeConfig,
+) -> Result<(Running, tokio::task::JoinHandle<()>), PipelineError> {
+    let registry = Registry::open(cfg.train.registry_dir(&cfg.data.dir))?;
+    let qdir = sc
+        .querylog_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data.dir.join("querylog"));
+    let running = crate::serve::start(sc, &cfg.embed, cfg.decode, registry, &qdir).await?;
+    let store = Store::open(&cfg.data.store_uri()).await?;
+    let ingestor = Ingestor::new(store, cfg.ingest.clone(), cfg.decode).quiet();
+    let log: Arc<QueryLog> = running.querylog.clone();
+    let every = Duration::from_secs(sc.ingest_every_s.max(1));
+    let mover = tokio::spawn(async move {
+        loop {
+            match move_querylog(&log, &ingestor).await {
+                Ok(m) if m.records > 0 => {
+                    tracing::info!(
+                        segments = m.segments,
+                        records = m.records,
+                        "query log moved into Lance"
+                    )
+                }
+                Ok(_) => {}
+                // Lance slow or down: the log keeps growing on disk and is retried next period.
+                Err(e) => tracing::warn!("query log not moved yet: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    Ok((running, mover))
+}
+
+/// Drains the server, stops the mover, and moves what is left.
+pub async fn stop(
+    cfg: &Config,
+    running: Running,
+    mover: tokio::task::JoinHandle<()>,
+) -> Result<MoveSummary, PipelineError> {
+    let log = running.querylog.clone();
+    running.shutdown().await;
+    mover.abort();
+    let store = Store::open(&cfg.data.store_uri()).await?;
+    let ingestor = Ingestor::new(store, cfg.ingest.clone(), cfg.decode).quiet();
+    move_querylog(&log, &ingestor).await
+}

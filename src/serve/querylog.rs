@@ -1,0 +1,162 @@
+//! The durable query log: every answered request is appended as one JSON line
+//! ([`QueryLogRecord`]) and `fdatasync`ed before the reply is sent, so an acknowledged answer
+//! survives a crash. Lines go to an *active* segment; segments are sealed (renamed) when they reach
+//! a size or age, and sealed segments are what the background mover ingests into Lance
+//! (`pipeline::serve`). A segment left active by a crashed process is sealed on the next open.
+//! Ingest is idempotent (predictions keyed by request id, samples by content hash), so replaying
+//! a segment twice adds nothing.
+//!
+//! ```text
+//! <dir>/active-<ns>.jsonl     being written (one per process)
+//! <dir>/seg-<ns>.jsonl        sealed, waiting for ingest
+//! <dir>/done/seg-<ns>.jsonl   ingested
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::store::querylog::QueryLogRecord;
+
+const ACTIVE: &str = "active-";
+const SEALED: &str = "seg-";
+
+struct Active {
+    file: File,
+    path: PathBuf,
+    records: usize,
+    opened: Instant,
+}
+
+/// The append-only log of one server process.
+pub struct QueryLog {
+    dir: PathBuf,
+    max_records: usize,
+    max_age: Duration,
+    active: Mutex<Option<Active>>,
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `active-<ns>.jsonl` → `seg-<ns>.jsonl`.
+fn seal(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .replacen(ACTIVE, SEALED, 1);
+    let to = path.with_file_name(name);
+    std::fs::rename(path, &to)?;
+    if let Some(d) = path.parent() {
+        sync_dir(d)?;
+    }
+    Ok(to)
+}
+
+impl QueryLog {
+    /// Opens the log directory, sealing segments a previous process left active.
+    pub fn open(dir: &Path, max_records: usize, max_age: Duration) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.join("done"))?;
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(ACTIVE))
+            {
+                let to = seal(&p)?;
+                tracing::warn!(segment = %to.display(), "sealed a segment left by a previous process");
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_records: max_records.max(1),
+            max_age,
+            active: Mutex::new(None),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record and waits for it to reach the disk. Blocking: call from a blocking
+    /// thread.
+    pub fn append(&self, rec: &QueryLogRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut guard = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let path = self.dir.join(format!("{ACTIVE}{}.jsonl", now_ns()));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
+            sync_dir(&self.dir)?;
+            *guard = Some(Active {
+                file,
+                path,
+                records: 0,
+                opened: Instant::now(),
+            });
+        }
+        let Some(a) = guard.as_mut() else {
+            return Err(std::io::Error::other("no active segment"));
+        };
+        a.file.write_all(&line)?;
+        a.file.sync_data()?;
+        a.records += 1;
+        if a.records >= self.max_records || a.opened.elapsed() >= self.max_age {
+            let done = guard.take();
+            if let Some(a) = done {
+                drop(a.file);
+                seal(&a.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment if it has records (the mover calls this before ingesting, so
+    /// nothing waits longer than one mover period).
+    pub fn seal_active(&self) -> std::io::Result<()> {
+        let mut guard = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = guard.take() {
+            drop(a.file);
+            seal(&a.path)?;
+        }
+        Ok(())
+    }
+
+    /// Sealed segments waiting for ingest, oldest first.
+    pub fn sealed(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(SEALED) && n.ends_with(".jsonl"))
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Moves an ingested segment out of the way.
+    pub fn mark_done(&self, segment: &Path) -> std::io::Result<()> {
+        let Some(name) = segment.file_name() else {
+            return Ok(());
+        };
+        std::fs::rename(segment, self.dir.join("done").join(name))?;
+        sync_dir(&self.dir)
+    }
+}
