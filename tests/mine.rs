@@ -441,47 +441,6 @@ async fn mining_an_empty_store_is_a_clear_error() {
     assert!(e.to_string().contains("roadwork embed"));
 }
 
-/// Appends a raw vector row (bypassing `put_embeddings`, which refuses non-finite values), the way
-/// a foreign writer could.
-async fn append_raw_vector(store: &Store, id: &SampleId, row: &[f32]) {
-    use arrow_array::builder::{
-        FixedSizeListBuilder, Float32Builder, StringBuilder, TimestampMicrosecondBuilder,
-    };
-    use arrow_array::{RecordBatch, RecordBatchIterator};
-    use std::sync::Arc;
-    let mut sid = StringBuilder::new();
-    let mut v = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32).with_field(Arc::new(
-        arrow_schema::Field::new("item", arrow_schema::DataType::Float32, true),
-    ));
-    let mut m = StringBuilder::new();
-    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    sid.append_value(id.as_str());
-    v.values().append_slice(row);
-    v.append(true);
-    m.append_value(MODEL);
-    at.append_value(0);
-    let batch = RecordBatch::try_new(
-        roadwork::store::embeddings_schema(DIM),
-        vec![
-            Arc::new(sid.finish()),
-            Arc::new(v.finish()),
-            Arc::new(m.finish()),
-            Arc::new(at.finish()),
-        ],
-    )
-    .unwrap();
-    let db = lancedb::connect(store.uri()).execute().await.unwrap();
-    let t = db
-        .open_table(roadwork::store::embeddings_table(MODEL))
-        .execute()
-        .await
-        .unwrap();
-    let reader: Box<dyn arrow_array::RecordBatchReader + Send> = Box::new(
-        RecordBatchIterator::new(vec![Ok(batch.clone())], batch.schema()),
-    );
-    t.add(reader).execute().await.unwrap();
-}
-
 #[test]
 fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -506,7 +465,7 @@ fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
         store.put_embeddings(MODEL, DIM, &vecs).await.unwrap();
         let mut row = vec![0.1f32; DIM];
         row[2] = f32::INFINITY;
-        append_raw_vector(&store, &bad_id, &row).await;
+        support::append_raw_vector(&store, MODEL, DIM, &bad_id, &row).await;
 
         let cfg = MineConfig {
             embedding_model: Some(MODEL.into()),

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roadwork::embed::{Cpu, DinoV3Config, EmbedConfig, Embedder};
@@ -15,7 +14,6 @@ use roadwork::imaging::DecodeLimits;
 use roadwork::serve::{AppState, Clock, Metagraph, NonceTracker, Tier1, router};
 use roadwork::train::{Head, HeadConfig, ModelCard, TrainedHead, encode_head};
 use serde_json::Value;
-use sha2::Digest;
 
 fn captured() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,29 +58,8 @@ fn head_parts(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> (Model
         &Default::default(),
     );
     let w = encode_head(&h).unwrap();
-    let card = ModelCard {
-        format: 1,
-        model_version: version.into(),
-        created_at: Utc::now(),
-        embedding_model: e.model_id().into(),
-        dim,
-        head: hc,
-        calibration: Default::default(),
-        snapshot: String::new(),
-        table_versions: Default::default(),
-        recipe: Value::Null,
-        seed,
-        data: Default::default(),
-        fold_best_epochs: vec![],
-        final_epochs: 0,
-        history: vec![],
-        fold_histories: vec![],
-        metrics: None,
-        replay: None,
-        weights_sha256: hex::encode(sha2::Sha256::digest(&w)),
-        parent: None,
-        roadwork_version: String::new(),
-    };
+    let mut card = support::linear_card(version, e.model_id(), dim, &w);
+    card.seed = seed;
     (card, w)
 }
 

@@ -219,36 +219,8 @@ fn temperature_scaling_reduces_the_ece_of_an_overconfident_head() {
 
 /// A minimal card so a bare fitted head can be loaded through the public inference path.
 fn card_for(head: &roadwork::train::Head<Cpu>) -> roadwork::train::ModelCard {
-    let w = encode_head(head).unwrap();
-    roadwork::train::ModelCard {
-        format: 1,
-        model_version: "adhoc".into(),
-        created_at: Utc::now(),
-        embedding_model: MODEL.into(),
-        dim: DIM,
-        head: HeadConfig {
-            hidden: vec![],
-            dropout: 0.0,
-        },
-        calibration: Default::default(),
-        snapshot: String::new(),
-        table_versions: Default::default(),
-        recipe: serde_json::Value::Null,
-        seed: 0,
-        data: Default::default(),
-        fold_best_epochs: vec![],
-        final_epochs: 0,
-        history: vec![],
-        fold_histories: vec![],
-        metrics: None,
-        replay: None,
-        weights_sha256: hex::encode(sha2::Sha256::digest(&w)),
-        parent: None,
-        roadwork_version: String::new(),
-    }
+    support::linear_card("adhoc", MODEL, DIM, &encode_head(head).unwrap())
 }
-
-use sha2::Digest;
 
 #[tokio::test]
 async fn a_training_run_pins_registers_scores_and_evaluates() {
@@ -526,46 +498,12 @@ async fn bad_training_input_fails_before_anything_is_trained_or_tagged() {
 
 #[tokio::test]
 async fn non_finite_stored_features_are_refused() {
-    use arrow_array::builder::{
-        FixedSizeListBuilder, Float32Builder, StringBuilder, TimestampMicrosecondBuilder,
-    };
-    use arrow_array::{RecordBatch, RecordBatchIterator};
     let (dir, store) = tmp_store().await;
     let ids = seed_store(&store, 60, 7, None).await;
     // Bypass put_embeddings (which refuses NaN) the way a foreign writer could.
-    let mut sid = StringBuilder::new();
-    let mut v = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32).with_field(Arc::new(
-        arrow_schema::Field::new("item", arrow_schema::DataType::Float32, true),
-    ));
-    let mut m = StringBuilder::new();
-    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    sid.append_value(ids[0].as_str());
     let mut row = vec![0.5f32; DIM];
     row[3] = f32::INFINITY;
-    v.values().append_slice(&row);
-    v.append(true);
-    m.append_value(MODEL);
-    at.append_value(0);
-    let batch = RecordBatch::try_new(
-        roadwork::store::embeddings_schema(DIM),
-        vec![
-            Arc::new(sid.finish()),
-            Arc::new(v.finish()),
-            Arc::new(m.finish()),
-            Arc::new(at.finish()),
-        ],
-    )
-    .unwrap();
-    let db = lancedb::connect(store.uri()).execute().await.unwrap();
-    let t = db
-        .open_table(roadwork::store::embeddings_table(MODEL))
-        .execute()
-        .await
-        .unwrap();
-    let reader: Box<dyn arrow_array::RecordBatchReader + Send> = Box::new(
-        RecordBatchIterator::new(vec![Ok(batch.clone())], batch.schema()),
-    );
-    t.add(reader).execute().await.unwrap();
+    support::append_raw_vector(&store, MODEL, DIM, &ids[0], &row).await;
     let (_, tr) = trainer(dir.path(), &store, small_cfg()).await;
     let err = tr.train(None).await.unwrap_err();
     assert!(

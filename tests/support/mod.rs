@@ -56,3 +56,87 @@ pub async fn assert_samples_consistent(store: &Store) -> usize {
     assert_eq!(ids.len(), samples.len(), "duplicate sample ids");
     samples.len()
 }
+
+/// Appends a raw vector row (bypassing `put_embeddings`, which refuses non-finite values), the way
+/// a foreign writer could.
+pub async fn append_raw_vector(
+    store: &Store,
+    model: &str,
+    dim: usize,
+    id: &roadwork::store::SampleId,
+    row: &[f32],
+) {
+    use arrow_array::builder::{
+        FixedSizeListBuilder, Float32Builder, StringBuilder, TimestampMicrosecondBuilder,
+    };
+    use arrow_array::{RecordBatch, RecordBatchIterator};
+    use std::sync::Arc;
+    let mut sid = StringBuilder::new();
+    let mut v = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32).with_field(Arc::new(
+        arrow_schema::Field::new("item", arrow_schema::DataType::Float32, true),
+    ));
+    let mut m = StringBuilder::new();
+    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    sid.append_value(id.as_str());
+    v.values().append_slice(row);
+    v.append(true);
+    m.append_value(model);
+    at.append_value(0);
+    let batch = RecordBatch::try_new(
+        roadwork::store::embeddings_schema(dim),
+        vec![
+            Arc::new(sid.finish()),
+            Arc::new(v.finish()),
+            Arc::new(m.finish()),
+            Arc::new(at.finish()),
+        ],
+    )
+    .unwrap();
+    let db = lancedb::connect(store.uri()).execute().await.unwrap();
+    let t = db
+        .open_table(roadwork::store::embeddings_table(model))
+        .execute()
+        .await
+        .unwrap();
+    let reader: Box<dyn arrow_array::RecordBatchReader + Send> = Box::new(
+        RecordBatchIterator::new(vec![Ok(batch.clone())], batch.schema()),
+    );
+    t.add(reader).execute().await.unwrap();
+}
+
+/// The model card of a linear head (no hidden layers) over `dim` features of `embedding_model`,
+/// whose encoded weights are `weights`.
+pub fn linear_card(
+    version: &str,
+    embedding_model: &str,
+    dim: usize,
+    weights: &[u8],
+) -> roadwork::train::ModelCard {
+    use sha2::Digest;
+    roadwork::train::ModelCard {
+        format: 1,
+        model_version: version.into(),
+        created_at: chrono::Utc::now(),
+        embedding_model: embedding_model.into(),
+        dim,
+        head: roadwork::train::HeadConfig {
+            hidden: vec![],
+            dropout: 0.0,
+        },
+        calibration: Default::default(),
+        snapshot: String::new(),
+        table_versions: Default::default(),
+        recipe: serde_json::Value::Null,
+        seed: 0,
+        data: Default::default(),
+        fold_best_epochs: vec![],
+        final_epochs: 0,
+        history: vec![],
+        fold_histories: vec![],
+        metrics: None,
+        replay: None,
+        weights_sha256: hex::encode(sha2::Sha256::digest(weights)),
+        parent: None,
+        roadwork_version: String::new(),
+    }
+}
