@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roadwork::embed::{Cpu, DinoV3Config, EmbedConfig, Embedder};
 use roadwork::imaging::DecodeLimits;
-use roadwork::serve::{AppState, Clock, Metagraph, NonceTracker, Tier1, router};
+use roadwork::serve::{AppState, Clock, Metagraph, Tier1, router};
 use roadwork::train::{Head, HeadConfig, ModelCard, TrainedHead, encode_head};
 use serde_json::Value;
 
@@ -82,27 +82,26 @@ async fn start(allowed: &[&str], clock: Clock) -> Server {
     let head = head_for(&e, "head-a", e.dim(), 1);
     let tier1 = Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap());
     let req = captured();
-    let state = Arc::new(AppState {
-        profile: "test".into(),
-        tier1: tier1.clone(),
+    let state = AppState {
         axon_hotkey: Some(req["miner_ss58"].as_str().unwrap().into()),
         metagraph: Some(Arc::new(Metagraph::open(&mg, 1000.0))),
-        nonces: NonceTracker::default(),
         clock,
-        deadline: Duration::from_secs(7),
-        body_limit_bytes: 32 << 20,
-        max_inflight: 64,
-        metrics: Default::default(),
-        querylog: None,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        ..AppState::new("test", tier1.clone())
+    };
+    let url = listen(state).await;
     Server {
         url,
         tier1,
         _dir: dir,
     }
+}
+
+/// Serves `state` on a free loopback port; returns its base URL.
+async fn listen(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await });
+    url
 }
 
 fn capture_time(req: &Value) -> u128 {
@@ -350,12 +349,14 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
                 bind: "127.0.0.1".into(),
                 port: 0,
                 axon_hotkey: None,
+                tier2: false,
             },
             ProfileConfig {
                 name: "accuracy".into(),
                 bind: "127.0.0.1".into(),
                 port: 0,
                 axon_hotkey: None,
+                tier2: false,
             },
         ],
         ..Default::default()
@@ -406,22 +407,11 @@ async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once()
     let e = embedder();
     let head = head_for(&e, "head-a", e.dim(), 1);
     let tier1 = Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap());
-    let state = Arc::new(AppState {
-        profile: "speed".into(),
-        tier1,
-        axon_hotkey: None,
-        metagraph: None,
-        nonces: NonceTracker::default(),
-        clock: Clock::System,
-        deadline: Duration::from_secs(7),
-        body_limit_bytes: 32 << 20,
-        max_inflight: 64,
-        metrics: Default::default(),
+    let url = listen(AppState {
         querylog: Some(log.clone()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        ..AppState::new("speed", tier1)
+    })
+    .await;
     let c = reqwest::Client::new();
     for i in 0..3 {
         let r = c
@@ -478,4 +468,316 @@ async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once()
     );
     assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 3);
     assert!(reopened.sealed().unwrap().is_empty());
+}
+
+/// How the fake VLM behaves.
+#[derive(Clone)]
+enum Vlm {
+    /// Token log-probabilities with P(yes) = the value over yes + no.
+    LogProbs(f64),
+    /// A bare text answer, no log-probabilities.
+    Text(&'static str),
+    /// Sleeps this long before answering.
+    Stall(Duration),
+    Status500,
+    /// 200 with a body that is not a chat completion.
+    Garbage,
+}
+
+/// A local server speaking the OpenAI chat-completions wire format, recording what it was sent.
+struct FakeVlm {
+    url: String,
+    mode: Arc<std::sync::Mutex<Vlm>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    last: Arc<std::sync::Mutex<Option<Value>>>,
+}
+
+impl FakeVlm {
+    async fn start() -> Self {
+        use axum::extract::State;
+        type St = (
+            Arc<std::sync::Mutex<Vlm>>,
+            Arc<std::sync::atomic::AtomicUsize>,
+            Arc<std::sync::Mutex<Option<Value>>>,
+        );
+        async fn chat(
+            State((mode, hits, last)): State<St>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *last.lock().unwrap() = Some(body);
+            let m = mode.lock().unwrap().clone();
+            let completion = |content: &str, top: Value| {
+                axum::Json(serde_json::json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "model": "fake-vl",
+                    "choices": [{"index": 0, "finish_reason": "length",
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": top}],
+                }))
+                .into_response()
+            };
+            match m {
+                Vlm::LogProbs(p) => {
+                    let tok = if p >= 0.5 { "Yes" } else { "No" };
+                    let top = serde_json::json!({"content": [{"token": tok, "logprob": p.max(1.0 - p).ln(),
+                        "top_logprobs": [
+                            {"token": "Yes", "logprob": (p * 0.9).ln()},
+                            {"token": "No", "logprob": ((1.0 - p) * 0.9).ln()},
+                            {"token": "The", "logprob": (0.05f64).ln()}]}]});
+                    completion(tok, top)
+                }
+                Vlm::Text(t) => completion(t, Value::Null),
+                Vlm::Stall(d) => {
+                    tokio::time::sleep(d).await;
+                    completion("Yes", Value::Null)
+                }
+                Vlm::Status500 => {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+                }
+                Vlm::Garbage => "<html>not json</html>".into_response(),
+            }
+        }
+        let st: St = (
+            Arc::new(std::sync::Mutex::new(Vlm::Text("Yes"))),
+            Default::default(),
+            Default::default(),
+        );
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(chat))
+            .with_state(st.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeVlm {
+            url,
+            mode: st.0,
+            hits: st.1,
+            last: st.2,
+        }
+    }
+
+    fn set(&self, m: Vlm) {
+        *self.mode.lock().unwrap() = m;
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn tier2_config(url: &str) -> roadwork::serve::Tier2Config {
+    roadwork::serve::Tier2Config {
+        url: url.to_string(),
+        model: "fake-vl".into(),
+        // Every tier-1 answer is "unsure", so every image escalates.
+        low: 0.0,
+        high: 1.0,
+        weight: 0.5,
+        text_confidence: 0.8,
+        reserve_ms: 100,
+        ..Default::default()
+    }
+}
+
+async fn predict_json(c: &reqwest::Client, url: &str, image: &[u8]) -> Value {
+    let r = c
+        .post(format!("{url}/v1/predict"))
+        .body(image.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cascade_escalates_to_the_vlm_and_falls_back_to_tier_1_when_it_fails() {
+    use roadwork::serve::Tier2;
+    let vlm = FakeVlm::start().await;
+    let e = embedder();
+    let tier1 = Arc::new(
+        Tier1::new(
+            e.clone(),
+            head_for(&e, "head-a", e.dim(), 1),
+            DecodeLimits::default(),
+        )
+        .unwrap(),
+    );
+    let t2 = Arc::new(Tier2::new(tier2_config(&vlm.url)).unwrap());
+    let deadline = Duration::from_millis(1500);
+    let accuracy = listen(AppState {
+        tier2: Some(t2.clone()),
+        deadline,
+        ..AppState::new("accuracy", tier1.clone())
+    })
+    .await;
+    let speed = listen(AppState::new("speed", tier1.clone())).await;
+    let c = reqwest::Client::new();
+    let jpg = support::small_scene(7, 1);
+
+    // The speed profile never asks.
+    let s = predict_json(&c, &speed, &jpg).await;
+    assert_eq!((s["decided_by"].as_u64(), vlm.hits()), (Some(1), 0));
+    let p1 = s["prediction"].as_f64().unwrap();
+
+    // Log-probabilities: P(yes) = 0.9, blended half and half with tier 1.
+    vlm.set(Vlm::LogProbs(0.9));
+    let a = predict_json(&c, &accuracy, &jpg).await;
+    assert_eq!(a["decided_by"], 2);
+    assert_eq!(a["tiers"][0]["score"].as_f64().unwrap(), p1, "same tier 1");
+    let p2 = a["tiers"][1]["score"].as_f64().unwrap();
+    assert!((p2 - 0.9).abs() < 1e-4, "{p2}");
+    assert!((a["prediction"].as_f64().unwrap() - (0.5 * p1 + 0.45)).abs() < 1e-4);
+    // What the VLM was sent: the question and the very image as a data URI, asking for logprobs.
+    let sent = vlm.last.lock().unwrap().clone().unwrap();
+    assert_eq!(sent["model"], "fake-vl");
+    assert_eq!(sent["logprobs"], true);
+    let parts = sent["messages"][0]["content"].as_array().unwrap();
+    let uri = parts
+        .iter()
+        .find_map(|p| p["image_url"]["url"].as_str())
+        .unwrap();
+    use base64::Engine;
+    let b64 = uri.strip_prefix("data:image/jpeg;base64,").unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        jpg
+    );
+    assert!(
+        parts
+            .iter()
+            .any(|p| p["text"].as_str().is_some_and(|t| t.contains("yes or no")))
+    );
+
+    // Text only: "No" counts as 1 − text_confidence.
+    vlm.set(Vlm::Text("No."));
+    let a = predict_json(&c, &accuracy, &jpg).await;
+    assert!((a["tiers"][1]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+    assert_eq!(a["decided_by"], 2);
+
+    // Failures keep tier 1's answer: 500, garbage, a non-answer, and a stall past the deadline.
+    for (mode, why) in [
+        (Vlm::Status500, "HTTP 500"),
+        (Vlm::Garbage, "not JSON"),
+        (
+            Vlm::Text("Perhaps, it is hard to say"),
+            "neither yes nor no",
+        ),
+        (Vlm::Stall(Duration::from_secs(30)), "no answer within"),
+    ] {
+        vlm.set(mode);
+        let t = std::time::Instant::now();
+        let a = predict_json(&c, &accuracy, &jpg).await;
+        assert!(
+            t.elapsed() < deadline + Duration::from_millis(500),
+            "{why}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(a["decided_by"], 1, "{why}");
+        assert_eq!(a["prediction"].as_f64().unwrap(), p1, "{why}");
+        let err = a["tiers"][1]["error"].as_str().unwrap();
+        assert!(err.contains(why), "{err}");
+    }
+
+    // An endpoint nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let gone = listen(AppState {
+        tier2: Some(Arc::new(Tier2::new(tier2_config(&closed)).unwrap())),
+        deadline,
+        ..AppState::new("gone", tier1.clone())
+    })
+    .await;
+    let a = predict_json(&c, &gone, &jpg).await;
+    assert_eq!(
+        (a["decided_by"].as_u64(), a["prediction"].as_f64()),
+        (Some(1), Some(p1))
+    );
+
+    let m = reqwest::get(format!("{accuracy}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "roadwork_tier2_total{profile=\"accuracy\",outcome=\"answered\"} 2",
+        "roadwork_tier2_total{profile=\"accuracy\",outcome=\"http_error\"} 1",
+        "roadwork_tier2_total{profile=\"accuracy\",outcome=\"garbage\"} 2",
+        "roadwork_tier2_total{profile=\"accuracy\",outcome=\"timeout\"} 1",
+        "roadwork_tier_latency_seconds_count{profile=\"accuracy\",tier=\"2\"} 2",
+        "roadwork_early_exit_ratio{profile=\"accuracy\"} 0",
+    ] {
+        assert!(m.contains(want), "{want}\n{m}");
+    }
+    let m = reqwest::get(format!("{speed}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("roadwork_early_exit_ratio{profile=\"speed\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_server_answers_503_and_then_recovers() {
+    use roadwork::serve::Tier2;
+    // A stalling VLM holds the one allowed request in flight.
+    let vlm = FakeVlm::start().await;
+    vlm.set(Vlm::Stall(Duration::from_secs(30)));
+    let e = embedder();
+    let tier1 = Arc::new(
+        Tier1::new(
+            e.clone(),
+            head_for(&e, "head-a", e.dim(), 1),
+            DecodeLimits::default(),
+        )
+        .unwrap(),
+    );
+    let url = listen(AppState {
+        tier2: Some(Arc::new(Tier2::new(tier2_config(&vlm.url)).unwrap())),
+        deadline: Duration::from_millis(1500),
+        max_inflight: 1,
+        ..AppState::new("accuracy", tier1)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let jpg = support::small_scene(8, 1);
+    let first = tokio::spawn({
+        let (c, url, jpg) = (c.clone(), url.clone(), jpg.clone());
+        async move { predict_json(&c, &url, &jpg).await }
+    });
+    while vlm.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = c
+        .post(format!("{url}/v1/predict"))
+        .body(jpg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let q = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        q.contains("roadwork_queue_depth{profile=\"accuracy\"} 1"),
+        "{q}"
+    );
+    // The held request still gets its (tier 1) answer, and the slot frees.
+    let a = first.await.unwrap();
+    assert_eq!(a["decided_by"], 1);
+    vlm.set(Vlm::LogProbs(0.2));
+    assert_eq!(predict_json(&c, &url, &jpg).await["decided_by"], 2);
 }

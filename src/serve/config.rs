@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::tier2::Tier2Config;
+
 /// One listening profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,10 @@ pub struct ProfileConfig {
     /// This profile's own hotkey (several miners on one machine); default `serve.axon_hotkey`.
     #[serde(default)]
     pub axon_hotkey: Option<String>,
+    /// Escalate unsure images to the VLM of `[serve.tier2]` (`accuracy`); off answers with tier 1
+    /// alone (`speed`).
+    #[serde(default)]
+    pub tier2: bool,
 }
 
 fn default_bind() -> String {
@@ -57,6 +63,8 @@ pub struct ServeConfig {
     pub querylog_segment_s: u64,
     /// How often sealed segments are moved into Lance, seconds.
     pub ingest_every_s: u64,
+    /// The VLM that profiles with `tier2 = true` escalate to.
+    pub tier2: Option<Tier2Config>,
     pub profiles: Vec<ProfileConfig>,
 }
 
@@ -76,11 +84,13 @@ impl Default for ServeConfig {
             querylog_segment_records: 1000,
             querylog_segment_s: 60,
             ingest_every_s: 30,
+            tier2: None,
             profiles: vec![ProfileConfig {
                 name: "speed".into(),
                 bind: default_bind(),
                 port: 8091,
                 axon_hotkey: None,
+                tier2: false,
             }],
         }
     }
@@ -101,8 +111,17 @@ impl ServeConfig {
         if self.profiles.is_empty() {
             return Err("serve.profiles needs at least one profile".into());
         }
+        if let Some(t2) = &self.tier2 {
+            t2.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.profiles {
+            if p.tier2 && self.tier2.is_none() {
+                return Err(format!(
+                    "profile {} escalates to tier 2 but [serve.tier2] is not configured",
+                    p.name
+                ));
+            }
             // Port 0 asks the system for a free port, so it never collides.
             if p.port != 0 && !seen.insert((p.bind.clone(), p.port)) {
                 return Err(format!("two profiles listen on {}:{}", p.bind, p.port));
@@ -152,6 +171,11 @@ mod tests {
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
+        let mut orphan = ServeConfig::default();
+        orphan.profiles[0].tier2 = true;
+        assert!(orphan.validate().unwrap_err().contains("[serve.tier2]"));
+        orphan.tier2 = Some(Tier2Config::default());
+        assert!(orphan.validate().is_ok());
         let mut twice = ServeConfig::default();
         twice.profiles.push(twice.profiles[0].clone());
         assert!(twice.validate().unwrap_err().contains("two profiles"));

@@ -1,6 +1,6 @@
 //! Serve: the miner's answer path. Validators send one street image per request and score
 //! P(roadwork); this stage verifies who is asking, decodes the image and answers with tier 1 (the
-//! DINOv3 encoder and the champion head, in process).
+//! DINOv3 encoder and the champion head, in process), escalating unsure images to a VLM (tier 2).
 //!
 //! - [`auth`]: bittensor axon request verification (body hash, sr25519 signature, axon hotkey,
 //!   nonce rules);
@@ -18,7 +18,8 @@
 //! - [`querylog`]: every answer appended and fsync'd before its reply; sealed segments are moved
 //!   into Lance by `pipeline::serve`.
 //!
-//! Not built yet (issue 6): the tier-2 VLM cascade.
+//! - [`tier2`]: a VLM over an OpenAI-compatible chat-completions endpoint, asked only when tier 1
+//!   is unsure and only within the deadline.
 
 pub mod auth;
 mod config;
@@ -28,6 +29,7 @@ pub mod querylog;
 mod run;
 pub mod server;
 pub mod tier1;
+pub mod tier2;
 
 pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, ss58_public_key};
 pub use config::{ProfileConfig, ServeConfig};
@@ -37,6 +39,7 @@ pub use querylog::QueryLog;
 pub use run::{Running, start};
 pub use server::{AppState, Clock, Metrics, router};
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
+pub use tier2::{Tier2, Tier2Answer, Tier2Config, Tier2Error};
 
 /// What can stop the server from serving.
 #[derive(Debug, thiserror::Error)]

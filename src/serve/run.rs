@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::ServeError;
 use super::config::ServeConfig;
 use super::metagraph::Metagraph;
 use super::querylog::QueryLog;
-use super::server::{AppState, Clock, router};
+use super::server::{AppState, router};
 use super::tier1::Tier1;
-use super::{NonceTracker, ServeError};
+use super::tier2::Tier2;
 use crate::embed::{Cpu, EmbedConfig, Embedder};
 use crate::imaging::DecodeLimits;
 use crate::train::{Registry, TrainedHead};
@@ -96,22 +97,27 @@ pub async fn start(
         .metagraph
         .as_ref()
         .map(|p| Arc::new(Metagraph::open(p, cfg.min_stake)));
+    let tier2 = match &cfg.tier2 {
+        Some(t) if cfg.profiles.iter().any(|p| p.tier2) => {
+            let t2 = Tier2::new(t.clone()).map_err(ServeError::Config)?;
+            tracing::info!(url = %t.url, model = %t.model, low = t.low, high = t.high, "tier 2 ready");
+            Some(Arc::new(t2))
+        }
+        _ => None,
+    };
     let (tx, rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     for p in &cfg.profiles {
         let state = Arc::new(AppState {
-            profile: p.name.clone(),
-            tier1: tier1.clone(),
+            tier2: tier2.clone().filter(|_| p.tier2),
             axon_hotkey: p.axon_hotkey.clone().or_else(|| cfg.axon_hotkey.clone()),
             metagraph: metagraph.clone(),
-            nonces: NonceTracker::default(),
-            clock: Clock::System,
             deadline: Duration::from_millis(cfg.deadline_ms),
             body_limit_bytes: cfg.body_limit_mib << 20,
             max_inflight: cfg.max_inflight,
-            metrics: Default::default(),
             querylog: Some(querylog.clone()),
+            ..AppState::new(&p.name, tier1.clone())
         });
         let listener = tokio::net::TcpListener::bind((p.bind.as_str(), p.port))
             .await

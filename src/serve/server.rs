@@ -1,6 +1,9 @@
 //! The HTTP server: `POST /ImageSynapse` (the bittensor axon route a subnet-72 validator calls),
 //! `POST /v1/predict` (local clients), `GET /healthz`, `GET /metrics` (Prometheus text).
 //!
+//! Each image runs the cascade: tier 1 (encoder + head) always, tier 2 (a VLM) when the
+//! profile has one and tier 1 is unsure, within the deadline.
+//!
 //! Status codes follow the axon: 401 for a request that fails verification (missing headers,
 //! body hash, signature, axon hotkey, nonce), 403 for a hotkey the metagraph does not allow, 404
 //! for an unknown route, 503 when the configured in-flight limit is reached, 400 for a body that
@@ -24,6 +27,7 @@ use super::metagraph::Metagraph;
 use super::payload::decode_base64_image;
 use super::querylog::QueryLog;
 use super::tier1::Tier1;
+use super::tier2::Tier2;
 use crate::store::SampleId;
 use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
 use crate::train::UNDECIDED;
@@ -48,18 +52,60 @@ impl Clock {
     }
 }
 
-/// Upper bounds of the latency histogram, seconds.
+/// Upper bounds of the latency histograms, seconds.
 const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.0, 10.0,
 ];
+
+/// A Prometheus histogram (cumulative buckets, sum, count), lock-free.
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}\n",
+                self.buckets[i].load(Ordering::Relaxed)
+            ));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {count}\n\
+             {name}_sum{{{labels}}} {}\n\
+             {name}_count{{{labels}}} {count}\n",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+    }
+}
 
 /// Counters behind `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
-    tier1_buckets: [AtomicU64; BUCKETS.len()],
-    tier1_count: AtomicU64,
-    tier1_sum_us: AtomicU64,
+    tier1: Histogram,
+    tier2: Histogram,
+    answer: Histogram,
+    /// Images answered by tier 1 without escalating.
+    early_exit: AtomicU64,
+    /// Escalations by outcome (`answered`, `timeout`, `http_error`, `garbage`, …).
+    tier2_outcomes: Mutex<BTreeMap<&'static str, u64>>,
     undecodable: AtomicU64,
     querylog_errors: AtomicU64,
     inflight: AtomicUsize,
@@ -72,16 +118,10 @@ impl Metrics {
         }
     }
 
-    fn observe_tier1(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                self.tier1_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+    fn tier2_outcome(&self, outcome: &'static str) {
+        if let Ok(mut m) = self.tier2_outcomes.lock() {
+            *m.entry(outcome).or_default() += 1;
         }
-        self.tier1_count.fetch_add(1, Ordering::Relaxed);
-        self.tier1_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, profile: &str, model_version: &str) -> String {
@@ -94,20 +134,38 @@ impl Metrics {
                 ));
             }
         }
-        out.push_str("# HELP roadwork_tier_latency_seconds Tier latency.\n# TYPE roadwork_tier_latency_seconds histogram\n");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            out.push_str(&format!(
-                "roadwork_tier_latency_seconds_bucket{{profile=\"{profile}\",tier=\"1\",le=\"{b}\"}} {}\n",
-                self.tier1_buckets[i].load(Ordering::Relaxed)
-            ));
-        }
-        let count = self.tier1_count.load(Ordering::Relaxed);
+        out.push_str("# HELP roadwork_tier_latency_seconds Latency of each cascade tier.\n# TYPE roadwork_tier_latency_seconds histogram\n");
+        self.tier1.render(
+            &mut out,
+            "roadwork_tier_latency_seconds",
+            &format!("profile=\"{profile}\",tier=\"1\""),
+        );
+        self.tier2.render(
+            &mut out,
+            "roadwork_tier_latency_seconds",
+            &format!("profile=\"{profile}\",tier=\"2\""),
+        );
+        out.push_str("# HELP roadwork_answer_latency_seconds Receipt to answer, images only.\n# TYPE roadwork_answer_latency_seconds histogram\n");
+        self.answer.render(
+            &mut out,
+            "roadwork_answer_latency_seconds",
+            &format!("profile=\"{profile}\""),
+        );
+        let early = self.early_exit.load(Ordering::Relaxed);
+        let answered = self.answer.count.load(Ordering::Relaxed);
         out.push_str(&format!(
-            "roadwork_tier_latency_seconds_bucket{{profile=\"{profile}\",tier=\"1\",le=\"+Inf\"}} {count}\n\
-             roadwork_tier_latency_seconds_sum{{profile=\"{profile}\",tier=\"1\"}} {}\n\
-             roadwork_tier_latency_seconds_count{{profile=\"{profile}\",tier=\"1\"}} {count}\n",
-            self.tier1_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            "# HELP roadwork_early_exit_total Images answered by tier 1 alone.\n# TYPE roadwork_early_exit_total counter\nroadwork_early_exit_total{{profile=\"{profile}\"}} {early}\n\
+             # HELP roadwork_early_exit_ratio Share of answered images that tier 1 decided alone.\n# TYPE roadwork_early_exit_ratio gauge\nroadwork_early_exit_ratio{{profile=\"{profile}\"}} {}\n",
+            if answered == 0 { 0.0 } else { early as f64 / answered as f64 }
         ));
+        out.push_str("# HELP roadwork_tier2_total Escalations to tier 2, by outcome.\n# TYPE roadwork_tier2_total counter\n");
+        if let Ok(m) = self.tier2_outcomes.lock() {
+            for (outcome, n) in m.iter() {
+                out.push_str(&format!(
+                    "roadwork_tier2_total{{profile=\"{profile}\",outcome=\"{outcome}\"}} {n}\n"
+                ));
+            }
+        }
         out.push_str(&format!(
             "# HELP roadwork_undecodable_total Images answered -1.\n# TYPE roadwork_undecodable_total counter\nroadwork_undecodable_total{{profile=\"{profile}\"}} {}\n",
             self.undecodable.load(Ordering::Relaxed)
@@ -131,6 +189,8 @@ impl Metrics {
 pub struct AppState {
     pub profile: String,
     pub tier1: Arc<Tier1>,
+    /// The VLM this profile escalates to; `None` answers with tier 1 alone (`speed`).
+    pub tier2: Option<Arc<Tier2>>,
     /// Our hotkey (SS58); `/ImageSynapse` answers 503 without one.
     pub axon_hotkey: Option<String>,
     pub metagraph: Option<Arc<Metagraph>>,
@@ -143,6 +203,28 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Where answered requests are logged (fsync'd before the reply); `None` logs nothing.
     pub querylog: Option<Arc<QueryLog>>,
+}
+
+impl AppState {
+    /// A tier-1-only profile with the configuration defaults, no axon hotkey, no metagraph and
+    /// no query log; callers set what they need with struct update syntax.
+    pub fn new(profile: &str, tier1: Arc<Tier1>) -> Self {
+        let d = super::ServeConfig::default();
+        Self {
+            profile: profile.to_string(),
+            tier1,
+            tier2: None,
+            axon_hotkey: None,
+            metagraph: None,
+            nonces: NonceTracker::default(),
+            clock: Clock::System,
+            deadline: Duration::from_millis(d.deadline_ms),
+            body_limit_bytes: d.body_limit_mib << 20,
+            max_inflight: d.max_inflight,
+            metrics: Metrics::default(),
+            querylog: None,
+        }
+    }
 }
 
 /// The router of one profile.
@@ -180,30 +262,81 @@ fn admit(s: &AppState) -> Option<InFlight<'_>> {
     (n <= s.max_inflight).then_some(guard)
 }
 
-/// What tier 1 made of one image.
+/// What the cascade made of one image.
 struct Outcome {
     /// The answer sent: finite in [0, 1] and never 0.5, or -1.
     prob: f32,
-    /// The tier's own score, when it produced one.
+    /// Each tier's own score, when it produced one.
     tier1: Option<f32>,
     tier1_ms: f32,
     tier1_error: Option<String>,
+    /// Present when the image was escalated (score or error).
+    tier2: Option<TierOutput>,
+    decided_by: u8,
     decode_error: Option<String>,
     model_version: String,
 }
 
-/// Runs tier 1 within the deadline: an undecodable image answers -1; a deadline miss or a failed
-/// task answers undecided (a valid, finite answer is worth more than none).
-async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> Outcome {
+impl Outcome {
+    fn undecodable(s: &AppState, why: String) -> Self {
+        s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(profile = %s.profile, "answering -1: {why}");
+        Self {
+            prob: -1.0,
+            tier1: None,
+            tier1_ms: 0.0,
+            tier1_error: None,
+            tier2: None,
+            decided_by: 1,
+            decode_error: Some(why),
+            model_version: s.tier1.model_version(),
+        }
+    }
+
+    fn tiers(&self) -> Vec<TierOutput> {
+        let mut t = vec![TierOutput {
+            tier: 1,
+            score: self.tier1,
+            latency_ms: self.tier1_ms,
+            error: self
+                .tier1_error
+                .clone()
+                .or_else(|| self.decode_error.clone()),
+        }];
+        t.extend(self.tier2.clone());
+        t
+    }
+}
+
+/// Never exactly 0.5 (the validator reads 0.5 as no answer), always finite.
+fn servable(p: f32) -> f32 {
+    if !p.is_finite() || p == 0.5 {
+        UNDECIDED
+    } else {
+        p.clamp(0.0, 1.0)
+    }
+}
+
+/// Shortest tier-2 budget worth a request, milliseconds.
+const MIN_TIER2_MS: u64 = 20;
+
+/// Runs the cascade within the deadline. Tier 1 first: an undecodable image answers -1; a
+/// deadline miss or a failed task answers undecided (a valid, finite answer is worth more than
+/// none). A tier-1 probability inside the escalation band goes to tier 2 with whatever time is
+/// left; a slow, failing or nonsensical tier 2 leaves tier 1's answer standing.
+async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) -> Outcome {
     let t1 = s.tier1.clone();
     let left = s.deadline.saturating_sub(started.elapsed());
     let t = Instant::now();
-    let job = tokio::task::spawn_blocking(move || t1.predict(&bytes));
+    let img = bytes.clone();
+    let job = tokio::task::spawn_blocking(move || t1.predict(&img));
     let mut o = Outcome {
         prob: UNDECIDED,
         tier1: None,
         tier1_ms: 0.0,
         tier1_error: None,
+        tier2: None,
+        decided_by: 1,
         decode_error: None,
         model_version: s.tier1.model_version(),
     };
@@ -211,14 +344,13 @@ async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> Outcome 
     o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
     match r {
         Ok(Ok(Ok(a))) => {
-            s.metrics.observe_tier1(t.elapsed());
+            s.metrics.tier1.observe(t.elapsed());
             (o.prob, o.tier1, o.model_version) = (a.prob, Some(a.prob), a.model_version);
         }
         Ok(Ok(Err(e))) => {
-            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(profile = %s.profile, "answering -1: {e}");
-            o.prob = -1.0;
-            o.decode_error = Some(e.to_string());
+            let mut u = Outcome::undecodable(s, e.to_string());
+            u.tier1_ms = o.tier1_ms;
+            return u;
         }
         Ok(Err(e)) => {
             tracing::error!(profile = %s.profile, "tier 1 task failed: {e}; answering undecided");
@@ -229,13 +361,57 @@ async fn answer(s: &Arc<AppState>, bytes: Vec<u8>, started: Instant) -> Outcome 
             o.tier1_error = Some("deadline".into());
         }
     }
+    let escalate = match (&s.tier2, o.tier1) {
+        (Some(t2), Some(p1)) if t2.cfg.escalates(p1) => Some((t2.clone(), p1)),
+        _ => None,
+    };
+    let Some((t2, p1)) = escalate else {
+        if o.tier1.is_some() {
+            s.metrics.early_exit.fetch_add(1, Ordering::Relaxed);
+        }
+        s.metrics.answer.observe(started.elapsed());
+        return o;
+    };
+    let budget = s
+        .deadline
+        .saturating_sub(started.elapsed())
+        .saturating_sub(Duration::from_millis(t2.cfg.reserve_ms));
+    let mut out = TierOutput {
+        tier: 2,
+        score: None,
+        latency_ms: 0.0,
+        error: None,
+    };
+    if budget < Duration::from_millis(MIN_TIER2_MS) {
+        s.metrics.tier2_outcome("no_time");
+        out.error = Some("no time left before the deadline".into());
+    } else {
+        let t = Instant::now();
+        let r = t2.ask(&bytes, budget).await;
+        out.latency_ms = t.elapsed().as_secs_f32() * 1000.0;
+        match r {
+            Ok(a) => {
+                s.metrics.tier2.observe(t.elapsed());
+                s.metrics.tier2_outcome("answered");
+                out.score = Some(a.p_yes);
+                o.prob = servable(t2.cfg.combine(p1, a.p_yes));
+                o.decided_by = 2;
+            }
+            Err(e) => {
+                s.metrics.tier2_outcome(e.kind());
+                tracing::warn!(profile = %s.profile, "tier 2 gave no answer ({e}); keeping tier 1's");
+                out.error = Some(e.to_string());
+            }
+        }
+    }
+    o.tier2 = Some(out);
+    s.metrics.answer.observe(started.elapsed());
     o
 }
 
 /// Logs an answered request durably before its reply goes out. A failed append is counted and
 /// logged; the answer is still sent (a validator's reward is lost for good, a log line can be
 /// recovered from the reply logs).
-#[allow(clippy::too_many_arguments)]
 async fn log_answer(
     s: &Arc<AppState>,
     request_id: String,
@@ -259,13 +435,8 @@ async fn log_answer(
         image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
         image_sha256: SampleId::of_bytes(bytes).to_string(),
         model_version: o.model_version.clone(),
-        tiers: vec![TierOutput {
-            tier: 1,
-            score: o.tier1,
-            latency_ms: o.tier1_ms,
-            error: o.tier1_error.clone().or_else(|| o.decode_error.clone()),
-        }],
-        decided_by: 1,
+        tiers: o.tiers(),
+        decided_by: o.decided_by,
         final_score: o.prob,
         latency_ms: started.elapsed().as_secs_f32() * 1000.0,
         decode_error: o.decode_error.clone(),
@@ -387,22 +558,11 @@ async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes
     let image = synapse.get("image").and_then(Value::as_str).unwrap_or("");
     let (bytes, o) = match decode_base64_image(image, s.body_limit_bytes) {
         Ok(bytes) => {
+            let bytes = Bytes::from(bytes);
             let o = answer(&s, bytes.clone(), started).await;
             (bytes, o)
         }
-        Err(e) => {
-            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%validator, "answering -1: {e}");
-            let o = Outcome {
-                prob: -1.0,
-                tier1: None,
-                tier1_ms: 0.0,
-                tier1_error: None,
-                decode_error: Some(e.to_string()),
-                model_version: s.tier1.model_version(),
-            };
-            (Vec::new(), o)
-        }
+        Err(e) => (Bytes::new(), Outcome::undecodable(&s, e.to_string())),
     };
     let prediction = o.prob;
     let request_id = format!(
@@ -458,9 +618,10 @@ async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> R
             v.get("image").and_then(Value::as_str).unwrap_or(""),
             s.body_limit_bytes,
         )
+        .map(Bytes::from)
         .map_err(|e| e.to_string())
     } else {
-        Ok(body.to_vec())
+        Ok(body)
     };
     let received_at = chrono::Utc::now();
     let (bytes, o) = match bytes {
@@ -468,22 +629,12 @@ async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> R
             let o = answer(&s, b.clone(), started).await;
             (b, o)
         }
-        Err(e) => {
-            s.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
-            let o = Outcome {
-                prob: -1.0,
-                tier1: None,
-                tier1_ms: 0.0,
-                tier1_error: None,
-                decode_error: Some(e),
-                model_version: s.tier1.model_version(),
-            };
-            (Vec::new(), o)
-        }
+        Err(e) => (Bytes::new(), Outcome::undecodable(&s, e)),
     };
+    let request_id = local_request_id();
     log_answer(
         &s,
-        local_request_id(),
+        request_id.clone(),
         None,
         received_at,
         started,
@@ -491,13 +642,20 @@ async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> R
         &o,
     )
     .await;
-    let (prediction, error) = (o.prob, o.decode_error.clone());
     s.metrics.count(route, StatusCode::OK);
+    let tiers: Vec<Value> = o
+        .tiers()
+        .iter()
+        .map(|t| json!({"tier": t.tier, "score": t.score, "latency_ms": t.latency_ms, "error": t.error}))
+        .collect();
     axum::Json(json!({
-        "prediction": prediction,
-        "model_version": s.tier1.model_version(),
+        "prediction": o.prob,
+        "decided_by": o.decided_by,
+        "tiers": tiers,
+        "model_version": o.model_version,
+        "request_id": request_id,
         "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
-        "error": error,
+        "error": o.decode_error,
     }))
     .into_response()
 }
