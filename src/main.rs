@@ -506,6 +506,20 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
     }
     println!();
     cli::mine::print_mine_summary(&r.mine);
+    let sv = &r.serve;
+    println!(
+        "\nserved the champion at {} as axon {}; signed requests from validator {}:",
+        sv.url, sv.axon_hotkey, sv.validator_hotkey
+    );
+    for (name, label, p) in &sv.answers {
+        let label = label.map_or("-".to_string(), |l| format!("{l:?}").to_lowercase());
+        println!("  {name:<14} label {label:<9} prediction {p:.4}");
+    }
+    println!("metrics:\n{}", sv.metrics);
+    println!(
+        "query log: {} answers moved into Lance ({} segments)",
+        sv.moved.records, sv.moved.segments
+    );
     println!("\nsamples by source and effective label:");
     print!("{}", render_table(&r.by_source_label, 100));
     println!("\nsamples by era and format:");

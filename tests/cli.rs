@@ -63,8 +63,34 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         text.contains("samples by source and effective label"),
         "{text}"
     );
-    // 20 scenes, 20 NATIX rows, 20 validator-traffic crops.
-    assert!(text.contains("60 samples in the store"), "{text}");
+    // 20 scenes, 20 NATIX rows, 20 validator-traffic crops, and the 12 images the demo validator
+    // sent the served champion (moved from the query log into Lance).
+    assert!(text.contains("72 samples in the store"), "{text}");
+    assert!(
+        text.contains("served the champion at http://127.0.0.1:"),
+        "{text}"
+    );
+    let answers: Vec<f64> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("scene "))
+        .filter_map(|l| l.rsplit("prediction ").next()?.trim().parse().ok())
+        .collect();
+    assert_eq!(answers.len(), 12, "{text}");
+    assert!(answers.iter().all(|p| (0.0..=1.0).contains(p) && *p != 0.5));
+    assert!(
+        text.contains("prediction -1.0000"),
+        "the corrupt image: {text}"
+    );
+    assert!(
+        text.contains(
+            "roadwork_requests_total{profile=\"speed\",route=\"/ImageSynapse\",status=\"200\"} 13"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("query log: 13 answers moved into Lance"),
+        "{text}"
+    );
     assert!(
         text.contains("embedded 60") && text.contains("WARNING: random weights"),
         "{text}"
@@ -87,7 +113,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_eq!(
         String::from_utf8_lossy(&q.stdout),
-        "source,n\ndataset,20\nsynthetic,20\nvalidator,20\n"
+        "source,n\ndataset,20\nsynthetic,20\nvalidator,32\n"
     );
 
     let again = roadwork(d.path())
@@ -96,7 +122,7 @@ fn demo_then_query_then_demo_again_adds_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(
-        text.contains("reusing") && text.contains("60 samples in the store"),
+        text.contains("reusing") && text.contains("72 samples in the store"),
         "{text}"
     );
     assert!(text.contains("new samples 0"), "{text}");

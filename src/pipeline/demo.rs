@@ -9,7 +9,10 @@
 //!    Validator-like traffic (unlabelled night/rain/fog crops) is ingested beside the data, so
 //!    mining has a distribution shift to find.
 //! 6. Mines the store with the champion's scores: hard cases, clusters, duplicates, drift.
-//! 7. Prints what the store holds, through the same SQL a person would type.
+//! 7. Serves the champion: starts the server on a loopback port, sends it `ImageSynapse` requests
+//!    signed by a demo validator (listed in a demo metagraph snapshot) built from fresh scenes
+//!    plus one corrupt image, reads `/metrics`, stops, and moves the query log into Lance.
+//! 8. Prints what the store holds, through the same SQL a person would type.
 //!
 //! Re-running it adds no data (every ingest is idempotent); it trains a new challenger, which the
 //! gate promotes only if it is at least as good as the champion.
@@ -23,7 +26,7 @@ use crate::config::Config;
 use crate::ingest::{FolderOptions, IngestSummary, Ingestor, NatixOptions};
 use crate::query::{QueryEngine, SAMPLES_BY_SOURCE_AND_LABEL};
 use crate::store::manifest::MANIFEST_FILE;
-use crate::store::{SampleSource, Store};
+use crate::store::{Label, SampleSource, Store};
 use crate::synth::scenes::SynthError;
 use crate::synth::scenes::{
     Daytime, GenerateSummary, SceneSpec, Weather, generate_scenes, scene_jpeg, write_natix_shard,
@@ -69,6 +72,114 @@ pub struct DemoReport {
     pub mine: crate::mine::MineSummary,
     /// The champion's evaluation report (`index.html`); none without eval samples.
     pub report: Option<PathBuf>,
+    /// The serving round trip.
+    pub serve: ServeDemo,
+}
+
+/// What the served champion answered the demo validator.
+pub struct ServeDemo {
+    pub url: String,
+    pub axon_hotkey: String,
+    pub validator_hotkey: String,
+    /// `(request, true label when known, prediction)`.
+    pub answers: Vec<(String, Option<Label>, f64)>,
+    /// The server's `/metrics` without histogram buckets.
+    pub metrics: String,
+    /// Query-log records moved into Lance when the server stopped.
+    pub moved: super::serve::MoveSummary,
+}
+
+/// Scenes the demo validator sends (drawn from their own seed: not in the training data).
+const SERVE_REQUESTS: u64 = 12;
+
+/// Starts the server for the champion, queries it as a validator would, and stops it.
+async fn serve_round_trip(cfg: &Config, seed: u64) -> Result<ServeDemo, PipelineError> {
+    use crate::serve::{Dendrite, ProfileConfig};
+    use base64::Engine as _;
+    let key = |tag: u8| {
+        let mut k = [tag; 32];
+        k[..8].copy_from_slice(&seed.to_le_bytes());
+        Dendrite::from_seed(k).map_err(PipelineError::Task)
+    };
+    let (axon, validator) = (key(1)?, key(2)?);
+    let metagraph = cfg.data.dir.join("demo-metagraph.json");
+    let neurons = serde_json::json!([
+        {"hotkey": validator.hotkey(), "stake": 10_000.0, "validator_permit": true}
+    ]);
+    std::fs::write(&metagraph, neurons.to_string())
+        .map_err(|e| PipelineError::Task(format!("{}: {e}", metagraph.display())))?;
+    let mut sc = cfg.serve.clone();
+    sc.axon_hotkey = Some(axon.hotkey().to_string());
+    sc.metagraph = Some(metagraph);
+    sc.model = None;
+    sc.profiles = vec![ProfileConfig {
+        name: "speed".into(),
+        bind: "127.0.0.1".into(),
+        port: 0,
+        axon_hotkey: None,
+        tier2: false,
+    }];
+    let (running, mover) = super::serve::start(cfg, &sc).await?;
+    let addr = running.addrs[0].1;
+    let url = format!("http://{addr}");
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut requests = Vec::new();
+    for i in 0..SERVE_REQUESTS {
+        let mut spec = SceneSpec::draw(seed + 3, i);
+        (spec.width, spec.height) = (512, 384);
+        requests.push((
+            format!("scene {i:02}"),
+            Some(spec.label),
+            b64(&scene_jpeg(&spec)?),
+        ));
+    }
+    requests.push((
+        "corrupt jpeg".into(),
+        None,
+        b64(&[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]),
+    ));
+    let mut answers = Vec::new();
+    let mut failure = None;
+    for (name, label, image) in requests {
+        match validator
+            .query(
+                &url,
+                axon.hotkey(),
+                &image,
+                std::time::Duration::from_secs(9),
+            )
+            .await
+        {
+            Ok(p) => answers.push((name, label, p)),
+            Err(e) => {
+                failure = Some(format!("{name}: {e}"));
+                break;
+            }
+        }
+    }
+    let metrics = match reqwest::get(format!("{url}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("(metrics unavailable: {e})"),
+    };
+    let metrics = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let moved = super::serve::stop(cfg, running, mover).await?;
+    if let Some(f) = failure {
+        return Err(PipelineError::Task(format!(
+            "the served champion did not answer {f}"
+        )));
+    }
+    Ok(ServeDemo {
+        url,
+        axon_hotkey: axon.hotkey().to_string(),
+        validator_hotkey: validator.hotkey().to_string(),
+        answers,
+        metrics,
+        moved,
+    })
 }
 
 /// Runs the demo on the store and data directory of `cfg`.
@@ -184,6 +295,7 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
             Some(&cfg.data.dir.join("reports")),
         )
         .await?;
+    let serve = serve_round_trip(cfg, opts.seed).await?;
     let q = QueryEngine::new(store.clone());
     let by_source_label = q.execute(SAMPLES_BY_SOURCE_AND_LABEL).await?;
     let by_era = q
@@ -207,6 +319,7 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         gate,
         report,
         mine,
+        serve,
     })
 }
 

@@ -15,6 +15,9 @@
 //! - [`start`]: `roadwork serve` — one listener per profile sharing one encoder and head, and the
 //!   champion pointer followed (poll + SIGHUP) with atomic hot-swaps.
 //!
+//! - [`dendrite`]: the validator side (signed requests), for the demo, the benchmark and a miner's
+//!   own end-to-end check.
+//!
 //! - [`querylog`]: every answer appended and fsync'd before its reply; sealed segments are moved
 //!   into Lance by `pipeline::serve`.
 //!
@@ -23,6 +26,7 @@
 
 pub mod auth;
 mod config;
+pub mod dendrite;
 pub mod metagraph;
 pub mod payload;
 pub mod querylog;
@@ -33,6 +37,7 @@ pub mod tier2;
 
 pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, ss58_public_key};
 pub use config::{ProfileConfig, ServeConfig};
+pub use dendrite::{Dendrite, DendriteError, ss58_encode};
 pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use payload::{PayloadError, decode_base64_image};
 pub use querylog::QueryLog;
