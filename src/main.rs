@@ -232,26 +232,36 @@ enum BenchCmd {
 }
 
 /// Returns on Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
+/// Waits for `s`, or forever when its handler could not be installed.
+#[cfg(unix)]
+async fn wait_signal(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Installs the SIGINT/SIGTERM handlers now (so a signal that arrives while the server starts is
+/// not fatal) and returns the future that completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                _ = wait_signal(int.as_mut()) => {}
+                _ = wait_signal(term.as_mut()) => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn init_tracing(verbose: u8) {
@@ -347,6 +357,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let (Some(p), Some(first)) = (port, sc.profiles.first_mut()) {
                 first.port = p;
             }
+            let stop = shutdown_signal();
             let (running, mover) = roadwork::pipeline::serve::start(&cfg, &sc).await?;
             for (name, addr) in &running.addrs {
                 println!(
@@ -354,7 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
                     running.tier1.model_version()
                 );
             }
-            wait_for_signal().await;
+            stop.await;
             let moved = roadwork::pipeline::serve::stop(&cfg, running, mover).await?;
             println!(
                 "stopped; moved {} logged requests ({} segments) into the store",

@@ -1078,3 +1078,284 @@ async fn every_bad_image_gets_a_finite_answer_or_minus_one() {
         .unwrap();
     assert_eq!(v["prediction"], -1.0);
 }
+
+/// A registry under `dir/models` with two heads for the random ViT-S/16 encoder at 32² and one
+/// for other features; `head-1` is the champion. Returns the encoder configuration.
+fn registry_with_heads(dir: &Path) -> (roadwork::train::Registry, EmbedConfig) {
+    let reg = roadwork::train::Registry::open(dir.join("models")).unwrap();
+    let embed = EmbedConfig {
+        resolution: 32,
+        ..Default::default()
+    };
+    let e = Embedder::<Cpu>::load(&embed, None, &Default::default()).unwrap();
+    for (v, dim, seed) in [
+        ("head-1", e.dim(), 1),
+        ("head-2", e.dim(), 2),
+        ("head-bad", e.dim() + 1, 3),
+    ] {
+        let (card, w) = head_parts(&e, v, dim, seed);
+        reg.register(&card, &w).unwrap();
+    }
+    reg.set_champion("head-1").unwrap();
+    (reg, embed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_swaps_under_load_fail_no_request() {
+    use roadwork::serve::{Dendrite, ProfileConfig, ServeConfig, start};
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, embed) = registry_with_heads(dir.path());
+    // Half the clients are signed validators (one each: the axon refuses a nonce that is not
+    // newer than the last one of that dendrite, so one dendrite's requests go one at a time),
+    // half local clients.
+    let validators: Vec<Arc<Dendrite>> = (0..8u8)
+        .map(|i| Arc::new(Dendrite::from_seed([i + 10; 32]).unwrap()))
+        .collect();
+    let axon = Dendrite::from_seed([99; 32]).unwrap();
+    let mg = dir.path().join("metagraph.json");
+    let neurons: Vec<Value> = validators
+        .iter()
+        .map(|d| serde_json::json!({"hotkey": d.hotkey(), "stake": 5000.0, "validator_permit": true}))
+        .collect();
+    std::fs::write(&mg, Value::from(neurons).to_string()).unwrap();
+    let cfg = ServeConfig {
+        watch_ms: 20,
+        axon_hotkey: Some(axon.hotkey().into()),
+        metagraph: Some(mg),
+        profiles: vec![ProfileConfig {
+            name: "speed".into(),
+            bind: "127.0.0.1".into(),
+            port: 0,
+            axon_hotkey: None,
+            tier2: false,
+        }],
+        ..Default::default()
+    };
+    let running = start(
+        &cfg,
+        &embed,
+        DecodeLimits::default(),
+        reg.clone(),
+        &dir.path().join("ql"),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", running.addrs[0].1);
+    let images: Arc<Vec<Vec<u8>>> = Arc::new((0..8).map(|i| support::small_scene(11, i)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    const CLIENTS: usize = 16;
+    for k in 0..CLIENTS {
+        let (url, images, stop, done) = (url.clone(), images.clone(), stop.clone(), done.clone());
+        let signer = (k % 2 == 0).then(|| validators[k / 2].clone());
+        let axon_key = axon.hotkey().to_string();
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let mut seen = Vec::new();
+            let mut i = k;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let img = &images[i % images.len()];
+                i += 1;
+                let (p, version) = match &signer {
+                    Some(d) => {
+                        use base64::Engine;
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(img);
+                        let p = d.query(&url, &axon_key, &b64, Duration::from_secs(9)).await;
+                        (p.map_err(|e| e.to_string()), None)
+                    }
+                    None => {
+                        let r = c
+                            .post(format!("{url}/v1/predict"))
+                            .body(img.clone())
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 200 => {
+                                let v: Value = r.json().await.unwrap();
+                                (
+                                    v["prediction"].as_f64().ok_or(v.to_string()),
+                                    v["model_version"].as_str().map(str::to_string),
+                                )
+                            }
+                            Ok(r) => (Err(format!("HTTP {}", r.status())), None),
+                            Err(e) => (Err(e.to_string()), None),
+                        }
+                    }
+                };
+                seen.push((p, version));
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            seen
+        }));
+    }
+    // Swap the champion back and forth under traffic, and offer a head that must be refused, for
+    // at least 8 rounds and 96 answered requests.
+    let mut round = 0;
+    while round < 8 || done.load(std::sync::atomic::Ordering::Relaxed) < 96 {
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let v = match round % 3 {
+            0 => "head-2",
+            1 => "head-bad",
+            _ => "head-1",
+        };
+        reg.set_champion(v).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut versions = std::collections::BTreeSet::new();
+    for c in clients {
+        for (p, v) in c.await.unwrap() {
+            let p = p.unwrap_or_else(|e| panic!("a request failed under load: {e}"));
+            assert!((0.0..=1.0).contains(&p) && p != 0.5, "{p}");
+            versions.extend(v);
+            total += 1;
+        }
+    }
+    assert!(total >= 96, "{total} requests");
+    assert!(
+        versions.contains("head-1") && versions.contains("head-2"),
+        "{versions:?}"
+    );
+    assert!(!versions.contains("head-bad"));
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok: usize = m
+        .lines()
+        .filter(|l| l.starts_with("roadwork_requests_total") && l.contains("status=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(ok, total, "{m}");
+    assert!(!m.contains("status=\"5"), "{m}");
+    running.shutdown().await;
+}
+
+/// A free loopback port (released at once; the server binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `roadwork serve` and waits for its health check.
+async fn spawn_server(config: &Path, url: &str) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roadwork"))
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
+            && r.status() == 200
+        {
+            return child;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("roadwork serve exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("roadwork serve did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_burst_loses_no_acknowledged_request() {
+    let dir = tempfile::tempdir().unwrap();
+    registry_with_heads(dir.path());
+    let port = free_port();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\ndir = {:?}\n\n[embed]\nresolution = 32\n\n[serve]\nquerylog_segment_records = 5\n\
+             ingest_every_s = 1\n\n[[serve.profiles]]\nname = \"speed\"\nbind = \"127.0.0.1\"\nport = {port}\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&config, &url).await;
+
+    // A burst of distinct images from 8 clients; the server is killed once 30 are acknowledged.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut clients = Vec::new();
+    for k in 0..8u64 {
+        let (url, acked) = (url.clone(), acked.clone());
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            for i in 0..1000u64 {
+                let img = support::small_scene(12, k * 1000 + i);
+                let Ok(r) = c
+                    .post(format!("{url}/v1/predict"))
+                    .body(img.clone())
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(v) = r.json::<Value>().await else {
+                    return;
+                };
+                let id = v["request_id"].as_str().unwrap().to_string();
+                let sha = roadwork::store::SampleId::of_bytes(&img).to_string();
+                acked.lock().unwrap().push((id, sha));
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill().unwrap(); // SIGKILL: no drain, no final move
+    server.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 30);
+
+    // Restart: the dead process's active segment is sealed and moved; then a clean stop.
+    let server = spawn_server(&config, &url).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let store = roadwork::store::Store::open(&dir.path().join("store").to_string_lossy())
+        .await
+        .unwrap();
+    let preds = store.predictions().await.unwrap();
+    let mut count = std::collections::HashMap::<&str, usize>::new();
+    for p in &preds {
+        *count.entry(p.request_id.as_str()).or_default() += 1;
+    }
+    assert!(count.values().all(|n| *n == 1), "a request landed twice");
+    let samples: std::collections::HashSet<String> = store
+        .samples(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.sample_id.to_string())
+        .collect();
+    for (id, sha) in &acked {
+        assert_eq!(
+            count.get(id.as_str()),
+            Some(&1),
+            "acknowledged {id} is not in Lance"
+        );
+        assert!(samples.contains(sha), "the image of {id} is not in Lance");
+    }
+}
