@@ -229,9 +229,39 @@ enum BenchCmd {
     /// kNN graph, k-means and duplicate search at scale, with peak memory.
     #[command(after_help = "Example:\n  roadwork bench mine --n 100000,1000000 --dim 384")]
     Mine(cli::mine::BenchMine),
+    /// The serving path over loopback HTTP: signed requests, req/s and p50/p99 latency by
+    /// concurrency and batch limit, and the durable log's cost per request.
+    #[command(
+        after_help = "Examples:\n  roadwork bench serve\n  roadwork bench serve --model vitl16 --device cuda --precision bf16 --concurrency 1,16,64 --max-batch 1,16,64"
+    )]
+    Serve(BenchServe),
 }
 
-/// Returns on Ctrl-C or SIGTERM.
+#[derive(clap::Args)]
+struct BenchServe {
+    #[arg(long, value_enum, default_value = "vits16")]
+    model: DinoV3Size,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: ComputeDevice,
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    #[arg(long, default_value_t = 224)]
+    resolution: u32,
+    /// Timed requests per cell.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    concurrency: Vec<usize>,
+    /// serve.max_batch values to compare (1 = no batching).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    max_batch: Vec<usize>,
+    /// Size of the street images sent, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720")]
+    image: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 /// Waits for `s`, or forever when its handler could not be installed.
 #[cfg(unix)]
 async fn wait_signal(s: Option<&mut tokio::signal::unix::Signal>) {
@@ -381,6 +411,31 @@ async fn run(cli: Cli) -> Result<()> {
             let bb = b.clone();
             tokio::task::spawn_blocking(move || cli::mine::bench_mine(&bb)).await??;
             cli::mine::bench_lance(&cfg, &b).await
+        }
+        Command::Bench(BenchCmd::Serve(b)) => {
+            let (w, h) = b
+                .image
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--image wants WIDTHxHEIGHT, got {}", b.image))?;
+            let opts = roadwork::bench::serve::ServeBenchOptions {
+                model: b.model,
+                device: b.device,
+                precision: b.precision,
+                resolution: b.resolution,
+                requests: b.requests,
+                concurrency: b.concurrency,
+                max_batch: b.max_batch,
+                image_size: (w, h),
+            };
+            let (rows, cost) = roadwork::bench::serve::run(&opts).await?;
+            print!("{}", roadwork::bench::serve::markdown(&rows, &cost));
+            if let Some(p) = b.json {
+                let v = serde_json::json!({"rows": rows, "log_cost": cost});
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(())
         }
         Command::Bench(BenchCmd::Al(b)) => {
             tokio::task::spawn_blocking(move || cli::mine::bench_al(b)).await?

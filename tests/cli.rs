@@ -27,6 +27,7 @@ fn every_subcommand_help_shows_an_example() {
         vec!["bench", "ingest"],
         vec!["bench", "al"],
         vec!["bench", "mine"],
+        vec!["bench", "serve"],
         vec!["mine", "run"],
         vec!["mine", "select"],
         vec!["similar"],

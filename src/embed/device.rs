@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EmbedConfig, EmbedError, EmbedSummary, Embedder, embed_store};
+use super::{EmbedConfig, EmbedError, EmbedSummary, Embedder, ImageEncoder, embed_store};
 use crate::bench::embed::{EmbedBenchRow, run_burn};
 use crate::embed::DinoV3Size;
 use crate::imaging::DecodeLimits;
@@ -102,6 +102,32 @@ pub async fn embed(
         }
         (d, p) => Err(unsupported(d, p)),
     }
+}
+
+/// Loads the encoder of `cfg` on its configured device and precision, behind the backend-agnostic
+/// [`ImageEncoder`] (the serving path).
+pub fn load_encoder(
+    cfg: &EmbedConfig,
+    weights: Option<&Path>,
+) -> Result<Arc<dyn ImageEncoder>, EmbedError> {
+    Ok(match (cfg.device, cfg.precision) {
+        (ComputeDevice::Cpu, Precision::F32) => Arc::new(Embedder::<super::Cpu>::load(
+            cfg,
+            weights,
+            &Default::default(),
+        )?),
+        #[cfg(feature = "cuda")]
+        (ComputeDevice::Cuda, Precision::F32) => Arc::new(
+            Embedder::<burn::backend::Cuda<f32>>::load(cfg, weights, &Default::default())?,
+        ),
+        #[cfg(feature = "cuda")]
+        (ComputeDevice::Cuda, Precision::Bf16) => Arc::new(Embedder::<
+            burn::backend::Cuda<half::bf16>,
+        >::load(
+            cfg, weights, &Default::default()
+        )?),
+        (d, p) => return Err(unsupported(d, p)),
+    })
 }
 
 /// Times the encoder on `device` at each precision in `precisions`.

@@ -21,7 +21,7 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
-pub use device::{ComputeDevice, Precision, embed};
+pub use device::{ComputeDevice, Precision, embed, load_encoder};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
 pub use stage::{EmbedSummary, embed_store};
 pub use vit::{Activation, DinoV3, DinoV3Config, DinoV3Output, DinoV3Size};
@@ -106,6 +106,40 @@ pub enum EmbedError {
     /// User input: a device/precision this build cannot run.
     #[error("unsupported: {0}")]
     Unsupported(String),
+}
+
+/// A loaded encoder whatever its Burn backend: the serving path holds one of these, so the same
+/// server runs on the CPU or a GPU chosen at run time.
+pub trait ImageEncoder: Send + Sync {
+    /// See [`Embedder::model_id`].
+    fn model_id(&self) -> &str;
+    /// Length of the feature vectors.
+    fn dim(&self) -> usize;
+    /// Whether this is the random stand-in model (no weights given).
+    fn is_random(&self) -> bool;
+    /// Feature vectors for `images`, one forward pass.
+    fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>>;
+}
+
+impl<B: Backend> ImageEncoder for Embedder<B>
+where
+    Embedder<B>: Send + Sync,
+{
+    fn model_id(&self) -> &str {
+        Embedder::model_id(self)
+    }
+
+    fn dim(&self) -> usize {
+        Embedder::dim(self)
+    }
+
+    fn is_random(&self) -> bool {
+        Embedder::is_random(self)
+    }
+
+    fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>> {
+        Embedder::embed_images(self, images)
+    }
 }
 
 /// A loaded model plus everything needed to turn images into stored vectors.

@@ -48,6 +48,11 @@ pub struct ServeConfig {
     pub deadline_ms: u64,
     /// Requests in flight per profile before answering 503.
     pub max_inflight: usize,
+    /// Images that arrive together are encoded in one forward pass of up to this many (1 turns
+    /// batching off).
+    pub max_batch: usize,
+    /// Encoder worker threads (each runs whole batches; 1 suits one GPU or a small CPU).
+    pub tier1_workers: usize,
     /// Encoder weights (safetensors); without them the random encoder of `[embed]` is used and
     /// only a head trained on its features will load.
     pub weights: Option<PathBuf>,
@@ -77,6 +82,8 @@ impl Default for ServeConfig {
             body_limit_mib: 64,
             deadline_ms: 7000,
             max_inflight: 64,
+            max_batch: 16,
+            tier1_workers: 1,
             weights: None,
             model: None,
             watch_ms: 1000,
@@ -107,6 +114,9 @@ impl ServeConfig {
         }
         if self.max_inflight == 0 {
             return Err("serve.max_inflight must be at least 1".into());
+        }
+        if self.max_batch == 0 || self.tier1_workers == 0 {
+            return Err("serve.max_batch and serve.tier1_workers must be at least 1".into());
         }
         if self.profiles.is_empty() {
             return Err("serve.profiles needs at least one profile".into());

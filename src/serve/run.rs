@@ -17,7 +17,7 @@ use super::querylog::QueryLog;
 use super::server::{AppState, router};
 use super::tier1::Tier1;
 use super::tier2::Tier2;
-use crate::embed::{Cpu, EmbedConfig, Embedder};
+use crate::embed::{Cpu, EmbedConfig, load_encoder};
 use crate::imaging::DecodeLimits;
 use crate::train::{Registry, TrainedHead};
 
@@ -81,17 +81,17 @@ pub async fn start(
             })?,
     };
     let (embed2, weights) = (embed.clone(), cfg.weights.clone());
-    let embedder = tokio::task::spawn_blocking(move || {
-        Embedder::<Cpu>::load(&embed2, weights.as_deref(), &Default::default())
-    })
-    .await
-    .map_err(|e| ServeError::Head(e.to_string()))?
-    .map_err(|e| ServeError::Head(e.to_string()))?;
+    let embedder = tokio::task::spawn_blocking(move || load_encoder(&embed2, weights.as_deref()))
+        .await
+        .map_err(|e| ServeError::Head(e.to_string()))?
+        .map_err(|e| ServeError::Head(e.to_string()))?;
     if embedder.is_random() {
         tracing::warn!("serving with a RANDOM encoder (no serve.weights): answers carry no signal");
     }
     let head = load_head(&registry, &version)?;
-    let tier1 = Arc::new(Tier1::new(Arc::new(embedder), head, decode)?);
+    let tier1 = Arc::new(
+        Tier1::new(embedder, head, decode)?.with_batching(cfg.max_batch, cfg.tier1_workers),
+    );
     tracing::info!(%version, "tier 1 ready");
     let metagraph = cfg
         .metagraph

@@ -1,10 +1,19 @@
 //! Tier 1 of the cascade: DINOv3 features and the champion head, in process. The encoder is loaded
 //! once and shared by every profile; the head can be swapped while requests are in flight (a
 //! request keeps the `Arc` of the head it started with).
+//!
+//! Requests decode their images on their own threads; the encoder can then run them one by one,
+//! or — with [`Tier1::with_batching`] — through worker threads that take every image waiting at
+//! that moment (up to a maximum) into one forward pass. Batching costs a request nothing when
+//! the server is idle (a lone image goes straight through) and turns concurrent traffic into the
+//! large batches accelerators are fast at.
 
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::embed::{Cpu, Embedder};
+use image::DynamicImage;
+
+use crate::embed::{Cpu, ImageEncoder};
 use crate::imaging::{DecodeLimits, decode};
 use crate::train::{TrainedHead, UNDECIDED};
 
@@ -25,14 +34,77 @@ pub enum Tier1Error {
     Undecodable(String),
 }
 
-/// The encoder and the current head.
-pub struct Tier1 {
-    embedder: Arc<Embedder<Cpu>>,
-    head: RwLock<Arc<TrainedHead<Cpu>>>,
-    limits: DecodeLimits,
+/// One image waiting for the encoder, and where its features go.
+struct Job {
+    image: DynamicImage,
+    reply: SyncSender<Vec<f32>>,
 }
 
-fn check_pair(embedder: &Embedder<Cpu>, head: &TrainedHead<Cpu>) -> Result<(), ServeError> {
+/// The encoder's worker threads; they stop when this (the only sender) is dropped.
+struct Batcher {
+    tx: SyncSender<Job>,
+}
+
+impl Batcher {
+    fn start(encoder: Arc<dyn ImageEncoder>, max_batch: usize, workers: usize) -> Self {
+        let (tx, rx) = sync_channel::<Job>(4 * max_batch.max(1) * workers.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let (rx, enc) = (rx.clone(), encoder.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("tier1-encoder-{i}"))
+                .spawn(move || encode_batches(&rx, enc.as_ref(), max_batch.max(1)));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start encoder worker {i}: {e}");
+            }
+        }
+        Self { tx }
+    }
+}
+
+/// Worker loop: wait for one image, take whatever else is already waiting, encode them together.
+fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: usize) {
+    loop {
+        let mut jobs = Vec::with_capacity(max_batch);
+        {
+            let Ok(r) = rx.lock() else { return };
+            match r.recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => return,
+            }
+            while jobs.len() < max_batch {
+                match r.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (images, replies): (Vec<DynamicImage>, Vec<SyncSender<Vec<f32>>>) =
+            jobs.into_iter().map(|j| (j.image, j.reply)).unzip();
+        // A panicking forward pass must not take the worker down with it: its requests get no
+        // features (and answer undecided), the next batch runs.
+        let feats =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enc.embed_images(&images)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("encoder panicked on a batch of {}", images.len());
+                    Vec::new()
+                });
+        let mut feats = feats.into_iter();
+        for reply in replies {
+            let _ = reply.send(feats.next().unwrap_or_default());
+        }
+    }
+}
+
+/// The encoder and the current head.
+pub struct Tier1 {
+    encoder: Arc<dyn ImageEncoder>,
+    head: RwLock<Arc<TrainedHead<Cpu>>>,
+    limits: DecodeLimits,
+    batcher: Option<Batcher>,
+}
+
+fn check_pair(embedder: &dyn ImageEncoder, head: &TrainedHead<Cpu>) -> Result<(), ServeError> {
     if head.card.embedding_model != embedder.model_id() || head.card.dim != embedder.dim() {
         return Err(ServeError::HeadMismatch {
             version: head.card.model_version.clone(),
@@ -46,16 +118,46 @@ fn check_pair(embedder: &Embedder<Cpu>, head: &TrainedHead<Cpu>) -> Result<(), S
 impl Tier1 {
     /// Refuses a head trained on another encoder's features.
     pub fn new(
-        embedder: Arc<Embedder<Cpu>>,
+        encoder: Arc<dyn ImageEncoder>,
         head: TrainedHead<Cpu>,
         limits: DecodeLimits,
     ) -> Result<Self, ServeError> {
-        check_pair(&embedder, &head)?;
+        check_pair(encoder.as_ref(), &head)?;
         Ok(Self {
-            embedder,
+            encoder,
             head: RwLock::new(Arc::new(head)),
             limits,
+            batcher: None,
         })
+    }
+
+    /// Runs the encoder on `workers` threads that merge concurrent images into batches of up to
+    /// `max_batch`.
+    pub fn with_batching(mut self, max_batch: usize, workers: usize) -> Self {
+        self.batcher = Some(Batcher::start(self.encoder.clone(), max_batch, workers));
+        self
+    }
+
+    /// The shared encoder.
+    pub fn encoder(&self) -> &Arc<dyn ImageEncoder> {
+        &self.encoder
+    }
+
+    fn features(&self, image: DynamicImage) -> Vec<f32> {
+        match &self.batcher {
+            Some(b) => {
+                let (reply, rx) = sync_channel(1);
+                if b.tx.send(Job { image, reply }).is_err() {
+                    return Vec::new();
+                }
+                rx.recv().unwrap_or_default()
+            }
+            None => self
+                .encoder
+                .embed_images(std::slice::from_ref(&image))
+                .pop()
+                .unwrap_or_default(),
+        }
     }
 
     /// The head answering now.
@@ -72,7 +174,7 @@ impl Tier1 {
 
     /// Installs a new head (refused, leaving the old one serving, if it does not fit the encoder).
     pub fn swap_head(&self, head: TrainedHead<Cpu>) -> Result<String, ServeError> {
-        check_pair(&self.embedder, &head)?;
+        check_pair(self.encoder.as_ref(), &head)?;
         let version = head.card.model_version.clone();
         let mut slot = self.head.write().unwrap_or_else(|p| p.into_inner());
         *slot = Arc::new(head);
@@ -83,12 +185,8 @@ impl Tier1 {
     pub fn predict(&self, bytes: &[u8]) -> Result<Tier1Answer, Tier1Error> {
         let img =
             decode(bytes, &self.limits).map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
+        let features = self.features(img.image);
         let head = self.head();
-        let features = self
-            .embedder
-            .embed_images(std::slice::from_ref(&img.image))
-            .pop()
-            .unwrap_or_default();
         let prob = head
             .predict(&features)
             .ok()

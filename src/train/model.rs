@@ -70,6 +70,42 @@ pub struct ModelCard {
     pub roadwork_version: String,
 }
 
+impl ModelCard {
+    /// The card of a head nobody trained (benchmarks and smoke tests of the serving path): no
+    /// data, no metrics, identity calibration, recipe `null`.
+    pub fn untrained(
+        version: &str,
+        embedding_model: &str,
+        dim: usize,
+        head: HeadConfig,
+        weights: &[u8],
+    ) -> Self {
+        Self {
+            format: 1,
+            model_version: version.into(),
+            created_at: Utc::now(),
+            embedding_model: embedding_model.into(),
+            dim,
+            head,
+            calibration: Default::default(),
+            snapshot: String::new(),
+            table_versions: Default::default(),
+            recipe: serde_json::Value::Null,
+            seed: 0,
+            data: Default::default(),
+            fold_best_epochs: vec![],
+            final_epochs: 0,
+            history: vec![],
+            fold_histories: vec![],
+            metrics: None,
+            replay: None,
+            weights_sha256: sha256_hex(weights),
+            parent: None,
+            roadwork_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -112,31 +112,9 @@ pub fn linear_card(
     dim: usize,
     weights: &[u8],
 ) -> roadwork::train::ModelCard {
-    use sha2::Digest;
-    roadwork::train::ModelCard {
-        format: 1,
-        model_version: version.into(),
-        created_at: chrono::Utc::now(),
-        embedding_model: embedding_model.into(),
-        dim,
-        head: roadwork::train::HeadConfig {
-            hidden: vec![],
-            dropout: 0.0,
-        },
-        calibration: Default::default(),
-        snapshot: String::new(),
-        table_versions: Default::default(),
-        recipe: serde_json::Value::Null,
-        seed: 0,
-        data: Default::default(),
-        fold_best_epochs: vec![],
-        final_epochs: 0,
-        history: vec![],
-        fold_histories: vec![],
-        metrics: None,
-        replay: None,
-        weights_sha256: hex::encode(sha2::Sha256::digest(weights)),
-        parent: None,
-        roadwork_version: String::new(),
-    }
+    let linear = roadwork::train::HeadConfig {
+        hidden: vec![],
+        dropout: 0.0,
+    };
+    roadwork::train::ModelCard::untrained(version, embedding_model, dim, linear, weights)
 }
