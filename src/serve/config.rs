@@ -154,6 +154,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cascade_profile_parses_from_toml() {
+        let c: ServeConfig = toml::from_str(
+            "max_batch = 8\n[tier2]\nurl = \"http://10.0.0.2:8000/v1\"\nlow = 0.3\nhigh = 0.7\n\
+             [[profiles]]\nname = \"speed\"\nport = 8091\n\
+             [[profiles]]\nname = \"accuracy\"\nport = 8092\ntier2 = true\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let t2 = c.tier2.as_ref().unwrap();
+        assert_eq!((t2.low, t2.high, t2.weight), (0.3, 0.7, 0.7));
+        assert_eq!(c.max_batch, 8);
+        assert!(!c.profiles[0].tier2 && c.profiles[1].tier2);
+        assert!(toml::from_str::<ServeConfig>("[tier2]\nlowe = 0.1\n").is_err());
+    }
+
+    #[test]
     fn out_of_range_settings_are_refused() {
         assert!(ServeConfig::default().validate().is_ok());
         let bad = [
