@@ -322,25 +322,9 @@ async fn a_head_swap_takes_effect_and_a_mismatched_head_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit() {
     use roadwork::serve::{ProfileConfig, ServeConfig, start};
-    use roadwork::train::Registry;
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path().join("models")).unwrap();
-    let embed = EmbedConfig {
-        resolution: 32,
-        ..Default::default()
-    };
-    // The server loads the configured encoder itself: the production path. A tiny one keeps the
-    // test fast, so the heads are made for the default ViT-S/16 random encoder's id and dim.
-    let e = Arc::new(Embedder::<Cpu>::load(&embed, None, &Default::default()).unwrap());
-    for (v, dim, seed) in [
-        ("head-1", e.dim(), 1),
-        ("head-2", e.dim(), 2),
-        ("head-bad", e.dim() + 1, 3),
-    ] {
-        let (card, w) = head_parts(&e, v, dim, seed);
-        reg.register(&card, &w).unwrap();
-    }
-    reg.set_champion("head-1").unwrap();
+    // The server loads the configured encoder itself: the production path.
+    let (reg, embed) = registry_with_heads(dir.path());
     let cfg = ServeConfig {
         watch_ms: 50,
         profiles: vec![
@@ -1079,8 +1063,9 @@ async fn every_bad_image_gets_a_finite_answer_or_minus_one() {
     assert_eq!(v["prediction"], -1.0);
 }
 
-/// A registry under `dir/models` with two heads for the random ViT-S/16 encoder at 32² and one
-/// for other features; `head-1` is the champion. Returns the encoder configuration.
+/// A registry under `dir/models` with two heads for the random ViT-S/16 encoder at 32² (a small
+/// input keeps the tests fast) and one for other features; `head-1` is the champion. Returns the
+/// encoder configuration the server must load.
 fn registry_with_heads(dir: &Path) -> (roadwork::train::Registry, EmbedConfig) {
     let reg = roadwork::train::Registry::open(dir.join("models")).unwrap();
     let embed = EmbedConfig {

@@ -170,9 +170,18 @@ pub async fn run(
     for (i, (max_batch, concurrency, durable)) in cells.into_iter().enumerate() {
         let head =
             TrainedHead::from_parts(card.clone(), &weights, &Default::default()).map_err(setup)?;
+        let pad = opts.device != ComputeDevice::Cpu;
         let tier1 = Tier1::new(encoder.clone(), head, DecodeLimits::default())
             .map_err(setup)?
-            .with_batching(max_batch, 1);
+            .with_batching(max_batch, 1, pad);
+        // As `roadwork serve` does before it listens.
+        let tier1 = tokio::task::spawn_blocking(move || {
+            let (sizes, secs) = tier1.warm_up();
+            tracing::info!(?sizes, secs, "warmed up");
+            tier1
+        })
+        .await
+        .map_err(setup)?;
         let log = if durable {
             Some(Arc::new(
                 QueryLog::open(

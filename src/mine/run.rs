@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, UInt64Type};
+use arrow_array::types::UInt64Type;
 use arrow_array::{Array, TimestampMicrosecondArray};
 use burn::prelude::Backend;
 use chrono::{Duration, Utc};
@@ -29,7 +29,7 @@ use super::vectors::Vectors;
 use crate::store::schema::{col, tables};
 use crate::store::{
     DuplicateRow, MineClusterRow, MineScoreRow, RunRow, SelectionRow, Store, VECTOR,
-    embeddings_table,
+    collect_vectors, embeddings_table,
 };
 
 /// Mining settings (`[mine]`).
@@ -209,31 +209,8 @@ impl Miner {
             .store
             .scan(&table, Some(&[col::SAMPLE_ID, VECTOR]), None, None)
             .await?;
-        let (mut ids, mut data, mut dim, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
-        for b in &batches {
-            let (Some(id), Some(v)) = (
-                b.column_by_name(col::SAMPLE_ID)
-                    .and_then(|c| c.as_string_opt::<i32>()),
-                b.column_by_name(VECTOR)
-                    .and_then(|c| c.as_fixed_size_list_opt()),
-            ) else {
-                return Err(MineError::Shape(format!(
-                    "{table}: sample_id or vector missing"
-                )));
-            };
-            dim = v.value_length() as usize;
-            let values = v.values().as_primitive::<Float32Type>();
-            for i in 0..b.num_rows() {
-                let start = v.value_offset(i) as usize;
-                let row = &values.values()[start..start + dim];
-                if row.iter().any(|x| !x.is_finite()) {
-                    skipped += 1;
-                    continue;
-                }
-                ids.push(id.value(i).to_string());
-                data.extend_from_slice(row);
-            }
-        }
+        let rows = collect_vectors(&table, &batches)?;
+        let (ids, data, dim, skipped) = (rows.ids, rows.data, rows.dim, rows.non_finite.len());
         if skipped > 0 {
             tracing::warn!(skipped, table, "vectors with non-finite values skipped");
         }

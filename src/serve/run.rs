@@ -17,7 +17,7 @@ use super::querylog::QueryLog;
 use super::server::{AppState, router};
 use super::tier1::Tier1;
 use super::tier2::Tier2;
-use crate::embed::{Cpu, EmbedConfig, load_encoder};
+use crate::embed::{ComputeDevice, Cpu, EmbedConfig, load_encoder};
 use crate::imaging::DecodeLimits;
 use crate::train::{Registry, TrainedHead};
 
@@ -89,10 +89,18 @@ pub async fn start(
         tracing::warn!("serving with a RANDOM encoder (no serve.weights): answers carry no signal");
     }
     let head = load_head(&registry, &version)?;
-    let tier1 = Arc::new(
-        Tier1::new(embedder, head, decode)?.with_batching(cfg.max_batch, cfg.tier1_workers),
-    );
-    tracing::info!(%version, "tier 1 ready");
+    // Devices that compile kernels per input shape get a fixed ladder of batch sizes.
+    let pad = embed.device != ComputeDevice::Cpu;
+    let tier1 = Arc::new(Tier1::new(embedder, head, decode)?.with_batching(
+        cfg.max_batch,
+        cfg.tier1_workers,
+        pad,
+    ));
+    let t1 = tier1.clone();
+    let (sizes, secs) = tokio::task::spawn_blocking(move || t1.warm_up())
+        .await
+        .map_err(|e| ServeError::Head(e.to_string()))?;
+    tracing::info!(%version, ?sizes, secs, "tier 1 ready (warmed up)");
     let metagraph = cfg
         .metagraph
         .as_ref()

@@ -7,6 +7,11 @@
 //! that moment (up to a maximum) into one forward pass. Batching costs a request nothing when
 //! the server is idle (a lone image goes straight through) and turns concurrent traffic into the
 //! large batches accelerators are fast at.
+//!
+//! On a GPU every new input shape costs a kernel autotune and compile (seconds, measured on an
+//! H100: first batches of a new size missed the 7 s deadline). So there batches are padded up to
+//! a fixed ladder of sizes (1, 2, 4, … up to `max_batch`) and [`Tier1::warm_up`] runs each rung
+//! before the server listens: live traffic never meets a shape the device has not seen.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,27 +48,49 @@ struct Job {
 /// The encoder's worker threads; they stop when this (the only sender) is dropped.
 struct Batcher {
     tx: SyncSender<Job>,
+    max_batch: usize,
+    pad: bool,
+}
+
+/// The batch sizes a padded batcher runs: powers of two below `max_batch`, and `max_batch`.
+pub fn batch_ladder(max_batch: usize) -> Vec<usize> {
+    let max_batch = max_batch.max(1);
+    let mut sizes: Vec<usize> = (0..usize::BITS)
+        .map(|i| 1usize << i)
+        .take_while(|s| *s < max_batch)
+        .collect();
+    sizes.push(max_batch);
+    sizes
+}
+
+/// The rung of the ladder a batch of `n` is padded to.
+fn padded_size(n: usize, max_batch: usize) -> usize {
+    n.next_power_of_two().min(max_batch.max(1)).max(n)
 }
 
 impl Batcher {
-    fn start(encoder: Arc<dyn ImageEncoder>, max_batch: usize, workers: usize) -> Self {
+    fn start(encoder: Arc<dyn ImageEncoder>, max_batch: usize, workers: usize, pad: bool) -> Self {
         let (tx, rx) = sync_channel::<Job>(4 * max_batch.max(1) * workers.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let (rx, enc) = (rx.clone(), encoder.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("tier1-encoder-{i}"))
-                .spawn(move || encode_batches(&rx, enc.as_ref(), max_batch.max(1)));
+                .spawn(move || encode_batches(&rx, enc.as_ref(), max_batch.max(1), pad));
             if let Err(e) = spawned {
                 tracing::error!("cannot start encoder worker {i}: {e}");
             }
         }
-        Self { tx }
+        Self {
+            tx,
+            max_batch: max_batch.max(1),
+            pad,
+        }
     }
 }
 
 /// Worker loop: wait for one image, take whatever else is already waiting, encode them together.
-fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: usize) {
+fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: usize, pad: bool) {
     loop {
         let mut jobs = Vec::with_capacity(max_batch);
         {
@@ -79,8 +106,12 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
                 }
             }
         }
-        let (images, replies): (Vec<DynamicImage>, Vec<SyncSender<Vec<f32>>>) =
+        let (mut images, replies): (Vec<DynamicImage>, Vec<SyncSender<Vec<f32>>>) =
             jobs.into_iter().map(|j| (j.image, j.reply)).unzip();
+        if pad {
+            let filler = images[0].clone();
+            images.resize(padded_size(images.len(), max_batch), filler);
+        }
         // A panicking forward pass must not take the worker down with it: its requests get no
         // features (and answer undecided), the next batch runs.
         let feats =
@@ -132,10 +163,39 @@ impl Tier1 {
     }
 
     /// Runs the encoder on `workers` threads that merge concurrent images into batches of up to
-    /// `max_batch`.
-    pub fn with_batching(mut self, max_batch: usize, workers: usize) -> Self {
-        self.batcher = Some(Batcher::start(self.encoder.clone(), max_batch, workers));
+    /// `max_batch`; with `pad`, batches are padded to the sizes of [`batch_ladder`] (for devices
+    /// that compile kernels per shape).
+    pub fn with_batching(mut self, max_batch: usize, workers: usize, pad: bool) -> Self {
+        self.batcher = Some(Batcher::start(
+            self.encoder.clone(),
+            max_batch,
+            workers,
+            pad,
+        ));
         self
+    }
+
+    /// Runs the encoder once on every batch size live traffic can produce (the ladder when
+    /// padding, else a single image), so tuning and compilation happen now and not on a
+    /// validator's clock. Blocking; returns the sizes run and the seconds taken.
+    pub fn warm_up(&self) -> (Vec<usize>, f64) {
+        let t = std::time::Instant::now();
+        let sizes = match &self.batcher {
+            Some(b) if b.pad => batch_ladder(b.max_batch),
+            _ => vec![1],
+        };
+        let gray = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            64,
+            64,
+            image::Rgb([128, 128, 128]),
+        ));
+        for &n in &sizes {
+            // Twice: the first pass of a shape tunes, the second runs what was chosen.
+            for _ in 0..2 {
+                let _ = self.encoder.embed_images(&vec![gray.clone(); n]);
+            }
+        }
+        (sizes, t.elapsed().as_secs_f64())
     }
 
     /// The shared encoder.
@@ -203,5 +263,24 @@ impl Tier1 {
             prob: if prob == 0.5 { UNDECIDED } else { prob },
             model_version: head.card.model_version.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_pad_to_a_small_ladder_of_sizes() {
+        assert_eq!(batch_ladder(16), vec![1, 2, 4, 8, 16]);
+        assert_eq!(batch_ladder(24), vec![1, 2, 4, 8, 16, 24]);
+        assert_eq!(batch_ladder(1), vec![1]);
+        for max in [1, 5, 16, 24] {
+            let ladder = batch_ladder(max);
+            for n in 1..=max {
+                let p = padded_size(n, max);
+                assert!(p >= n && ladder.contains(&p), "n {n} max {max} → {p}");
+            }
+        }
     }
 }

@@ -34,6 +34,56 @@ pub fn embeddings_table(model_id: &str) -> String {
     format!("embeddings_{safe}")
 }
 
+/// The vectors of an embeddings table as one flat row-major matrix: what training and mining read.
+#[derive(Debug, Default)]
+pub struct VectorRows {
+    /// Sample id of each row, in row order.
+    pub ids: Vec<String>,
+    /// `ids.len() × dim` values.
+    pub data: Vec<f32>,
+    pub dim: usize,
+    /// Rows left out because a value is NaN or infinite: `(sample id, index of the first bad value)`.
+    /// Training refuses such a table, mining skips and counts them: the policy is the caller's.
+    pub non_finite: Vec<(String, usize)>,
+}
+
+/// Collects `sample_id` + `vector` from batches scanned from embeddings table `table`.
+pub fn collect_vectors(table: &str, batches: &[RecordBatch]) -> Result<VectorRows, StoreError> {
+    use arrow_array::types::Float32Type;
+    let mut out = VectorRows::default();
+    for b in batches {
+        let (Some(id), Some(v)) = (
+            b.column_by_name(col::SAMPLE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(VECTOR)
+                .and_then(|c| c.as_fixed_size_list_opt()),
+        ) else {
+            return Err(StoreError::SchemaMismatch {
+                table: table.to_string(),
+                problems: "sample_id or vector column missing or mistyped".into(),
+            });
+        };
+        let Some(values) = v.values().as_primitive_opt::<Float32Type>() else {
+            return Err(StoreError::SchemaMismatch {
+                table: table.to_string(),
+                problems: "vector values are not f32".into(),
+            });
+        };
+        out.dim = v.value_length() as usize;
+        for i in 0..b.num_rows() {
+            let start = v.value_offset(i) as usize;
+            let row = &values.values()[start..start + out.dim];
+            if let Some(bad) = row.iter().position(|x| !x.is_finite()) {
+                out.non_finite.push((id.value(i).to_string(), bad));
+                continue;
+            }
+            out.ids.push(id.value(i).to_string());
+            out.data.extend_from_slice(row);
+        }
+    }
+    Ok(out)
+}
+
 /// `sample_id`, `vector: FixedSizeList<f32, dim>`, `model_id`, `embedded_at`.
 pub fn embeddings_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -30,7 +30,8 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 
 pub use embeddings::{
-    EMBEDDED_AT, IndexOutcome, MODEL_ID, VECTOR, embeddings_schema, embeddings_table,
+    EMBEDDED_AT, IndexOutcome, MODEL_ID, VECTOR, VectorRows, collect_vectors, embeddings_schema,
+    embeddings_table,
 };
 pub use error::StoreError;
 pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};

@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
-use arrow_array::types::Float32Type;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use crate::store::schema::{col, labels_from_batch, tables};
 use crate::store::{
-    SampleId, SampleSource, SnapshotName, Store, VECTOR, effective_labels, embeddings_table,
+    SampleId, SampleSource, SnapshotName, Store, VECTOR, collect_vectors, effective_labels,
+    embeddings_table,
 };
 
 /// Shares of real samples held out of training (`[train.split]`).
@@ -190,37 +190,19 @@ pub async fn read_vectors(
             }
             other => other,
         })?;
-    let (mut ids, mut x, mut dim) = (Vec::new(), Vec::new(), 0usize);
-    for b in &batches {
-        let (Some(id), Some(v)) = (
-            b.column_by_name(col::SAMPLE_ID)
-                .and_then(|c| c.as_string_opt::<i32>()),
-            b.column_by_name(VECTOR)
-                .and_then(|c| c.as_fixed_size_list_opt()),
-        ) else {
-            return Err(TrainError::BadTable {
-                table: table.clone(),
-                why: "sample_id or vector column missing or mistyped".into(),
-            });
-        };
-        dim = v.value_length() as usize;
-        let values = v.values().as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            let Ok(sid) = id.value(i).parse::<SampleId>() else {
-                continue;
-            };
-            let start = v.value_offset(i) as usize;
-            let row = &values.values()[start..start + dim];
-            if let Some(bad) = row.iter().position(|x| !x.is_finite()) {
-                return Err(TrainError::NonFinite {
-                    sample_id: sid.to_string(),
-                    index: bad,
-                });
-            }
-            ids.push(sid);
-            x.extend_from_slice(row);
-        }
+    let rows = collect_vectors(&table, &batches)?;
+    if let Some((sample_id, index)) = rows.non_finite.into_iter().next() {
+        return Err(TrainError::NonFinite { sample_id, index });
     }
+    let (mut ids, mut x) = (Vec::with_capacity(rows.ids.len()), Vec::new());
+    for (i, sid) in rows.ids.iter().enumerate() {
+        let Ok(sid) = sid.parse::<SampleId>() else {
+            continue;
+        };
+        ids.push(sid);
+        x.extend_from_slice(&rows.data[i * rows.dim..(i + 1) * rows.dim]);
+    }
+    let dim = rows.dim;
     Ok((ids, x, dim))
 }
 
