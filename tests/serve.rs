@@ -43,6 +43,13 @@ fn head_for(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> TrainedH
     TrainedHead::from_parts(card, &w, &Default::default()).unwrap()
 }
 
+/// Tier 1 with the tiny encoder and random head `head-a`, no batching.
+fn tier1_a() -> Arc<Tier1> {
+    let e = embedder();
+    let head = head_for(&e, "head-a", e.dim(), 1);
+    Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap())
+}
+
 /// The model card and safetensors bytes of such a head.
 fn head_parts(e: &Embedder<Cpu>, version: &str, dim: usize, seed: u64) -> (ModelCard, Vec<u8>) {
     let hc = HeadConfig {
@@ -78,9 +85,7 @@ async fn start(allowed: &[&str], clock: Clock) -> Server {
         .map(|h| serde_json::json!({"hotkey": h, "stake": 5000.0, "validator_permit": true}))
         .collect();
     std::fs::write(&mg, serde_json::to_string(&neurons).unwrap()).unwrap();
-    let e = embedder();
-    let head = head_for(&e, "head-a", e.dim(), 1);
-    let tier1 = Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap());
+    let tier1 = tier1_a();
     let req = captured();
     let state = AppState {
         axon_hotkey: Some(req["miner_ss58"].as_str().unwrap().into()),
@@ -94,6 +99,16 @@ async fn start(allowed: &[&str], clock: Clock) -> Server {
         tier1,
         _dir: dir,
     }
+}
+
+/// The Prometheus text of the server at `url`.
+async fn metrics_of(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Serves `state` on a free loopback port; returns its base URL.
@@ -267,15 +282,7 @@ async fn local_predictions_are_deterministic_finite_and_minus_one_for_garbage() 
         jpg[..jpg.len() / 3].to_vec(),
         vec![],
     ] {
-        let g: Value = c
-            .post(format!("{}/v1/predict", s.url))
-            .body(garbage)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let g = predict_json(&c, &s.url, &garbage).await;
         assert_eq!(g["prediction"], -1.0);
         assert!(g["error"].as_str().is_some());
     }
@@ -388,9 +395,7 @@ async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once()
     let (dir, store) = support::tmp_store().await;
     let ql = dir.path().join("querylog");
     let log = Arc::new(QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap());
-    let e = embedder();
-    let head = head_for(&e, "head-a", e.dim(), 1);
-    let tier1 = Arc::new(Tier1::new(e, head, DecodeLimits::default()).unwrap());
+    let tier1 = tier1_a();
     let url = listen(AppState {
         querylog: Some(log.clone()),
         ..AppState::new("speed", tier1)
@@ -564,13 +569,30 @@ fn tier2_config(url: &str) -> roadwork::serve::Tier2Config {
     }
 }
 
-async fn predict_json(c: &reqwest::Client, url: &str, image: &[u8]) -> Value {
-    let r = c
-        .post(format!("{url}/v1/predict"))
+/// Raw image bytes to `/v1/predict`.
+async fn post_image(c: &reqwest::Client, url: &str, image: &[u8]) -> reqwest::Response {
+    c.post(format!("{url}/v1/predict"))
         .body(image.to_vec())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The JSON answer to `{"image": field}`.
+async fn predict_field(c: &reqwest::Client, url: &str, field: &str) -> Value {
+    c.post(format!("{url}/v1/predict"))
+        .json(&serde_json::json!({ "image": field }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The JSON answer to raw image bytes, which must be a 200.
+async fn predict_json(c: &reqwest::Client, url: &str, image: &[u8]) -> Value {
+    let r = post_image(c, url, image).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -579,15 +601,7 @@ async fn predict_json(c: &reqwest::Client, url: &str, image: &[u8]) -> Value {
 async fn the_cascade_escalates_to_the_vlm_and_falls_back_to_tier_1_when_it_fails() {
     use roadwork::serve::Tier2;
     let vlm = FakeVlm::start().await;
-    let e = embedder();
-    let tier1 = Arc::new(
-        Tier1::new(
-            e.clone(),
-            head_for(&e, "head-a", e.dim(), 1),
-            DecodeLimits::default(),
-        )
-        .unwrap(),
-    );
+    let tier1 = tier1_a();
     let t2 = Arc::new(Tier2::new(tier2_config(&vlm.url)).unwrap());
     let deadline = Duration::from_millis(1500);
     let accuracy = listen(AppState {
@@ -683,12 +697,7 @@ async fn the_cascade_escalates_to_the_vlm_and_falls_back_to_tier_1_when_it_fails
         (Some(1), Some(p1))
     );
 
-    let m = reqwest::get(format!("{accuracy}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_of(&accuracy).await;
     for want in [
         "roadwork_tier2_total{profile=\"accuracy\",outcome=\"answered\"} 2",
         "roadwork_tier2_total{profile=\"accuracy\",outcome=\"http_error\"} 1",
@@ -699,12 +708,7 @@ async fn the_cascade_escalates_to_the_vlm_and_falls_back_to_tier_1_when_it_fails
     ] {
         assert!(m.contains(want), "{want}\n{m}");
     }
-    let m = reqwest::get(format!("{speed}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_of(&speed).await;
     assert!(
         m.contains("roadwork_early_exit_ratio{profile=\"speed\"} 1"),
         "{m}"
@@ -717,15 +721,7 @@ async fn a_full_server_answers_503_and_then_recovers() {
     // A stalling VLM holds the one allowed request in flight.
     let vlm = FakeVlm::start().await;
     vlm.set(Vlm::Stall(Duration::from_secs(30)));
-    let e = embedder();
-    let tier1 = Arc::new(
-        Tier1::new(
-            e.clone(),
-            head_for(&e, "head-a", e.dim(), 1),
-            DecodeLimits::default(),
-        )
-        .unwrap(),
-    );
+    let tier1 = tier1_a();
     let url = listen(AppState {
         tier2: Some(Arc::new(Tier2::new(tier2_config(&vlm.url)).unwrap())),
         deadline: Duration::from_millis(1500),
@@ -742,19 +738,8 @@ async fn a_full_server_answers_503_and_then_recovers() {
     while vlm.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = c
-        .post(format!("{url}/v1/predict"))
-        .body(jpg.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let q = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(post_image(&c, &url, &jpg).await.status(), 503);
+    let q = metrics_of(&url).await;
     assert!(
         q.contains("roadwork_queue_depth{profile=\"accuracy\"} 1"),
         "{q}"
@@ -982,17 +967,8 @@ async fn every_bad_image_gets_a_finite_answer_or_minus_one() {
         );
         // Same image, same answer (the JSON/base64 route too).
         use base64::Engine;
-        let again: Value = c
-            .post(format!("{}/v1/predict", s.url))
-            .json(&serde_json::json!({
-                "image": base64::engine::general_purpose::STANDARD.encode(&bytes)
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let again = predict_field(&c, &s.url, &b64).await;
         assert_eq!(again["prediction"], v["prediction"], "{name}");
         assert_eq!(
             roadwork::imaging::decode(&bytes, &limits).is_ok(),
@@ -1051,15 +1027,7 @@ async fn every_bad_image_gets_a_finite_answer_or_minus_one() {
         "the check can tell colours apart"
     );
     // Not a base64 string at all: -1 through the JSON route.
-    let v: Value = c
-        .post(format!("{}/v1/predict", s.url))
-        .json(&serde_json::json!({"image": "%%% not base64 %%%"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = predict_field(&c, &s.url, "%%% not base64 %%%").await;
     assert_eq!(v["prediction"], -1.0);
 }
 
@@ -1205,12 +1173,7 @@ async fn hot_swaps_under_load_fail_no_request() {
         "{versions:?}"
     );
     assert!(!versions.contains("head-bad"));
-    let m = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_of(&url).await;
     let ok: usize = m
         .lines()
         .filter(|l| l.starts_with("roadwork_requests_total") && l.contains("status=\"200\""))
