@@ -1307,3 +1307,61 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_request() {
         assert!(samples.contains(sha), "the image of {id} is not in Lance");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overloaded_encoder_sheds_what_is_past_its_deadline_and_stays_responsive() {
+    // ViT-S/16 at 224² takes ~200 ms per image here: 32 at once are 6 s of work for a 2 s
+    // deadline. Without shedding, the unanswerable rest would still be encoded afterwards and the
+    // next request would wait behind seconds of backlog.
+    let embed = EmbedConfig::default();
+    let e = Arc::new(Embedder::<Cpu>::load(&embed, None, &Default::default()).unwrap());
+    let head = head_for(&e, "head-a", e.dim(), 1);
+    let tier1 = Tier1::new(e, head, DecodeLimits::default())
+        .unwrap()
+        .with_batching(1, 1, false);
+    let deadline = Duration::from_secs(2);
+    let url = listen(AppState {
+        deadline,
+        ..AppState::new("speed", Arc::new(tier1))
+    })
+    .await;
+    let c = reqwest::Client::new();
+    const BURST: usize = 32;
+    let burst: Vec<_> = (0..BURST as u64)
+        .map(|i| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let v = predict_json(&c, &url, &support::small_scene(13, i)).await;
+                (v, t.elapsed())
+            })
+        })
+        .collect();
+    let mut decided = 0;
+    for t in burst {
+        let (v, took) = t.await.unwrap();
+        let p = v["prediction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p) && p != 0.5, "{v}");
+        assert!(took < deadline + Duration::from_millis(500), "{took:?}");
+        if v["tiers"][0]["score"].is_number() {
+            decided += 1;
+        } else {
+            assert!(v["tiers"][0]["error"].as_str().is_some(), "{v}");
+        }
+    }
+    assert!(
+        (1..BURST).contains(&decided),
+        "{decided} of {BURST} decided"
+    );
+    let m = metrics_of(&url).await;
+    assert!(
+        m.contains(&format!(
+            "roadwork_tier1_shed_total{{profile=\"speed\"}} {}",
+            BURST - decided
+        )),
+        "{m}"
+    );
+    // The shed images were never encoded, so there is no backlog: the next request is decided.
+    let next = predict_json(&c, &url, &support::small_scene(13, 99)).await;
+    assert!(next["tiers"][0]["score"].is_number(), "{next}");
+}

@@ -26,7 +26,7 @@ use super::auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce
 use super::metagraph::Metagraph;
 use super::payload::decode_base64_image;
 use super::querylog::QueryLog;
-use super::tier1::Tier1;
+use super::tier1::{Tier1, Tier1Error};
 use super::tier2::Tier2;
 use crate::store::SampleId;
 use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
@@ -107,6 +107,8 @@ pub struct Metrics {
     /// Escalations by outcome (`answered`, `timeout`, `http_error`, `garbage`, …).
     tier2_outcomes: Mutex<BTreeMap<&'static str, u64>>,
     undecodable: AtomicU64,
+    /// Images answered undecided because tier 1 gave no score in time (or failed).
+    tier1_shed: AtomicU64,
     querylog_errors: AtomicU64,
     inflight: AtomicUsize,
 }
@@ -169,6 +171,10 @@ impl Metrics {
         out.push_str(&format!(
             "# HELP roadwork_undecodable_total Images answered -1.\n# TYPE roadwork_undecodable_total counter\nroadwork_undecodable_total{{profile=\"{profile}\"}} {}\n",
             self.undecodable.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP roadwork_tier1_shed_total Images answered undecided because tier 1 gave no score in time (deadline, shed unencoded, or failed).\n# TYPE roadwork_tier1_shed_total counter\nroadwork_tier1_shed_total{{profile=\"{profile}\"}} {}\n",
+            self.tier1_shed.load(Ordering::Relaxed)
         ));
         out.push_str(&format!(
             "# HELP roadwork_querylog_errors_total Answers whose log append failed.\n# TYPE roadwork_querylog_errors_total counter\nroadwork_querylog_errors_total{{profile=\"{profile}\"}} {}\n",
@@ -329,7 +335,8 @@ async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) -> Outcome {
     let left = s.deadline.saturating_sub(started.elapsed());
     let t = Instant::now();
     let img = bytes.clone();
-    let job = tokio::task::spawn_blocking(move || t1.predict(&img));
+    let by = started + s.deadline;
+    let job = tokio::task::spawn_blocking(move || t1.predict_before(&img, by));
     let mut o = Outcome {
         prob: UNDECIDED,
         tier1: None,
@@ -347,16 +354,24 @@ async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) -> Outcome {
             s.metrics.tier1.observe(t.elapsed());
             (o.prob, o.tier1, o.model_version) = (a.prob, Some(a.prob), a.model_version);
         }
-        Ok(Ok(Err(e))) => {
-            let mut u = Outcome::undecodable(s, e.to_string());
+        Ok(Ok(Err(Tier1Error::Undecodable(e)))) => {
+            let mut u = Outcome::undecodable(s, format!("image cannot be decoded: {e}"));
             u.tier1_ms = o.tier1_ms;
             return u;
         }
+        Ok(Ok(Err(e))) => {
+            s.metrics.tier1_shed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(profile = %s.profile, "tier 1 gave no answer ({e}); answering undecided");
+            o.tier1_error = Some(e.to_string());
+        }
         Ok(Err(e)) => {
+            s.metrics.tier1_shed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(profile = %s.profile, "tier 1 task failed: {e}; answering undecided");
             o.tier1_error = Some("tier 1 task failed".into());
         }
         Err(_) => {
+            // The encoder worker drops the image unencoded if it has not started on it yet.
+            s.metrics.tier1_shed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(profile = %s.profile, "tier 1 missed the deadline; answering undecided");
             o.tier1_error = Some("deadline".into());
         }

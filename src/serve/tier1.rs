@@ -8,6 +8,10 @@
 //! the server is idle (a lone image goes straight through) and turns concurrent traffic into the
 //! large batches accelerators are fast at.
 //!
+//! Each image carries its request's deadline; a worker that reaches an image whose deadline has
+//! passed drops it unencoded (its request has already been answered undecided), so an overload
+//! sheds work instead of growing a backlog that makes every later request late too.
+//!
 //! On a GPU every new input shape costs a kernel autotune and compile (seconds, measured on an
 //! H100: first batches of a new size missed the 7 s deadline). So there batches are padded up to
 //! a fixed ladder of sizes (1, 2, 4, … up to `max_batch`) and [`Tier1::warm_up`] runs each rung
@@ -15,6 +19,7 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use image::DynamicImage;
 
@@ -37,12 +42,22 @@ pub struct Tier1Answer {
 pub enum Tier1Error {
     #[error("image cannot be decoded: {0}")]
     Undecodable(String),
+    /// The request's deadline passed while it waited for the encoder: it was not encoded (under
+    /// overload, work nobody will wait for is dropped instead of delaying everyone behind it).
+    #[error("deadline passed before the encoder reached the image")]
+    Expired,
+    #[error("the encoder produced no features")]
+    NoFeatures,
 }
 
-/// One image waiting for the encoder, and where its features go.
+/// Where a job's features go (`None`: it expired unencoded).
+type Reply = SyncSender<Option<Vec<f32>>>;
+
+/// One image waiting for the encoder.
 struct Job {
     image: DynamicImage,
-    reply: SyncSender<Vec<f32>>,
+    deadline: Instant,
+    reply: Reply,
 }
 
 /// The encoder's worker threads; they stop when this (the only sender) is dropped.
@@ -106,8 +121,17 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
                 }
             }
         }
-        let (mut images, replies): (Vec<DynamicImage>, Vec<SyncSender<Vec<f32>>>) =
-            jobs.into_iter().map(|j| (j.image, j.reply)).unzip();
+        let now = Instant::now();
+        let (live, expired): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.deadline > now);
+        for j in expired {
+            let _ = j.reply.send(None);
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let (mut images, replies): (Vec<DynamicImage>, Vec<Reply>) =
+            live.into_iter().map(|j| (j.image, j.reply)).unzip();
         if pad {
             let filler = images[0].clone();
             images.resize(padded_size(images.len(), max_batch), filler);
@@ -122,7 +146,7 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
                 });
         let mut feats = feats.into_iter();
         for reply in replies {
-            let _ = reply.send(feats.next().unwrap_or_default());
+            let _ = reply.send(feats.next());
         }
     }
 }
@@ -203,21 +227,32 @@ impl Tier1 {
         &self.encoder
     }
 
-    fn features(&self, image: DynamicImage) -> Vec<f32> {
-        match &self.batcher {
+    fn features(&self, image: DynamicImage, deadline: Instant) -> Result<Vec<f32>, Tier1Error> {
+        let feats = match &self.batcher {
             Some(b) => {
                 let (reply, rx) = sync_channel(1);
-                if b.tx.send(Job { image, reply }).is_err() {
-                    return Vec::new();
+                let job = Job {
+                    image,
+                    deadline,
+                    reply,
+                };
+                if b.tx.send(job).is_err() {
+                    return Err(Tier1Error::NoFeatures);
                 }
-                rx.recv().unwrap_or_default()
+                rx.recv()
+                    .map_err(|_| Tier1Error::NoFeatures)?
+                    .ok_or(Tier1Error::Expired)?
             }
             None => self
                 .encoder
                 .embed_images(std::slice::from_ref(&image))
                 .pop()
                 .unwrap_or_default(),
+        };
+        if feats.is_empty() {
+            return Err(Tier1Error::NoFeatures);
         }
+        Ok(feats)
     }
 
     /// The head answering now.
@@ -243,9 +278,19 @@ impl Tier1 {
 
     /// Decodes and scores one image. CPU-bound: call from a blocking thread.
     pub fn predict(&self, bytes: &[u8]) -> Result<Tier1Answer, Tier1Error> {
+        self.predict_before(bytes, Instant::now() + std::time::Duration::from_secs(3600))
+    }
+
+    /// As [`Tier1::predict`], giving up with [`Tier1Error::Expired`] when the encoder cannot
+    /// start on the image before `deadline`.
+    pub fn predict_before(
+        &self,
+        bytes: &[u8],
+        deadline: Instant,
+    ) -> Result<Tier1Answer, Tier1Error> {
         let img =
             decode(bytes, &self.limits).map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
-        let features = self.features(img.image);
+        let features = self.features(img.image, deadline)?;
         let head = self.head();
         let prob = head
             .predict(&features)
