@@ -115,7 +115,10 @@ async fn metrics_of(url: &str) -> String {
 async fn listen(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await });
+    tokio::spawn(async move {
+        roadwork::serve::serve_with_peers(listener, router(Arc::new(state)), std::future::pending())
+            .await
+    });
     url
 }
 
@@ -1364,4 +1367,48 @@ async fn an_overloaded_encoder_sheds_what_is_past_its_deadline_and_stays_respons
     // The shed images were never encoded, so there is no backlog: the next request is decided.
     let next = predict_json(&c, &url, &support::small_scene(13, 99)).await;
     assert!(next["tiers"][0]["score"].is_number(), "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unauthenticated_predict_route_answers_loopback_clients_only() {
+    // This host's address on its primary interface (no packet is sent by a UDP connect).
+    let own_ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("10.255.255.255:9").map(|_| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let Some(own_ip) = own_ip else {
+        eprintln!("skipped: this host has no non-loopback address to connect from");
+        return;
+    };
+    let open = |local_only| async move {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = AppState {
+            predict_local_only: local_only,
+            ..AppState::new("speed", tier1_a())
+        };
+        tokio::spawn(async move {
+            roadwork::serve::serve_with_peers(
+                listener,
+                router(Arc::new(state)),
+                std::future::pending(),
+            )
+            .await
+        });
+        port
+    };
+    let c = reqwest::Client::new();
+    let jpg = support::small_scene(14, 1);
+    let port = open(true).await;
+    let r = post_image(&c, &format!("http://{own_ip}:{port}"), &jpg).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("local clients only"));
+    let local = predict_json(&c, &format!("http://127.0.0.1:{port}"), &jpg).await;
+    assert!(local["prediction"].is_number());
+    // Opened up by configuration (a miner whose Python side runs on another private host).
+    let port = open(false).await;
+    let v = predict_json(&c, &format!("http://{own_ip}:{port}"), &jpg).await;
+    assert_eq!(v["prediction"], local["prediction"]);
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::embed::{ComputeDevice, DinoV3Size, EmbedConfig, Precision, load_encoder};
 use crate::imaging::DecodeLimits;
-use crate::serve::{AppState, Dendrite, Metagraph, QueryLog, Tier1, router};
+use crate::serve::{AppState, Dendrite, Metagraph, QueryLog, Tier1, router, serve_with_peers};
 use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
 use crate::synth::scenes::{SceneSpec, scene_jpeg};
 use crate::train::{Head, HeadConfig, ModelCard, TrainedHead, encode_head};
@@ -206,7 +206,8 @@ pub async fn run(
             .map_err(setup)?;
         let url = format!("http://{}", listener.local_addr().map_err(setup)?);
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router(Arc::new(state))).await;
+            let _ =
+                serve_with_peers(listener, router(Arc::new(state)), std::future::pending()).await;
         });
         let warm = 2 * concurrency;
         let lat = drive(

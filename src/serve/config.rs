@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub deadline_ms: u64,
     /// Requests in flight per profile before answering 503.
     pub max_inflight: usize,
+    /// `/v1/predict` (no authentication) answers loopback clients only; turn off when the
+    /// Python miner calling it runs on another host of a private network.
+    pub predict_local_only: bool,
     /// Images that arrive together are encoded in one forward pass of up to this many (1 turns
     /// batching off).
     pub max_batch: usize,
@@ -82,6 +85,7 @@ impl Default for ServeConfig {
             body_limit_mib: 64,
             deadline_ms: 7000,
             max_inflight: 64,
+            predict_local_only: true,
             max_batch: 16,
             tier1_workers: 1,
             weights: None,

@@ -42,7 +42,7 @@ pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use payload::{PayloadError, decode_base64_image};
 pub use querylog::QueryLog;
 pub use run::{Running, start};
-pub use server::{AppState, Clock, Metrics, router};
+pub use server::{AppState, Clock, Metrics, router, serve_with_peers};
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
 pub use tier2::{Tier2, Tier2Answer, Tier2Config, Tier2Error};
 

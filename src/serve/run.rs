@@ -14,7 +14,7 @@ use super::ServeError;
 use super::config::ServeConfig;
 use super::metagraph::Metagraph;
 use super::querylog::QueryLog;
-use super::server::{AppState, router};
+use super::server::{AppState, router, serve_with_peers};
 use super::tier1::Tier1;
 use super::tier2::Tier2;
 use crate::embed::{ComputeDevice, Cpu, EmbedConfig, load_encoder};
@@ -124,6 +124,7 @@ pub async fn start(
             deadline: Duration::from_millis(cfg.deadline_ms),
             body_limit_bytes: cfg.body_limit_mib << 20,
             max_inflight: cfg.max_inflight,
+            predict_local_only: cfg.predict_local_only,
             querylog: Some(querylog.clone()),
             ..AppState::new(&p.name, tier1.clone())
         });
@@ -142,11 +143,10 @@ pub async fn start(
         let mut stop = rx.clone();
         tasks.push(tokio::spawn(async move {
             let app = router(state);
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let r = serve_with_peers(listener, app, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
             if let Err(e) = r {
                 tracing::error!("server stopped: {e}");
             }

@@ -206,6 +206,9 @@ pub struct AppState {
     pub deadline: Duration,
     pub body_limit_bytes: usize,
     pub max_inflight: usize,
+    /// Answer `/v1/predict` only for loopback peers (the route has no authentication; a miner's
+    /// public port must not lend its encoder or fill its query log for strangers).
+    pub predict_local_only: bool,
     pub metrics: Metrics,
     /// Where answered requests are logged (fsync'd before the reply); `None` logs nothing.
     pub querylog: Option<Arc<QueryLog>>,
@@ -227,10 +230,26 @@ impl AppState {
             deadline: Duration::from_millis(d.deadline_ms),
             body_limit_bytes: d.body_limit_mib << 20,
             max_inflight: d.max_inflight,
+            predict_local_only: d.predict_local_only,
             metrics: Metrics::default(),
             querylog: None,
         }
     }
+}
+
+/// Serves `router` on `listener` with the peer address available to handlers (`/v1/predict`
+/// refuses non-loopback peers by default, and needs it), until `shutdown` completes.
+pub async fn serve_with_peers(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The router of one profile.
@@ -610,9 +629,24 @@ async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes
         .into_response()
 }
 
-async fn predict(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> Response {
+async fn predict(
+    State(s): State<Arc<AppState>>,
+    ext: axum::http::Extensions,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let route = "/v1/predict";
+    let peer = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if s.predict_local_only && !peer.is_some_and(|ip| ip.is_loopback()) {
+        s.metrics.count(route, StatusCode::FORBIDDEN);
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "/v1/predict answers local clients only (serve.predict_local_only)",
+        );
+    }
     let Some(_slot) = admit(&s) else {
         s.metrics.count(route, StatusCode::SERVICE_UNAVAILABLE);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
