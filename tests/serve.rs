@@ -101,6 +101,16 @@ async fn start(allowed: &[&str], clock: Clock) -> Server {
     }
 }
 
+/// The `/healthz` JSON of the server at `url`.
+async fn healthz_of(url: &str) -> Value {
+    reqwest::get(format!("{url}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The Prometheus text of the server at `url`.
 async fn metrics_of(url: &str) -> String {
     reqwest::get(format!("{url}/metrics"))
@@ -297,12 +307,7 @@ async fn local_predictions_are_deterministic_finite_and_minus_one_for_garbage() 
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let h: Value = reqwest::get(format!("{}/healthz", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = healthz_of(&s.url).await;
     assert_eq!(h["model_version"], "head-a");
 }
 
@@ -320,12 +325,7 @@ async fn a_head_swap_takes_effect_and_a_mismatched_head_is_refused() {
     s.tier1
         .swap_head(head_for(&e, "head-b", e.dim(), 2))
         .unwrap();
-    let h: Value = reqwest::get(format!("{}/healthz", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = healthz_of(&s.url).await;
     assert_eq!(h["model_version"], "head-b");
 }
 
@@ -361,12 +361,7 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
         .unwrap();
     assert_eq!(running.addrs.len(), 2);
     let version = |addr: std::net::SocketAddr| async move {
-        let h: Value = reqwest::get(format!("http://{addr}/healthz"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h = healthz_of(&format!("http://{addr}")).await;
         h["model_version"].as_str().unwrap().to_string()
     };
     let (a, b) = (running.addrs[0].1, running.addrs[1].1);

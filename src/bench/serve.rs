@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::embed::{ComputeDevice, DinoV3Size, EmbedConfig, Precision, load_encoder};
 use crate::imaging::DecodeLimits;
+use crate::mine::quantile;
 use crate::serve::{AppState, Dendrite, Metagraph, QueryLog, Tier1, router, serve_with_peers};
 use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
 use crate::synth::scenes::{SceneSpec, scene_jpeg};
@@ -75,14 +76,6 @@ pub enum ServeBenchError {
 
 fn setup(e: impl std::fmt::Display) -> ServeBenchError {
     ServeBenchError::Setup(e.to_string())
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// A scratch directory removed when dropped.
@@ -220,7 +213,7 @@ pub async fn run(
         .await?;
         drop(lat);
         let t = Instant::now();
-        let mut lat = drive(
+        let lat = drive(
             &url,
             axon.hotkey(),
             &validators[..concurrency],
@@ -230,7 +223,6 @@ pub async fn run(
         .await?;
         let wall = t.elapsed().as_secs_f64();
         server.abort();
-        lat.sort_by(f64::total_cmp);
         let row = ServeBenchRow {
             model: opts.model.name().to_string(),
             device: format!("{:?}", opts.device).to_lowercase(),
@@ -240,8 +232,8 @@ pub async fn run(
             durable_log: durable,
             requests: lat.len(),
             req_per_s: lat.len() as f64 / wall,
-            p50_ms: quantile(&lat, 0.5),
-            p99_ms: quantile(&lat, 0.99),
+            p50_ms: quantile(&lat, 0.5).unwrap_or(f64::NAN),
+            p99_ms: quantile(&lat, 0.99).unwrap_or(f64::NAN),
             mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
         };
         tracing::info!(
@@ -346,12 +338,11 @@ fn log_cost(dir: &Path, image_b64: &str, n: usize) -> Result<LogCost, String> {
         log.append(&rec).map_err(|e| e.to_string())?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    us.sort_by(f64::total_cmp);
     Ok(LogCost {
         record_bytes: bytes,
         appends: n,
-        p50_us: quantile(&us, 0.5),
-        p99_us: quantile(&us, 0.99),
+        p50_us: quantile(&us, 0.5).unwrap_or(f64::NAN),
+        p99_us: quantile(&us, 0.99).unwrap_or(f64::NAN),
         mean_us: us.iter().sum::<f64>() / n.max(1) as f64,
     })
 }

@@ -122,11 +122,11 @@ pub fn distance_from_dot(metric: Metric, dot: f32, sq_a: f32, sq_b: f32) -> f32 
 }
 
 /// The value at quantile `q` (linear interpolation, as numpy's default) of unsorted data.
-pub fn quantile(values: &[f32], q: f64) -> Option<f64> {
+pub fn quantile<T: Copy + Into<f64>>(values: &[T], q: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    let mut v: Vec<f64> = values.iter().map(|&x| x as f64).collect();
+    let mut v: Vec<f64> = values.iter().map(|&x| x.into()).collect();
     v.sort_by(f64::total_cmp);
     let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
@@ -167,6 +167,6 @@ mod tests {
         let v = [1.0, 2.0, 3.0, 4.0];
         assert_eq!(quantile(&v, 0.25), Some(1.75));
         assert_eq!(quantile(&v, 0.5), Some(2.5));
-        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile::<f32>(&[], 0.5), None);
     }
 }

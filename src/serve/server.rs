@@ -512,8 +512,14 @@ fn auth_error(e: AuthError) -> Refused {
     Refused(StatusCode::UNAUTHORIZED, e.to_string())
 }
 
-/// Verifies the axon headers; returns the dendrite hotkey.
-fn verify(s: &AppState, h: &HeaderMap) -> Result<String, Refused> {
+/// Who sent a verified request, and its unique id (`hotkey:uuid:nonce`).
+struct Verified {
+    validator: String,
+    request_id: String,
+}
+
+/// Verifies the axon headers.
+fn verify(s: &AppState, h: &HeaderMap) -> Result<Verified, Refused> {
     let get = |name: &'static str| {
         h.get(name)
             .and_then(|v| v.to_str().ok())
@@ -564,7 +570,10 @@ fn verify(s: &AppState, h: &HeaderMap) -> Result<String, Refused> {
     s.nonces
         .check(&endpoint, nonce, timeout, s.clock.now_ns())
         .map_err(auth_error)?;
-    Ok(req.dendrite_hotkey.to_string())
+    Ok(Verified {
+        validator: req.dendrite_hotkey.to_string(),
+        request_id: format!("{}:{}:{}", req.dendrite_hotkey, req.uuid, req.nonce),
+    })
 }
 
 async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes) -> Response {
@@ -574,7 +583,10 @@ async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes
         s.metrics.count(route, StatusCode::SERVICE_UNAVAILABLE);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     };
-    let validator = match verify(&s, &h) {
+    let Verified {
+        validator,
+        request_id,
+    } = match verify(&s, &h) {
         Ok(v) => v,
         Err(r) => {
             s.metrics.count(route, r.0);
@@ -599,15 +611,6 @@ async fn image_synapse(State(s): State<Arc<AppState>>, h: HeaderMap, body: Bytes
         Err(e) => (Bytes::new(), Outcome::undecodable(&s, e.to_string())),
     };
     let prediction = o.prob;
-    let request_id = format!(
-        "{validator}:{}:{}",
-        h.get("bt_header_dendrite_uuid")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-        h.get("bt_header_dendrite_nonce")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    );
     log_answer(
         &s,
         request_id,
