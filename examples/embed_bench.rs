@@ -33,8 +33,15 @@ fn main() -> Result<()> {
         .map(|b| b.parse().context("batch sizes are integers"))
         .collect::<Result<_>>()?;
     let iters = if device == ComputeDevice::Cuda { 20 } else { 3 };
-    let mut rows =
-        roadwork::embed::device::bench(device, &precisions, &models, &batches, iters, 224)?;
+    let plan = roadwork::embed::device::EmbedBenchPlan {
+        models: models.clone(),
+        batches: batches.clone(),
+        iters,
+        resolution: 224,
+        cpu_threads: 0,
+        burn_cpu: false,
+    };
+    let mut rows = roadwork::embed::device::bench(device, &precisions, &plan)?;
     if let Some(script) = args.get(4) {
         let dev = if device == ComputeDevice::Cuda {
             "cuda"

@@ -508,20 +508,27 @@ struct BenchEmbed {
     /// Skip the PyTorch side.
     #[arg(long)]
     no_torch: bool,
+    /// Threads of the CPU engine (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    cpu_threads: usize,
+    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path; slow).
+    #[arg(long)]
+    burn_cpu: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
 fn bench_embed(b: BenchEmbed) -> Result<()> {
     use roadwork::bench::embed::{join_torch, markdown, run_torch};
-    let mut rows = roadwork::embed::device::bench(
-        b.device,
-        &b.precisions,
-        &b.models,
-        &b.batches,
-        b.iters,
-        224,
-    )?;
+    let plan = roadwork::embed::device::EmbedBenchPlan {
+        models: b.models.clone(),
+        batches: b.batches.clone(),
+        iters: b.iters,
+        resolution: 224,
+        cpu_threads: b.cpu_threads,
+        burn_cpu: b.burn_cpu,
+    };
+    let mut rows = roadwork::embed::device::bench(b.device, &b.precisions, &plan)?;
     if !b.no_torch {
         let script = b
             .torch_script

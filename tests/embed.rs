@@ -1,5 +1,6 @@
-//! DINOv3 in Burn against transformers' own outputs, the weight loader's naming schemes and errors,
-//! preprocessing against torchvision, and the embed stage on a real store.
+//! DINOv3 — the Burn module and the CPU engine packed from it — against transformers' own outputs,
+//! the weight loader's naming schemes and errors, preprocessing against torchvision, and the embed
+//! stage on a real store.
 //!
 //! Fixtures: `scripts/make_dinov3_fixtures.py` (torch 2.11, transformers 5.17, torchvision 0.26).
 
@@ -12,8 +13,8 @@ use std::sync::Arc;
 use burn::prelude::*;
 use roadwork::embed::weights::{self, WeightsError};
 use roadwork::embed::{
-    Activation, Cpu, DinoV3Config, EmbedConfig, Embedder, FeatureKind, Preprocess, ResizeMode,
-    embed_store, resize_bilinear_aa,
+    Activation, Cpu, CpuEncoder, CpuVit, DinoV3Config, EmbedConfig, Embedder, FeatureKind,
+    ImageEncoder, Preprocess, ResizeMode, embed_store, resize_bilinear_aa,
 };
 use roadwork::store::{SampleId, SampleRow, embeddings_table};
 use safetensors::{Dtype, SafeTensors};
@@ -74,10 +75,30 @@ fn run(cfg: &DinoV3Config, map: &weights::TensorMap, io: &Path) -> (Vec<f32>, Ve
     )
 }
 
+/// The CPU engine packed from the model of `map`, on `threads` threads, on the fixture's pixels;
+/// returns (last_hidden_state, pooler_output = each image's CLS row).
+fn run_cpu(
+    cfg: &DinoV3Config,
+    map: &weights::TensorMap,
+    io: &Path,
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let model = weights::load::<Cpu>(cfg, map, &Default::default()).unwrap();
+    let vit = CpuVit::pack(&model, cfg, threads).unwrap();
+    let (shape, px) = read(io, "pixel_values");
+    let hidden = vit.forward(&px, shape[0], shape[2], shape[3]).unwrap();
+    let d = cfg.hidden_size;
+    let t = hidden.len() / shape[0] / d;
+    let pooled = hidden
+        .chunks(t * d)
+        .flat_map(|img| img[..d].to_vec())
+        .collect();
+    (hidden, pooled)
+}
+
 fn parity(name: &str, gated: bool) {
     let map = weights::read_safetensors(&fixture(&format!("{name}.safetensors"))).unwrap();
     let io = fixture(&format!("{name}.io.safetensors"));
-    let (hidden, pooled) = run(&tiny(gated), &map, &io);
     let (hs, want_hidden) = read(&io, "last_hidden_state");
     assert_eq!(
         hs,
@@ -85,12 +106,25 @@ fn parity(name: &str, gated: bool) {
         "tokens: CLS + 4 registers + 2×3 patches"
     );
     let (_, want_pooled) = read(&io, "pooler_output");
-    let (eh, ep) = (
-        max_abs(&hidden, &want_hidden),
-        max_abs(&pooled, &want_pooled),
-    );
-    assert!(eh <= 1e-4, "{name}: last_hidden_state max abs error {eh}");
-    assert!(ep <= 1e-4, "{name}: pooler_output max abs error {ep}");
+    let runs = [
+        ("burn", run(&tiny(gated), &map, &io)),
+        ("cpu engine, 1 thread", run_cpu(&tiny(gated), &map, &io, 1)),
+        ("cpu engine, 2 threads", run_cpu(&tiny(gated), &map, &io, 2)),
+    ];
+    for (engine, (hidden, pooled)) in runs {
+        let (eh, ep) = (
+            max_abs(&hidden, &want_hidden),
+            max_abs(&pooled, &want_pooled),
+        );
+        assert!(
+            eh <= 1e-4,
+            "{name}, {engine}: last_hidden_state max abs error {eh}"
+        );
+        assert!(
+            ep <= 1e-4,
+            "{name}, {engine}: pooler_output max abs error {ep}"
+        );
+    }
 }
 
 #[test]
@@ -101,6 +135,66 @@ fn plain_mlp_matches_transformers() {
 #[test]
 fn gated_mlp_matches_transformers() {
     parity("gated", true);
+}
+
+/// Past the fixtures' 11 tokens: more rows than one parallel task takes, attention rows longer than
+/// a vector register, a non-square grid, head width 32, both MLP kinds. The CPU engine must agree
+/// with the Burn module (itself held to transformers above) on random weights.
+#[test]
+fn cpu_engine_matches_the_burn_module_on_larger_inputs() {
+    for gated in [false, true] {
+        let cfg = DinoV3Config::new(96, 3, 3, 160);
+        let cfg = if gated {
+            cfg.with_use_gated_mlp(true)
+                .with_hidden_act(Activation::Silu)
+        } else {
+            cfg
+        };
+        let map = weights::random_weights(&cfg, 11);
+        let model = weights::load::<Cpu>(&cfg, &map, &Default::default()).unwrap();
+        let (n, h, w) = (3, 64, 112);
+        let px: Vec<f32> = (0..n * 3 * h * w)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 1.5)
+            .collect();
+        let x = Tensor::<Cpu, 4>::from_data(
+            TensorData::new(px.clone(), [n, 3, h, w]),
+            &Default::default(),
+        );
+        let want: Vec<f32> = model
+            .forward(x)
+            .last_hidden_state
+            .into_data()
+            .into_vec()
+            .unwrap();
+        assert_eq!(want.len(), n * (5 + 4 * 7) * 96);
+        for threads in [1, 2, 3] {
+            let got = CpuVit::pack(&model, &cfg, threads)
+                .unwrap()
+                .forward(&px, n, h, w)
+                .unwrap();
+            let err = max_abs(&got, &want);
+            assert!(
+                err <= 1e-4,
+                "gated={gated}, {threads} threads: max abs error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_engine_refuses_inconsistent_shapes_with_a_reason() {
+    let cfg = tiny(false);
+    let map = weights::random_weights(&cfg, 1);
+    let model = weights::load::<Cpu>(&cfg, &map, &Default::default()).unwrap();
+    let vit = CpuVit::pack(&model, &cfg, 2).unwrap();
+    let px = vec![0.0f32; 3 * 32 * 32];
+    let e = vit.forward(&px, 1, 32, 40).unwrap_err().to_string();
+    assert!(e.contains("32×40") && e.contains("multiples of 16"), "{e}");
+    let e = vit.forward(&px, 2, 32, 32).unwrap_err().to_string();
+    assert!(e.contains("3072 pixel values for 2×3×32×32"), "{e}");
+    assert!(vit.forward(&[], 0, 32, 32).is_err());
+    let ok = vit.forward(&px, 1, 32, 32).unwrap();
+    assert!(ok.len() == (5 + 4) * 32 && ok.iter().all(|v| v.is_finite()));
 }
 
 /// Writes `tensors` (name → (shape, f32 data)) as a safetensors file in `dtype`.
@@ -327,7 +421,8 @@ fn features_have_the_configured_shape_and_norm() {
             &Default::default(),
         )
         .unwrap();
-        let v = e.embed_images(&imgs);
+        let fast = CpuEncoder::from_embedder(&e, 2).unwrap();
+        let v = e.embed_images(&imgs).unwrap();
         assert_eq!((v.len(), v[0].len(), e.dim()), (2, dim, dim));
         for x in &v {
             let n: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
@@ -336,6 +431,10 @@ fn features_have_the_configured_shape_and_norm() {
         assert_ne!(v[0], v[1]);
         assert!(e.model_id().starts_with("dinov3-vits16-") && e.model_id().contains("-r32-"));
         assert!(!e.is_random());
+        // The CPU engine: same id, same vectors.
+        let f = fast.embed_images(&imgs).unwrap();
+        assert_eq!((fast.model_id(), fast.dim()), (e.model_id(), dim));
+        assert!(max_abs(&f.concat(), &v.concat()) < 1e-5, "{kind:?}");
     }
     let bad = EmbedConfig {
         resolution: 40,
@@ -370,8 +469,8 @@ async fn embed_stage_is_resumable_and_skips_undecodable_images() {
     store.insert_samples(&[row]).await.unwrap();
 
     let cfg = tiny_embed_config(FeatureKind::Cls);
-    let e =
-        Arc::new(Embedder::<Cpu>::load_with(&cfg, tiny(false), None, &Default::default()).unwrap());
+    let e: Arc<dyn ImageEncoder> =
+        Arc::new(CpuEncoder::load_with(&cfg, tiny(false), None).unwrap());
     assert!(e.is_random());
     let s = embed_store(&store, e.clone(), &cfg, Default::default(), false)
         .await
@@ -450,8 +549,8 @@ fn real_vits16_matches_the_converter_check_values() {
         l2_normalize: false,
         ..Default::default()
     };
-    let e = Embedder::<Cpu>::load(&cfg, Some(Path::new(&w)), &Default::default()).unwrap();
-    let v = e.embed_images(&[image::open(img).unwrap()]);
+    let e = CpuEncoder::load(&cfg, Some(Path::new(&w))).unwrap();
+    let v = e.embed_images(&[image::open(img).unwrap()]).unwrap();
     let want = [0.463561f32, -0.415609, 0.408236, -0.126613, -0.286636];
     let err = max_abs(&v[0][..5], &want);
     assert!(err <= 1e-3, "CLS starts {:?}", &v[0][..5]);

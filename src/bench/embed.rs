@@ -1,8 +1,9 @@
 //! `roadwork bench embed`: DINOv3 forward speed in Burn (random weights, 224²), next to PyTorch +
 //! transformers on the same machine in the same run when `python3 -c 'import torch'` works.
 //!
-//! Burn timings: median wall time of `iters` forward passes after two warm-ups, the pooled output
-//! read back to the host each time (which also synchronises a GPU).
+//! Timings: median wall time of `iters` forward passes after two warm-ups. Burn rows read the pooled
+//! output back to the host each time (which also synchronises a GPU); the CPU engine's rows
+//! (`roadwork-cpu`, what `embed` and `serve` run on the CPU) return the whole `last_hidden_state`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{DinoV3Size, weights};
+use crate::embed::{Cpu, CpuVit, DinoV3Size, EmbedError, weights};
 
 /// One measured case.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +46,72 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median milliseconds of `iters` calls of `f` after two warm-ups.
+fn time_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    let mut once = || {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    once();
+    once();
+    median((0..iters.max(1)).map(|_| once()).collect())
+}
+
+/// Deterministic pixel values in [−1, 1) for `batch` images.
+fn pixels(batch: usize, resolution: usize) -> Vec<f32> {
+    (0..batch * 3 * resolution * resolution)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn row(backend: &str, model: DinoV3Size, dtype: &str, batch: usize, ms: f64) -> EmbedBenchRow {
+    tracing::info!(backend, model = model.name(), batch, ms, "forward");
+    EmbedBenchRow {
+        backend: backend.into(),
+        model: model.name().into(),
+        dtype: dtype.into(),
+        batch,
+        ms,
+        img_s: batch as f64 * 1e3 / ms,
+        torch_ms: None,
+        torch_img_s: None,
+    }
+}
+
+/// Times the CPU engine ([`CpuVit`]) on `threads` threads (0: all cores) for every (model, batch).
+pub fn run_cpu_engine(
+    models: &[DinoV3Size],
+    batches: &[usize],
+    iters: usize,
+    resolution: usize,
+    threads: usize,
+) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+    let mut rows = Vec::new();
+    for &size in models {
+        let cfg = size.config();
+        let map = weights::random_weights(&cfg, 0);
+        let model = weights::load::<Cpu>(&cfg, &map, &Default::default())?;
+        drop(map);
+        let vit = CpuVit::pack(&model, &cfg, threads)?;
+        drop(model);
+        for &batch in batches {
+            let px = pixels(batch, resolution);
+            let mut failed = None;
+            let ms = time_ms(iters, || {
+                if let Err(e) = vit.forward(&px, batch, resolution, resolution) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            rows.push(row("roadwork-cpu", size, "float32", batch, ms));
+        }
+    }
+    Ok(rows)
+}
+
 /// Times the Burn model on backend `B` for every (model, batch).
 pub fn run_burn<B: Backend>(
     models: &[DinoV3Size],
@@ -63,34 +130,17 @@ pub fn run_burn<B: Backend>(
         };
         drop(map);
         for &batch in batches {
-            let n = batch * 3 * resolution * resolution;
-            let px: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
             let x = Tensor::<B, 4>::from_data(
-                TensorData::new(px, [batch, 3, resolution, resolution]),
+                TensorData::new(
+                    pixels(batch, resolution),
+                    [batch, 3, resolution, resolution],
+                ),
                 device,
             );
-            let once = || {
-                let t = Instant::now();
-                let out = model.forward(x.clone());
-                let _ = out.pooler_output.into_data();
-                t.elapsed().as_secs_f64() * 1e3
-            };
-            once();
-            once();
-            let ms = median((0..iters.max(1)).map(|_| once()).collect());
-            tracing::info!(model = size.name(), batch, ms, "burn forward");
-            rows.push(EmbedBenchRow {
-                backend: labels.0.into(),
-                model: size.name().into(),
-                dtype: labels.1.into(),
-                batch,
-                ms,
-                img_s: batch as f64 * 1e3 / ms,
-                torch_ms: None,
-                torch_img_s: None,
+            let ms = time_ms(iters, || {
+                let _ = model.forward(x.clone()).pooler_output.into_data();
             });
+            rows.push(row(labels.0, size, labels.1, batch, ms));
         }
     }
     rows
@@ -150,7 +200,7 @@ pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
 /// The README table.
 pub fn markdown(rows: &[EmbedBenchRow]) -> String {
     let mut s = String::from(
-        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | Burn ÷ PyTorch speed |\n\
+        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());

@@ -374,7 +374,7 @@ fn embed_file(
     weights: Option<&std::path::Path>,
     model: &str,
 ) -> Result<Vec<f32>> {
-    let e = roadwork::embed::Embedder::<Cpu>::load(&cfg.embed, weights, &Default::default())?;
+    let e = roadwork::embed::load_encoder(&cfg.embed, weights)?;
     anyhow::ensure!(
         e.model_id() == model,
         "the stored vectors are {model}, but the configured encoder is {}; pass the same --weights \
@@ -382,7 +382,7 @@ fn embed_file(
         e.model_id()
     );
     let img = roadwork::imaging::decode(bytes, &cfg.decode)?;
-    e.embed_images(std::slice::from_ref(&img.image))
+    e.embed_images(std::slice::from_ref(&img.image))?
         .pop()
         .context("the encoder returned no vector")
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EmbedConfig, EmbedError, EmbedSummary, Embedder, ImageEncoder, embed_store};
-use crate::bench::embed::{EmbedBenchRow, run_burn};
+#[cfg(feature = "cuda")]
+use super::Embedder;
+use super::{CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, embed_store};
+use crate::bench::embed::{EmbedBenchRow, run_burn, run_cpu_engine};
 use crate::embed::DinoV3Size;
 use crate::imaging::DecodeLimits;
 use crate::store::Store;
@@ -49,21 +51,6 @@ fn unsupported(device: ComputeDevice, precision: Precision) -> EmbedError {
     })
 }
 
-async fn embed_on<B: burn::prelude::Backend>(
-    store: &Store,
-    cfg: &EmbedConfig,
-    weights: Option<&Path>,
-    limits: DecodeLimits,
-    progress: bool,
-    device: B::Device,
-) -> Result<EmbedSummary, EmbedError>
-where
-    B::Device: Send + Sync,
-{
-    let e = Arc::new(Embedder::<B>::load(cfg, weights, &device)?);
-    embed_store(store, e, cfg, limits, progress).await
-}
-
 /// Runs the embed stage on the configured device and precision.
 pub async fn embed(
     store: &Store,
@@ -72,50 +59,18 @@ pub async fn embed(
     limits: DecodeLimits,
     progress: bool,
 ) -> Result<EmbedSummary, EmbedError> {
-    match (cfg.device, cfg.precision) {
-        (ComputeDevice::Cpu, Precision::F32) => {
-            embed_on::<super::Cpu>(store, cfg, weights, limits, progress, Default::default()).await
-        }
-        #[cfg(feature = "cuda")]
-        (ComputeDevice::Cuda, Precision::F32) => {
-            embed_on::<burn::backend::Cuda<f32>>(
-                store,
-                cfg,
-                weights,
-                limits,
-                progress,
-                Default::default(),
-            )
-            .await
-        }
-        #[cfg(feature = "cuda")]
-        (ComputeDevice::Cuda, Precision::Bf16) => {
-            embed_on::<burn::backend::Cuda<half::bf16>>(
-                store,
-                cfg,
-                weights,
-                limits,
-                progress,
-                Default::default(),
-            )
-            .await
-        }
-        (d, p) => Err(unsupported(d, p)),
-    }
+    let encoder = load_encoder(cfg, weights)?;
+    embed_store(store, encoder, cfg, limits, progress).await
 }
 
-/// Loads the encoder of `cfg` on its configured device and precision, behind the backend-agnostic
-/// [`ImageEncoder`] (the serving path).
+/// Loads the encoder of `cfg` on its configured device and precision, behind the device-agnostic
+/// [`ImageEncoder`]: the CPU engine, or the Burn module on CUDA.
 pub fn load_encoder(
     cfg: &EmbedConfig,
     weights: Option<&Path>,
 ) -> Result<Arc<dyn ImageEncoder>, EmbedError> {
     Ok(match (cfg.device, cfg.precision) {
-        (ComputeDevice::Cpu, Precision::F32) => Arc::new(Embedder::<super::Cpu>::load(
-            cfg,
-            weights,
-            &Default::default(),
-        )?),
+        (ComputeDevice::Cpu, Precision::F32) => Arc::new(CpuEncoder::load(cfg, weights)?),
         #[cfg(feature = "cuda")]
         (ComputeDevice::Cuda, Precision::F32) => Arc::new(
             Embedder::<burn::backend::Cuda<f32>>::load(cfg, weights, &Default::default())?,
@@ -130,47 +85,75 @@ pub fn load_encoder(
     })
 }
 
+/// What `roadwork bench embed` measures.
+#[derive(Debug, Clone)]
+pub struct EmbedBenchPlan {
+    pub models: Vec<DinoV3Size>,
+    pub batches: Vec<usize>,
+    /// Timed passes per case (the median is reported).
+    pub iters: usize,
+    pub resolution: usize,
+    /// Threads of the CPU engine (0: one per core).
+    pub cpu_threads: usize,
+    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path).
+    pub burn_cpu: bool,
+}
+
 /// Times the encoder on `device` at each precision in `precisions`.
 pub fn bench(
     device: ComputeDevice,
     precisions: &[Precision],
-    models: &[DinoV3Size],
-    batches: &[usize],
-    iters: usize,
-    resolution: usize,
+    plan: &EmbedBenchPlan,
 ) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+    let (models, batches, iters, resolution) =
+        (&plan.models, &plan.batches, plan.iters, plan.resolution);
     let mut rows = Vec::new();
     for &p in precisions {
         let label = p.torch_name();
-        rows.extend(match (device, p) {
-            (ComputeDevice::Cpu, Precision::F32) => run_burn::<super::Cpu>(
-                models,
-                batches,
-                iters,
-                resolution,
-                ("burn-ndarray", label),
-                &Default::default(),
-            ),
+        match (device, p) {
+            (ComputeDevice::Cpu, Precision::F32) => {
+                rows.extend(run_cpu_engine(
+                    models,
+                    batches,
+                    iters,
+                    resolution,
+                    plan.cpu_threads,
+                )?);
+                if plan.burn_cpu {
+                    rows.extend(run_burn::<super::Cpu>(
+                        models,
+                        batches,
+                        iters,
+                        resolution,
+                        ("burn-ndarray", label),
+                        &Default::default(),
+                    ));
+                }
+            }
             #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::F32) => run_burn::<burn::backend::Cuda<f32>>(
-                models,
-                batches,
-                iters,
-                resolution,
-                ("burn-cuda", label),
-                &Default::default(),
-            ),
+            (ComputeDevice::Cuda, Precision::F32) => {
+                rows.extend(run_burn::<burn::backend::Cuda<f32>>(
+                    models,
+                    batches,
+                    iters,
+                    resolution,
+                    ("burn-cuda", label),
+                    &Default::default(),
+                ))
+            }
             #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::Bf16) => run_burn::<burn::backend::Cuda<half::bf16>>(
-                models,
-                batches,
-                iters,
-                resolution,
-                ("burn-cuda", label),
-                &Default::default(),
-            ),
+            (ComputeDevice::Cuda, Precision::Bf16) => {
+                rows.extend(run_burn::<burn::backend::Cuda<half::bf16>>(
+                    models,
+                    batches,
+                    iters,
+                    resolution,
+                    ("burn-cuda", label),
+                    &Default::default(),
+                ))
+            }
             (d, p) => return Err(unsupported(d, p)),
-        });
+        }
     }
     Ok(rows)
 }

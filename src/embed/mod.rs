@@ -9,6 +9,7 @@
 //! commit per chunk); an image that cannot be decoded is skipped with its reason and the rest of the
 //! chunk still lands; no non-finite vector is ever stored.
 
+pub mod cpu;
 pub mod device;
 mod preprocess;
 mod stage;
@@ -21,6 +22,7 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
+pub use cpu::{CpuEncoder, CpuVit};
 pub use device::{ComputeDevice, Precision, embed, load_encoder};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
 pub use stage::{EmbedSummary, embed_store};
@@ -72,6 +74,8 @@ pub struct EmbedConfig {
     pub random_seed: u64,
     pub device: ComputeDevice,
     pub precision: Precision,
+    /// Threads of the CPU encoder (0: one per core).
+    pub cpu_threads: usize,
 }
 
 impl Default for EmbedConfig {
@@ -87,6 +91,7 @@ impl Default for EmbedConfig {
             random_seed: 0,
             device: ComputeDevice::Cpu,
             precision: Precision::F32,
+            cpu_threads: 0,
         }
     }
 }
@@ -106,51 +111,179 @@ pub enum EmbedError {
     /// User input: a device/precision this build cannot run.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The CPU engine could not start or was handed inconsistent shapes.
+    #[error("CPU encoder: {0}")]
+    Engine(String),
 }
 
-/// A loaded encoder whatever its Burn backend: the serving path holds one of these, so the same
-/// server runs on the CPU or a GPU chosen at run time.
+/// A loaded encoder whatever computes it (the CPU engine, or Burn on a GPU): the embed stage and
+/// the serving path hold one of these, so the device is chosen at run time.
 pub trait ImageEncoder: Send + Sync {
-    /// See [`Embedder::model_id`].
-    fn model_id(&self) -> &str;
+    /// Identity, preprocessing and feature settings.
+    fn spec(&self) -> &EncoderSpec;
+
+    /// Feature vectors for `n` preprocessed images (`[n, 3, h, w]` values from
+    /// [`Preprocess::append_pixels`]), one forward pass.
+    fn embed_pixels(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// See [`EncoderSpec::model_id`].
+    fn model_id(&self) -> &str {
+        &self.spec().model_id
+    }
+
     /// Length of the feature vectors.
-    fn dim(&self) -> usize;
+    fn dim(&self) -> usize {
+        self.spec().dim
+    }
+
     /// Whether this is the random stand-in model (no weights given).
-    fn is_random(&self) -> bool;
+    fn is_random(&self) -> bool {
+        self.spec().random
+    }
+
+    /// How images are turned into pixels for this encoder.
+    fn preprocess(&self) -> Preprocess {
+        self.spec().pre
+    }
+
     /// Feature vectors for `images`, one forward pass.
-    fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>>;
+    fn embed_images(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pre = self.preprocess();
+        let mut px = Vec::new();
+        for img in images {
+            pre.append_pixels(img, &mut px);
+        }
+        self.embed_pixels(px, images.len())
+    }
+}
+
+/// What turns an encoder's output into stored vectors, and the id they are stored under.
+#[derive(Debug, Clone)]
+pub struct EncoderSpec {
+    pre: Preprocess,
+    features: FeatureKind,
+    l2: bool,
+    /// `dinov3-<size>-<sha12>-r<res>-<features>…`: vectors of different weights, input sizes or
+    /// feature kinds never share a table.
+    model_id: String,
+    dim: usize,
+    random: bool,
+    /// CLS + registers: the tokens before the patches.
+    prefix: usize,
+    hidden: usize,
+}
+
+impl EncoderSpec {
+    fn new(cfg: &EmbedConfig, arch: &DinoV3Config, sha256: &str, random: bool) -> Self {
+        let d = arch.hidden_size;
+        let model_id = format!(
+            "dinov3-{}-{}-r{}-{}{}{}",
+            cfg.model.name(),
+            &sha256[..12.min(sha256.len())],
+            cfg.resolution,
+            cfg.features.tag(),
+            if cfg.l2_normalize { "-l2" } else { "" },
+            if cfg.resize == ResizeMode::Letterbox {
+                "-lb"
+            } else {
+                ""
+            },
+        );
+        Self {
+            pre: Preprocess {
+                height: cfg.resolution,
+                width: cfg.resolution,
+                mode: cfg.resize,
+            },
+            features: cfg.features,
+            l2: cfg.l2_normalize,
+            model_id,
+            dim: if cfg.features == FeatureKind::ClsMeanPatch {
+                2 * d
+            } else {
+                d
+            },
+            random,
+            prefix: arch.num_prefix_tokens(),
+            hidden: d,
+        }
+    }
+
+    /// The stored vectors' model id.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The configured features of `n` images from their `last_hidden_state` values
+    /// `[n, tokens, hidden]`.
+    pub fn features_from_hidden(&self, hidden: &[f32], n: usize) -> Vec<Vec<f32>> {
+        let d = self.hidden;
+        let t = hidden.len() / (n * d).max(1);
+        hidden
+            .chunks_exact(t * d)
+            .take(n)
+            .map(|img| {
+                let cls = &img[..d];
+                let mean = || {
+                    let patches = &img[self.prefix * d..];
+                    let count = (t - self.prefix).max(1) as f32;
+                    let mut m = vec![0f32; d];
+                    for row in patches.chunks_exact(d) {
+                        m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    m.iter_mut().for_each(|a| *a /= count);
+                    m
+                };
+                let v = match self.features {
+                    FeatureKind::Cls => cls.to_vec(),
+                    FeatureKind::MeanPatch => mean(),
+                    FeatureKind::ClsMeanPatch => [cls.to_vec(), mean()].concat(),
+                };
+                self.finish(v)
+            })
+            .collect()
+    }
+
+    /// Applies the configured L2 normalisation.
+    fn finish(&self, mut v: Vec<f32>) -> Vec<f32> {
+        if self.l2 {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if n > 0.0 && n.is_finite() {
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        v
+    }
 }
 
 impl<B: Backend> ImageEncoder for Embedder<B>
 where
     Embedder<B>: Send + Sync,
 {
-    fn model_id(&self) -> &str {
-        Embedder::model_id(self)
+    fn spec(&self) -> &EncoderSpec {
+        &self.spec
     }
 
-    fn dim(&self) -> usize {
-        Embedder::dim(self)
-    }
-
-    fn is_random(&self) -> bool {
-        Embedder::is_random(self)
-    }
-
-    fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>> {
-        Embedder::embed_images(self, images)
+    fn embed_pixels(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (h, w) = (self.spec.pre.height as usize, self.spec.pre.width as usize);
+        if n == 0 || pixels.len() != n * 3 * h * w {
+            return Err(EmbedError::Engine(format!(
+                "{} pixel values for {n} images of 3×{h}×{w}",
+                pixels.len()
+            )));
+        }
+        Ok(self.features_of(self.forward_pixels(pixels, n)))
     }
 }
 
-/// A loaded model plus everything needed to turn images into stored vectors.
+/// The encoder as a Burn module on backend `B`: the reference implementation, and the GPU path.
 pub struct Embedder<B: Backend> {
     model: DinoV3<B>,
-    pre: Preprocess,
-    features: FeatureKind,
-    l2: bool,
-    model_id: String,
-    dim: usize,
-    random: bool,
+    arch: DinoV3Config,
+    spec: EncoderSpec,
     device: B::Device,
 }
 
@@ -179,59 +312,13 @@ impl<B: Backend> Embedder<B> {
             None => (weights::random_weights(&arch, cfg.random_seed), true),
         };
         let model = weights::load::<B>(&arch, &map, device)?;
-        let d = arch.hidden_size;
-        let dim = if cfg.features == FeatureKind::ClsMeanPatch {
-            2 * d
-        } else {
-            d
-        };
-        let model_id = format!(
-            "dinov3-{}-{}-r{}-{}{}{}",
-            cfg.model.name(),
-            &map.sha256[..12],
-            cfg.resolution,
-            cfg.features.tag(),
-            if cfg.l2_normalize { "-l2" } else { "" },
-            if cfg.resize == ResizeMode::Letterbox {
-                "-lb"
-            } else {
-                ""
-            },
-        );
+        let spec = EncoderSpec::new(cfg, &arch, &map.sha256, random);
         Ok(Self {
             model,
-            pre: Preprocess {
-                height: cfg.resolution,
-                width: cfg.resolution,
-                mode: cfg.resize,
-            },
-            features: cfg.features,
-            l2: cfg.l2_normalize,
-            model_id,
-            dim,
-            random,
+            arch,
+            spec,
             device: device.clone(),
         })
-    }
-
-    /// `dinov3-<size>-<sha12>-r<res>-<features>…`.
-    pub fn model_id(&self) -> &str {
-        &self.model_id
-    }
-
-    /// Length of the stored vectors.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// Whether this is the random stand-in model (no weights given).
-    pub fn is_random(&self) -> bool {
-        self.random
-    }
-
-    /// How images are turned into pixels.
-    pub fn preprocess(&self) -> Preprocess {
-        self.pre
     }
 
     /// The encoder itself.
@@ -239,29 +326,22 @@ impl<B: Backend> Embedder<B> {
         &self.model
     }
 
+    /// Its architecture.
+    pub fn arch(&self) -> &DinoV3Config {
+        &self.arch
+    }
+
     /// Runs the encoder on already-normalised pixels `[n, 3, h, w]` (flattened).
     pub fn forward_pixels(&self, pixels: Vec<f32>, n: usize) -> DinoV3Output<B> {
-        let (h, w) = (self.pre.height as usize, self.pre.width as usize);
+        let (h, w) = (self.spec.pre.height as usize, self.spec.pre.width as usize);
         let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [n, 3, h, w]), &self.device);
         self.model.forward(x)
     }
 
-    /// Feature vectors for `images`, one forward pass.
-    pub fn embed_images(&self, images: &[DynamicImage]) -> Vec<Vec<f32>> {
-        if images.is_empty() {
-            return Vec::new();
-        }
-        let mut px = Vec::new();
-        for img in images {
-            self.pre.append_pixels(img, &mut px);
-        }
-        let out = self.forward_pixels(px, images.len());
-        self.features_of(out)
-    }
-
-    /// Picks and normalises the configured feature from the encoder output.
+    /// Picks and normalises the configured feature from the encoder output (on the device: only
+    /// `[batch, dim]` comes back to the host).
     pub fn features_of(&self, out: DinoV3Output<B>) -> Vec<Vec<f32>> {
-        let prefix = self.model.num_prefix_tokens();
+        let prefix = self.spec.prefix;
         let [b, t, d] = out.last_hidden_state.dims();
         let mean = || {
             out.last_hidden_state
@@ -270,7 +350,7 @@ impl<B: Backend> Embedder<B> {
                 .mean_dim(1)
                 .reshape([b, d])
         };
-        let feats: Tensor<B, 2> = match self.features {
+        let feats: Tensor<B, 2> = match self.spec.features {
             FeatureKind::Cls => out.pooler_output.clone(),
             FeatureKind::MeanPatch => mean(),
             FeatureKind::ClsMeanPatch => Tensor::cat(vec![out.pooler_output.clone(), mean()], 1),
@@ -282,16 +362,7 @@ impl<B: Backend> Embedder<B> {
             .into_vec()
             .unwrap_or_default();
         flat.chunks(dim.max(1))
-            .map(|v| {
-                let mut v = v.to_vec();
-                if self.l2 {
-                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    if n > 0.0 && n.is_finite() {
-                        v.iter_mut().for_each(|x| *x /= n);
-                    }
-                }
-                v
-            })
+            .map(|v| self.spec.finish(v.to_vec()))
             .collect()
     }
 }

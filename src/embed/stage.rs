@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::prelude::*;
 use chrono::Utc;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{EmbedConfig, EmbedError, Embedder};
+use super::{EmbedConfig, EmbedError, ImageEncoder};
 use crate::imaging::{DecodeLimits, decode};
 use crate::ingest::Skipped;
 use crate::store::{IndexOutcome, RunRow, SampleId, Store, embeddings_table, tables};
@@ -63,8 +62,8 @@ impl std::fmt::Display for EmbedSummary {
 }
 
 /// Decodes and preprocesses one chunk in parallel; failures become skip reasons.
-fn prepare<B: Backend>(
-    embedder: &Embedder<B>,
+fn prepare(
+    embedder: &dyn ImageEncoder,
     images: Vec<(SampleId, Vec<u8>)>,
     limits: &DecodeLimits,
 ) -> (Vec<(SampleId, Vec<f32>)>, Vec<Skipped>) {
@@ -97,16 +96,13 @@ fn prepare<B: Backend>(
 }
 
 /// Embeds every pending sample of `store` with `embedder`.
-pub async fn embed_store<B: Backend>(
+pub async fn embed_store(
     store: &Store,
-    embedder: Arc<Embedder<B>>,
+    embedder: Arc<dyn ImageEncoder>,
     cfg: &EmbedConfig,
     limits: DecodeLimits,
     progress: bool,
-) -> Result<EmbedSummary, EmbedError>
-where
-    B::Device: Send + Sync,
-{
+) -> Result<EmbedSummary, EmbedError> {
     let started = Instant::now();
     let model_id = embedder.model_id().to_string();
     let table = store
@@ -157,18 +153,18 @@ where
         let images = store.images(chunk).await?;
         let e = embedder.clone();
         let (vectors, skipped) = tokio::task::spawn_blocking(move || {
-            let (ok, skipped) = prepare(&e, images, &limits);
+            let (ok, skipped) = prepare(e.as_ref(), images, &limits);
             let mut vectors = Vec::with_capacity(ok.len());
             for group in ok.chunks(batch) {
                 let n = group.len();
                 let px: Vec<f32> = group.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                let feats = e.features_of(e.forward_pixels(px, n));
+                let feats = e.embed_pixels(px, n)?;
                 vectors.extend(group.iter().map(|(id, _)| id.clone()).zip(feats));
             }
-            (vectors, skipped)
+            Ok::<_, EmbedError>((vectors, skipped))
         })
         .await
-        .map_err(|e| EmbedError::Task(e.to_string()))?;
+        .map_err(|e| EmbedError::Task(e.to_string()))??;
         // A non-finite vector would poison every later stage: drop it with a reason instead.
         let (good, bad): (Vec<_>, Vec<_>) = vectors
             .into_iter()

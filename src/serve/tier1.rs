@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use image::DynamicImage;
 
-use crate::embed::{Cpu, ImageEncoder};
+use crate::embed::{Cpu, EmbedError, ImageEncoder};
 use crate::imaging::{DecodeLimits, decode};
 use crate::train::{TrainedHead, UNDECIDED};
 
@@ -140,13 +140,15 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
         // features (and answer undecided), the next batch runs.
         let feats =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enc.embed_images(&images)))
-                .unwrap_or_else(|_| {
-                    tracing::error!("encoder panicked on a batch of {}", images.len());
+                .unwrap_or_else(|_| Err(EmbedError::Task("the encoder panicked".into())))
+                .unwrap_or_else(|e| {
+                    tracing::error!("encoding a batch of {}: {e}", images.len());
                     Vec::new()
                 });
+        // A request left without a vector gets an empty one: answered undecided, not "expired".
         let mut feats = feats.into_iter();
         for reply in replies {
-            let _ = reply.send(feats.next());
+            let _ = reply.send(Some(feats.next().unwrap_or_default()));
         }
     }
 }
@@ -246,6 +248,10 @@ impl Tier1 {
             None => self
                 .encoder
                 .embed_images(std::slice::from_ref(&image))
+                .map_err(|e| {
+                    tracing::error!("encoding an image: {e}");
+                    Tier1Error::NoFeatures
+                })?
                 .pop()
                 .unwrap_or_default(),
         };

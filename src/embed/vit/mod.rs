@@ -5,7 +5,7 @@ mod block;
 mod config;
 mod mlp;
 mod patch_embed;
-mod rope;
+pub(crate) mod rope;
 
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;

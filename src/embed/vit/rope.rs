@@ -16,6 +16,23 @@ pub fn rope_tables<B: Backend>(
     theta: f64,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (cos, sin) = rope_values(hp, wp, prefix, head_dim, theta);
+    let shape = [prefix + hp * wp, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+/// The tables of [`rope_tables`] as row-major `[tokens, head_dim]` values (the CPU engine uses
+/// them directly).
+pub fn rope_values(
+    hp: usize,
+    wp: usize,
+    prefix: usize,
+    head_dim: usize,
+    theta: f64,
+) -> (Vec<f32>, Vec<f32>) {
     let quarter = head_dim / 4;
     let inv_freq: Vec<f64> = (0..quarter)
         .map(|i| 1.0 / theta.powf(4.0 * i as f64 / head_dim as f64))
@@ -44,11 +61,7 @@ pub fn rope_tables<B: Backend>(
             }
         }
     }
-    let shape = [tokens, head_dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
+    (cos, sin)
 }
 
 /// `[−x₂, x₁]` over the last dimension.

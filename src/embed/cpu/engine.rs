@@ -1,0 +1,376 @@
+//! The DINOv3 forward pass on the CPU over packed parameters of a loaded [`DinoV3`] module.
+//!
+//! Same arithmetic as the Burn module (and transformers), arranged for two cores: one GEMM per
+//! linear layer over every token of the batch (q, k and v fused into one), bias written into the
+//! output before the product and LayerScale folded into the weights so the residual add happens
+//! inside the GEMM, the 1/√d attention scale folded into the query weights, attention per
+//! (image, head) in parallel, and every element-wise step a vectorised pass over row blocks.
+
+use rayon::prelude::*;
+
+use super::gemm::{View, matmul};
+use super::kernels;
+use crate::embed::vit::rope::rope_values;
+use crate::embed::{Activation, Cpu, DinoV3, DinoV3Config, EmbedError};
+use burn::prelude::*;
+
+/// A linear layer as `y = x·w + b` with `w` row-major `[k, n]` (the layout the GEMM streams
+/// fastest, and Burn's own).
+struct Dense {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl Dense {
+    /// `out = x·w + b` for `rows` rows.
+    fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        let out = &mut out[..rows * self.n];
+        out.par_chunks_mut(self.n * 64).for_each(|c| {
+            c.chunks_exact_mut(self.n)
+                .for_each(|r| r.copy_from_slice(&self.b))
+        });
+        self.product(x, rows, out, threads);
+    }
+
+    /// `out += x·w + b`: the residual connection.
+    fn forward_add(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        let out = &mut out[..rows * self.n];
+        out.par_chunks_mut(self.n * 64)
+            .for_each(|c| kernels::add_rows(c, &self.b));
+        self.product(x, rows, out, threads);
+    }
+
+    fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        matmul(
+            out,
+            self.n,
+            View::dense(x, rows, self.k),
+            View::dense(&self.w, self.k, self.n),
+            true,
+            threads,
+        );
+    }
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct PackedBlock {
+    norm1: Norm,
+    /// `[d, 3d]`: q (pre-scaled by 1/√head_dim) | k | v.
+    qkv: Dense,
+    /// `[d, d]`, LayerScale 1 folded in.
+    o: Dense,
+    norm2: Norm,
+    /// `[d, i]`, or `[d, 2i]` = gate | up for gated MLPs.
+    up: Dense,
+    /// `[i, d]`, LayerScale 2 folded in.
+    down: Dense,
+}
+
+/// DINOv3 packed for the CPU, with its own thread pool.
+pub struct CpuVit {
+    d: usize,
+    heads: usize,
+    inter: usize,
+    patch: usize,
+    channels: usize,
+    prefix: usize,
+    gated: bool,
+    act: Activation,
+    eps: f32,
+    rope_theta: f64,
+    patch_embed: Dense,
+    /// CLS then the register tokens, `[prefix, d]`.
+    prefix_tokens: Vec<f32>,
+    blocks: Vec<PackedBlock>,
+    norm: Norm,
+    threads: usize,
+    pool: rayon::ThreadPool,
+}
+
+fn values<const D: usize>(t: Tensor<Cpu, D>) -> Result<Vec<f32>, EmbedError> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| EmbedError::Engine(format!("reading a parameter: {e:?}")))
+}
+
+fn dense(lin: &burn::nn::Linear<Cpu>, col_scale: Option<&[f32]>) -> Result<Dense, EmbedError> {
+    let [k, n] = lin.weight.dims();
+    let mut w = values(lin.weight.val())?;
+    let mut b = match &lin.bias {
+        Some(b) => values(b.val())?,
+        None => vec![0.0; n],
+    };
+    if let Some(s) = col_scale {
+        w.chunks_exact_mut(n)
+            .for_each(|r| r.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
+        b.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
+    }
+    Ok(Dense { w, b, k, n })
+}
+
+/// Side-by-side concatenation `[k, n₁ + n₂ + …]` of layers with the same input.
+fn concat(parts: Vec<Dense>) -> Dense {
+    let k = parts.first().map_or(0, |p| p.k);
+    let n: usize = parts.iter().map(|p| p.n).sum();
+    let mut w = Vec::with_capacity(k * n);
+    for r in 0..k {
+        for p in &parts {
+            w.extend_from_slice(&p.w[r * p.n..(r + 1) * p.n]);
+        }
+    }
+    let b = parts.iter().flat_map(|p| p.b.iter().copied()).collect();
+    Dense { w, b, k, n }
+}
+
+fn norm(n: &burn::nn::LayerNorm<Cpu>) -> Result<Norm, EmbedError> {
+    let gamma = values(n.gamma.val())?;
+    let beta = match &n.beta {
+        Some(b) => values(b.val())?,
+        None => vec![0.0; gamma.len()],
+    };
+    Ok(Norm { gamma, beta })
+}
+
+/// Rows per parallel task: about four tasks per thread, never below 16 rows.
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(4 * threads.max(1)).max(16)
+}
+
+impl CpuVit {
+    /// Packs `model` (architecture `arch`) to run on `threads` threads (0: one per core).
+    pub fn pack(
+        model: &DinoV3<Cpu>,
+        arch: &DinoV3Config,
+        threads: usize,
+    ) -> Result<Self, EmbedError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("roadwork-cpu-{i}"))
+            .build()
+            .map_err(|e| EmbedError::Engine(format!("starting {threads} threads: {e}")))?;
+        let scale = 1.0 / (arch.head_dim() as f32).sqrt();
+        let d = arch.hidden_size;
+        let blocks = model
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attention;
+                let ls1 = values(l.layer_scale1.val())?;
+                let ls2 = values(l.layer_scale2.val())?;
+                let q_scale = vec![scale; d];
+                let mlp_in = match &l.mlp.gate_proj {
+                    Some(g) => concat(vec![dense(g, None)?, dense(&l.mlp.up_proj, None)?]),
+                    None => dense(&l.mlp.up_proj, None)?,
+                };
+                Ok(PackedBlock {
+                    norm1: norm(&l.norm1)?,
+                    qkv: concat(vec![
+                        dense(&a.q_proj, Some(&q_scale))?,
+                        dense(&a.k_proj, None)?,
+                        dense(&a.v_proj, None)?,
+                    ]),
+                    o: dense(&a.o_proj, Some(&ls1))?,
+                    norm2: norm(&l.norm2)?,
+                    up: mlp_in,
+                    down: dense(&l.mlp.down_proj, Some(&ls2))?,
+                })
+            })
+            .collect::<Result<Vec<_>, EmbedError>>()?;
+        let mut prefix_tokens = values(model.embeddings.cls_token.val())?;
+        prefix_tokens.extend(values(model.embeddings.register_tokens.val())?);
+        Ok(Self {
+            d,
+            heads: arch.num_attention_heads,
+            inter: arch.intermediate_size,
+            patch: arch.patch_size,
+            channels: arch.num_channels,
+            prefix: arch.num_prefix_tokens(),
+            gated: arch.use_gated_mlp,
+            act: arch.hidden_act,
+            eps: arch.layer_norm_eps as f32,
+            rope_theta: arch.rope_theta,
+            patch_embed: dense(&model.embeddings.patch, None)?,
+            prefix_tokens,
+            blocks,
+            norm: norm(&model.norm)?,
+            threads,
+            pool,
+        })
+    }
+
+    /// Threads of this engine's pool.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// `last_hidden_state`, `[n, tokens, hidden]` row-major, for normalised pixels `[n, C, h, w]`.
+    pub fn forward(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, EmbedError> {
+        let p = self.patch;
+        if n == 0 || h == 0 || w == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
+            return Err(EmbedError::Engine(format!(
+                "{n} images of {h}×{w}: need at least one image, sides positive multiples of {p}"
+            )));
+        }
+        if pixels.len() != n * self.channels * h * w {
+            return Err(EmbedError::Engine(format!(
+                "{} pixel values for {n}×{}×{h}×{w}",
+                pixels.len(),
+                self.channels
+            )));
+        }
+        Ok(self.pool.install(|| self.run(pixels, n, h, w)))
+    }
+
+    fn run(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
+        let (d, th, prefix) = (self.d, self.threads, self.prefix);
+        let (hp, wp) = (h / self.patch, w / self.patch);
+        let t = prefix + hp * wp;
+        let rows = n * t;
+        let rpt = rows_per_task(rows, th);
+
+        let mut x = self.embed_patches(pixels, n, h, w);
+        let hd = d / self.heads;
+        let (cos, sin) = rope_values(hp, wp, 0, hd, self.rope_theta);
+        let mid = if self.gated {
+            2 * self.inter
+        } else {
+            self.inter
+        };
+        let mut y = vec![0f32; rows * d];
+        let mut qkv = vec![0f32; rows * 3 * d];
+        let mut heads = vec![0f32; rows * d];
+        let mut hidden = vec![0f32; rows * mid];
+        let mut gated = vec![0f32; if self.gated { rows * self.inter } else { 0 }];
+        for b in &self.blocks {
+            self.layer_norm(&x, &mut y, &b.norm1, rpt);
+            b.qkv.forward(&y, rows, &mut qkv, th);
+            self.rope(&mut qkv, t, &cos, &sin);
+            self.attention(&qkv, n, t, &mut heads);
+            self.merge_heads(&heads, t, &mut y);
+            b.o.forward_add(&y, rows, &mut x, th);
+            self.layer_norm(&x, &mut y, &b.norm2, rpt);
+            b.up.forward(&y, rows, &mut hidden, th);
+            let act = self.act;
+            let input = if self.gated {
+                let inter = self.inter;
+                gated
+                    .par_chunks_mut(rpt * inter)
+                    .zip(hidden.par_chunks(rpt * mid))
+                    .for_each(|(o, h)| kernels::gated(h, o, inter, act));
+                &gated
+            } else {
+                hidden
+                    .par_chunks_mut(rpt * mid)
+                    .for_each(|c| kernels::activate(c, act));
+                &hidden
+            };
+            b.down.forward_add(input, rows, &mut x, th);
+        }
+        self.layer_norm(&x, &mut y, &self.norm, rpt);
+        y
+    }
+
+    /// `[n·tokens, d]`: CLS, registers, then the patch projections of each image.
+    fn embed_patches(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
+        let (p, c, d, prefix) = (self.patch, self.channels, self.d, self.prefix);
+        let (hp, wp) = (h / p, w / p);
+        let (np, k) = (hp * wp, c * p * p);
+        // [n, C, h, w] → [n, hp·wp, C·p·p]: the conv's receptive fields as rows.
+        let mut patches = vec![0f32; n * np * k];
+        patches
+            .par_chunks_mut(np * k)
+            .zip(pixels.par_chunks(c * h * w))
+            .for_each(|(out, img)| {
+                for (idx, row) in out.chunks_exact_mut(k).enumerate() {
+                    let (py, px) = (idx / wp, idx % wp);
+                    for ch in 0..c {
+                        for ky in 0..p {
+                            let src = ch * h * w + (py * p + ky) * w + px * p;
+                            row[(ch * p + ky) * p..][..p].copy_from_slice(&img[src..src + p]);
+                        }
+                    }
+                }
+            });
+        let t = prefix + np;
+        let mut x = vec![0f32; n * t * d];
+        for (xb, pb) in x.chunks_exact_mut(t * d).zip(patches.chunks_exact(np * k)) {
+            xb[..prefix * d].copy_from_slice(&self.prefix_tokens);
+            self.patch_embed
+                .forward(pb, np, &mut xb[prefix * d..], self.threads);
+        }
+        x
+    }
+
+    fn layer_norm(&self, x: &[f32], out: &mut [f32], n: &Norm, rpt: usize) {
+        let (d, eps) = (self.d, self.eps);
+        out.par_chunks_mut(rpt * d)
+            .zip(x.par_chunks(rpt * d))
+            .for_each(|(o, x)| kernels::layer_norm(x, o, &n.gamma, &n.beta, eps));
+    }
+
+    /// Rotates q and k of every patch token (prefix tokens keep theirs).
+    fn rope(&self, qkv: &mut [f32], t: usize, cos: &[f32], sin: &[f32]) {
+        let (d, prefix) = (self.d, self.prefix);
+        let hd = d / self.heads;
+        qkv.par_chunks_mut(t * 3 * d).for_each(|img| {
+            for (i, row) in img.chunks_exact_mut(3 * d).enumerate().skip(prefix) {
+                let j = (i - prefix) * hd;
+                kernels::rope(&mut row[..2 * d], &cos[j..j + hd], &sin[j..j + hd]);
+            }
+        });
+    }
+
+    /// `softmax(q·kᵀ)·v` for every (image, head) in parallel into `out` = `[n, heads, t, hd]`.
+    fn attention(&self, qkv: &[f32], n: usize, t: usize, out: &mut [f32]) {
+        let (d, heads) = (self.d, self.heads);
+        let hd = d / heads;
+        out[..n * t * d]
+            .par_chunks_mut(t * hd)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; t * t],
+                |s, (task, o)| {
+                    let (img, head) = (task / heads, task % heads);
+                    let at = |part: usize| {
+                        View::rows(&qkv[img * t * 3 * d + part * d + head * hd..], t, hd, 3 * d)
+                    };
+                    matmul(s, t, at(0), at(1).t(), false, 1);
+                    kernels::softmax_rows(s, t);
+                    matmul(o, hd, View::dense(s, t, t), at(2), false, 1);
+                },
+            );
+    }
+
+    /// `[n, heads, t, hd]` → `[n·t, d]`.
+    fn merge_heads(&self, heads: &[f32], t: usize, out: &mut [f32]) {
+        let (d, nh) = (self.d, self.heads);
+        let hd = d / nh;
+        out.par_chunks_mut(t * d)
+            .zip(heads.par_chunks(t * d))
+            .for_each(|(o, src)| {
+                for (tok, row) in o.chunks_exact_mut(d).enumerate() {
+                    for (head, seg) in row.chunks_exact_mut(hd).enumerate() {
+                        seg.copy_from_slice(&src[(head * t + tok) * hd..][..hd]);
+                    }
+                }
+            });
+    }
+}
