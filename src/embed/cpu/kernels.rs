@@ -8,11 +8,50 @@
 
 use crate::embed::Activation;
 
-/// Defines `fn NAME(args)` that runs `body` compiled for the best instruction set of this CPU.
+/// Instruction sets the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2Fma,
+    Baseline,
+}
+
+impl Isa {
+    /// The best one this CPU runs (the detection is cached by std).
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512vl") && has!("avx512dq") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Baseline
+    }
+
+    /// Every variant this CPU can run, best first (tests hold each to the reference).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Self> {
+        let all = [Isa::Avx512, Isa::Avx2Fma, Isa::Baseline];
+        let best = all.iter().position(|&i| i == Isa::detect()).unwrap_or(2);
+        all[best..].to_vec()
+    }
+}
+
+/// Defines `NAME(args)`, running `body` compiled for the best instruction set of this CPU, and
+/// `NAME_ON(isa, args)` for a chosen one (never one the CPU lacks: that falls back to baseline).
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident / $on:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
+            $on(Isa::detect(), $($arg),*)
+        }
+
+        /// As the function above, compiled for `isa`.
+        $vis fn $on(isa: Isa, $($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -25,20 +64,17 @@ macro_rules! multiversion {
                 fn v3($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
+                let best = Isa::detect();
+                if isa == Isa::Avx512 && best == Isa::Avx512 {
                     // SAFETY: the CPU has every feature `v4` was compiled for.
                     return unsafe { v4($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above, for `v3`.
+                if isa == Isa::Avx2Fma && best != Isa::Baseline {
+                    // SAFETY: as above, for `v3` (every AVX-512 CPU here also has AVX2 + FMA).
                     return unsafe { v3($($arg),*) };
                 }
             }
+            let _ = isa;
             body($($arg),*)
         }
     };
@@ -143,7 +179,7 @@ fn silu(x: f32) -> f32 {
 multiversion! {
     /// LayerNorm of every row of `x` (rows of `gamma.len()`) into `out` (biased variance, as
     /// PyTorch).
-    pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    pub(crate) fn layer_norm / layer_norm_on(x: &[f32], out: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
         let d = gamma.len();
         for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let mean = sum(row) / d as f32;
@@ -157,7 +193,7 @@ multiversion! {
 
 multiversion! {
     /// `x ← act(x)` in place.
-    pub(crate) fn activate(x: &mut [f32], act: Activation) {
+    pub(crate) fn activate / activate_on(x: &mut [f32], act: Activation) {
         match act {
             Activation::Gelu => x.iter_mut().for_each(|v| *v = gelu(*v)),
             Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
@@ -167,7 +203,7 @@ multiversion! {
 
 multiversion! {
     /// Gated MLP: rows of `h` are `[gate | up]` (2 × `width`); rows of `out` get `act(gate) · up`.
-    pub(crate) fn gated(h: &[f32], out: &mut [f32], width: usize, act: Activation) {
+    pub(crate) fn gated / gated_on(h: &[f32], out: &mut [f32], width: usize, act: Activation) {
         for (row, o) in h.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
             let (gate, up) = row.split_at(width);
             match act {
@@ -188,7 +224,7 @@ multiversion! {
 
 multiversion! {
     /// Softmax of every row (`cols` wide) in place.
-    pub(crate) fn softmax_rows(s: &mut [f32], cols: usize) {
+    pub(crate) fn softmax_rows / softmax_rows_on(s: &mut [f32], cols: usize) {
         for row in s.chunks_exact_mut(cols) {
             let m = max(row);
             row.iter_mut().for_each(|v| *v = exp(*v - m));
@@ -200,7 +236,7 @@ multiversion! {
 
 multiversion! {
     /// Adds `bias` to every row of `x`.
-    pub(crate) fn add_rows(x: &mut [f32], bias: &[f32]) {
+    pub(crate) fn add_rows / add_rows_on(x: &mut [f32], bias: &[f32]) {
         for row in x.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
@@ -212,7 +248,7 @@ multiversion! {
 multiversion! {
     /// Rotary embedding of every `head_dim` segment of `x` with one token's `cos`/`sin` rows:
     /// `x·cos + [−x₂, x₁]·sin`.
-    pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    pub(crate) fn rope / rope_on(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         let hd = cos.len();
         let half = hd / 2;
         let (c1, c2) = cos.split_at(half);
@@ -276,44 +312,58 @@ mod tests {
     }
 
     #[test]
-    fn layer_norm_softmax_and_activations_match_their_definitions() {
+    fn layer_norm_softmax_and_activations_match_their_definitions_on_every_isa() {
         let d = 37;
         let x: Vec<f32> = (0..3 * d)
             .map(|i| ((i * 17 % 23) as f32 - 11.0) / 3.0)
             .collect();
         let gamma: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / d as f32).collect();
         let beta: Vec<f32> = (0..d).map(|i| i as f32 * 0.01).collect();
-        let mut out = vec![0f32; 3 * d];
-        layer_norm(&x, &mut out, &gamma, &beta, 1e-5);
-        for (row, o) in x.chunks(d).zip(out.chunks(d)) {
-            let m = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-            let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / d as f64;
-            for i in 0..d {
-                let want =
-                    (row[i] as f64 - m) / (var + 1e-5).sqrt() * gamma[i] as f64 + beta[i] as f64;
-                assert!((o[i] as f64 - want).abs() < 1e-5);
+        let isas = Isa::available();
+        assert_eq!(isas.last(), Some(&Isa::Baseline));
+        for isa in isas {
+            let mut out = vec![0f32; 3 * d];
+            layer_norm_on(isa, &x, &mut out, &gamma, &beta, 1e-5);
+            for (row, o) in x.chunks(d).zip(out.chunks(d)) {
+                let m = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    let want = (row[i] as f64 - m) / (var + 1e-5).sqrt() * gamma[i] as f64
+                        + beta[i] as f64;
+                    assert!((o[i] as f64 - want).abs() < 1e-5, "{isa:?}");
+                }
             }
-        }
-        let mut s = x.clone();
-        softmax_rows(&mut s, d);
-        for (row, p) in x.chunks(d).zip(s.chunks(d)) {
-            let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
-            for i in 0..d {
-                assert!((p[i] as f64 - (row[i] as f64).exp() / z).abs() < 1e-6);
+            let mut s = x.clone();
+            softmax_rows_on(isa, &mut s, d);
+            for (row, p) in x.chunks(d).zip(s.chunks(d)) {
+                let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+                for i in 0..d {
+                    assert!(
+                        (p[i] as f64 - (row[i] as f64).exp() / z).abs() < 1e-6,
+                        "{isa:?}"
+                    );
+                }
             }
+            let mut g = x.clone();
+            activate_on(isa, &mut g, Activation::Gelu);
+            let mut si = x.clone();
+            activate_on(isa, &mut si, Activation::Silu);
+            for i in 0..x.len() {
+                let v = x[i] as f64;
+                let gelu = 0.5 * v * (1.0 + libm_erf(v / 2f64.sqrt()));
+                assert!((g[i] as f64 - gelu).abs() < 1e-6, "{isa:?}");
+                assert!(
+                    (si[i] as f64 - v / (1.0 + (-v).exp())).abs() < 1e-6,
+                    "{isa:?}"
+                );
+            }
+            let mut o = vec![0f32; d];
+            gated_on(isa, &x[..2 * d], &mut o, d, Activation::Silu);
+            assert!((o[3] - si[3] * x[d + 3]).abs() < 1e-6, "{isa:?}");
+            let mut b = x.clone();
+            add_rows_on(isa, &mut b, &beta);
+            assert!((b[d + 5] - x[d + 5] - beta[5]).abs() < 1e-7, "{isa:?}");
         }
-        let mut g = x.clone();
-        activate(&mut g, Activation::Gelu);
-        let mut si = x.clone();
-        activate(&mut si, Activation::Silu);
-        for i in 0..x.len() {
-            let v = x[i] as f64;
-            assert!((g[i] as f64 - 0.5 * v * (1.0 + libm_erf(v / 2f64.sqrt()))).abs() < 1e-6);
-            assert!((si[i] as f64 - v / (1.0 + (-v).exp())).abs() < 1e-6);
-        }
-        let mut o = vec![0f32; d];
-        gated(&x[..2 * d], &mut o, d, Activation::Silu);
-        assert!((o[3] - si[3] * x[d + 3]).abs() < 1e-6);
     }
 
     #[test]
@@ -322,17 +372,19 @@ mod tests {
         let cos: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.3).cos()).collect();
         let sin: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.3).sin()).collect();
         let x: Vec<f32> = (0..2 * hd).map(|i| i as f32 - 4.0).collect();
-        let mut y = x.clone();
-        rope(&mut y, &cos, &sin);
-        for seg in 0..2 {
-            let (xs, ys) = (&x[seg * hd..][..hd], &y[seg * hd..][..hd]);
-            for j in 0..hd {
-                let rot = if j < hd / 2 {
-                    -xs[j + hd / 2]
-                } else {
-                    xs[j - hd / 2]
-                };
-                assert!((ys[j] - (xs[j] * cos[j] + rot * sin[j])).abs() < 1e-6);
+        for isa in Isa::available() {
+            let mut y = x.clone();
+            rope_on(isa, &mut y, &cos, &sin);
+            for seg in 0..2 {
+                let (xs, ys) = (&x[seg * hd..][..hd], &y[seg * hd..][..hd]);
+                for j in 0..hd {
+                    let rot = if j < hd / 2 {
+                        -xs[j + hd / 2]
+                    } else {
+                        xs[j - hd / 2]
+                    };
+                    assert!((ys[j] - (xs[j] * cos[j] + rot * sin[j])).abs() < 1e-6);
+                }
             }
         }
     }
