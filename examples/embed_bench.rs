@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         .map(|b| b.parse().context("batch sizes are integers"))
         .collect::<Result<_>>()?;
     let iters = if device == ComputeDevice::Cuda { 20 } else { 3 };
-    let plan = roadwork::embed::device::EmbedBenchPlan {
+    let plan = roadwork::bench::embed::EmbedBenchPlan {
         models: models.clone(),
         batches: batches.clone(),
         iters,

@@ -520,7 +520,7 @@ struct BenchEmbed {
 
 fn bench_embed(b: BenchEmbed) -> Result<()> {
     use roadwork::bench::embed::{join_torch, markdown, run_torch};
-    let plan = roadwork::embed::device::EmbedBenchPlan {
+    let plan = roadwork::bench::embed::EmbedBenchPlan {
         models: b.models.clone(),
         batches: b.batches.clone(),
         iters: b.iters,

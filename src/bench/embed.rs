@@ -13,6 +13,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::{Cpu, CpuVit, DinoV3Size, EmbedError, weights};
 
+/// What `roadwork bench embed` measures.
+#[derive(Debug, Clone)]
+pub struct EmbedBenchPlan {
+    pub models: Vec<DinoV3Size>,
+    pub batches: Vec<usize>,
+    /// Timed passes per case (the median is reported).
+    pub iters: usize,
+    pub resolution: usize,
+    /// Threads of the CPU engine (0: one per core).
+    pub cpu_threads: usize,
+    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path).
+    pub burn_cpu: bool,
+}
+
 /// One measured case.
 #[derive(Debug, Clone, Serialize)]
 pub struct EmbedBenchRow {
@@ -79,23 +93,18 @@ fn row(backend: &str, model: DinoV3Size, dtype: &str, batch: usize, ms: f64) -> 
     }
 }
 
-/// Times the CPU engine ([`CpuVit`]) on `threads` threads (0: all cores) for every (model, batch).
-pub fn run_cpu_engine(
-    models: &[DinoV3Size],
-    batches: &[usize],
-    iters: usize,
-    resolution: usize,
-    threads: usize,
-) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+/// Times the CPU engine ([`CpuVit`]) for every (model, batch) of `plan`.
+pub fn run_cpu_engine(plan: &EmbedBenchPlan) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+    let (iters, resolution) = (plan.iters, plan.resolution);
     let mut rows = Vec::new();
-    for &size in models {
+    for &size in &plan.models {
         let cfg = size.config();
         let map = weights::random_weights(&cfg, 0);
         let model = weights::load::<Cpu>(&cfg, &map, &Default::default())?;
         drop(map);
-        let vit = CpuVit::pack(&model, &cfg, threads)?;
+        let vit = CpuVit::pack(&model, &cfg, plan.cpu_threads)?;
         drop(model);
-        for &batch in batches {
+        for &batch in &plan.batches {
             let px = pixels(batch, resolution);
             let mut failed = None;
             let ms = time_ms(iters, || {
@@ -112,24 +121,22 @@ pub fn run_cpu_engine(
     Ok(rows)
 }
 
-/// Times the Burn model on backend `B` for every (model, batch).
+/// Times the Burn model on backend `B` for every (model, batch) of `plan`.
 pub fn run_burn<B: Backend>(
-    models: &[DinoV3Size],
-    batches: &[usize],
-    iters: usize,
-    resolution: usize,
+    plan: &EmbedBenchPlan,
     labels: (&str, &str),
     device: &B::Device,
 ) -> Vec<EmbedBenchRow> {
+    let (iters, resolution) = (plan.iters, plan.resolution);
     let mut rows = Vec::new();
-    for &size in models {
+    for &size in &plan.models {
         let cfg = size.config();
         let map = weights::random_weights(&cfg, 0);
         let Ok(model) = weights::load::<B>(&cfg, &map, device) else {
             continue;
         };
         drop(map);
-        for &batch in batches {
+        for &batch in &plan.batches {
             let x = Tensor::<B, 4>::from_data(
                 TensorData::new(
                     pixels(batch, resolution),

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "cuda")]
 use super::Embedder;
 use super::{CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, embed_store};
-use crate::bench::embed::{EmbedBenchRow, run_burn, run_cpu_engine};
-use crate::embed::DinoV3Size;
+use crate::bench::embed::{EmbedBenchPlan, EmbedBenchRow, run_burn, run_cpu_engine};
 use crate::imaging::DecodeLimits;
 use crate::store::Store;
 
@@ -85,58 +84,27 @@ pub fn load_encoder(
     })
 }
 
-/// What `roadwork bench embed` measures.
-#[derive(Debug, Clone)]
-pub struct EmbedBenchPlan {
-    pub models: Vec<DinoV3Size>,
-    pub batches: Vec<usize>,
-    /// Timed passes per case (the median is reported).
-    pub iters: usize,
-    pub resolution: usize,
-    /// Threads of the CPU engine (0: one per core).
-    pub cpu_threads: usize,
-    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path).
-    pub burn_cpu: bool,
-}
-
 /// Times the encoder on `device` at each precision in `precisions`.
 pub fn bench(
     device: ComputeDevice,
     precisions: &[Precision],
     plan: &EmbedBenchPlan,
 ) -> Result<Vec<EmbedBenchRow>, EmbedError> {
-    let (models, batches, iters, resolution) =
-        (&plan.models, &plan.batches, plan.iters, plan.resolution);
     let mut rows = Vec::new();
     for &p in precisions {
         let label = p.torch_name();
         match (device, p) {
             (ComputeDevice::Cpu, Precision::F32) => {
-                rows.extend(run_cpu_engine(
-                    models,
-                    batches,
-                    iters,
-                    resolution,
-                    plan.cpu_threads,
-                )?);
+                rows.extend(run_cpu_engine(plan)?);
                 if plan.burn_cpu {
-                    rows.extend(run_burn::<super::Cpu>(
-                        models,
-                        batches,
-                        iters,
-                        resolution,
-                        ("burn-ndarray", label),
-                        &Default::default(),
-                    ));
+                    let labels = ("burn-ndarray", label);
+                    rows.extend(run_burn::<super::Cpu>(plan, labels, &Default::default()));
                 }
             }
             #[cfg(feature = "cuda")]
             (ComputeDevice::Cuda, Precision::F32) => {
                 rows.extend(run_burn::<burn::backend::Cuda<f32>>(
-                    models,
-                    batches,
-                    iters,
-                    resolution,
+                    plan,
                     ("burn-cuda", label),
                     &Default::default(),
                 ))
@@ -144,10 +112,7 @@ pub fn bench(
             #[cfg(feature = "cuda")]
             (ComputeDevice::Cuda, Precision::Bf16) => {
                 rows.extend(run_burn::<burn::backend::Cuda<half::bf16>>(
-                    models,
-                    batches,
-                    iters,
-                    resolution,
+                    plan,
                     ("burn-cuda", label),
                     &Default::default(),
                 ))
