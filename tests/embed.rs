@@ -84,7 +84,7 @@ fn run_cpu(
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let model = weights::load::<Cpu>(cfg, map, &Default::default()).unwrap();
-    let vit = CpuVit::pack(&model, cfg, threads).unwrap();
+    let vit = CpuVit::pack(model, cfg, threads).unwrap();
     let (shape, px) = read(io, "pixel_values");
     let hidden = vit.forward(&px, shape[0], shape[2], shape[3]).unwrap();
     let d = cfg.hidden_size;
@@ -168,7 +168,7 @@ fn cpu_engine_matches_the_burn_module_on_larger_inputs() {
             .unwrap();
         assert_eq!(want.len(), n * (5 + 4 * 7) * 96);
         for threads in [1, 2, 3] {
-            let got = CpuVit::pack(&model, &cfg, threads)
+            let got = CpuVit::pack(model.clone(), &cfg, threads)
                 .unwrap()
                 .forward(&px, n, h, w)
                 .unwrap();
@@ -186,7 +186,7 @@ fn cpu_engine_refuses_inconsistent_shapes_with_a_reason() {
     let cfg = tiny(false);
     let map = weights::random_weights(&cfg, 1);
     let model = weights::load::<Cpu>(&cfg, &map, &Default::default()).unwrap();
-    let vit = CpuVit::pack(&model, &cfg, 2).unwrap();
+    let vit = CpuVit::pack(model, &cfg, 2).unwrap();
     let px = vec![0.0f32; 3 * 32 * 32];
     let e = vit.forward(&px, 1, 32, 40).unwrap_err().to_string();
     assert!(e.contains("32×40") && e.contains("multiples of 16"), "{e}");
@@ -421,7 +421,7 @@ fn features_have_the_configured_shape_and_norm() {
             &Default::default(),
         )
         .unwrap();
-        let fast = CpuEncoder::from_embedder(&e, 2).unwrap();
+        let fast = CpuEncoder::load_with(&tiny_embed_config(kind), tiny(false), Some(&w)).unwrap();
         let v = e.embed_images(&imgs).unwrap();
         assert_eq!((v.len(), v[0].len(), e.dim()), (2, dim, dim));
         for x in &v {

@@ -102,8 +102,7 @@ pub fn run_cpu_engine(plan: &EmbedBenchPlan) -> Result<Vec<EmbedBenchRow>, Embed
         let map = weights::random_weights(&cfg, 0);
         let model = weights::load::<Cpu>(&cfg, &map, &Default::default())?;
         drop(map);
-        let vit = CpuVit::pack(&model, &cfg, plan.cpu_threads)?;
-        drop(model);
+        let vit = CpuVit::pack(model, &cfg, plan.cpu_threads)?;
         for &batch in &plan.batches {
             let px = pixels(batch, resolution);
             let mut failed = None;

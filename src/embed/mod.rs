@@ -331,6 +331,11 @@ impl<B: Backend> Embedder<B> {
         &self.arch
     }
 
+    /// The module, its architecture and the output spec (the CPU engine packs the module).
+    pub fn into_parts(self) -> (DinoV3<B>, DinoV3Config, EncoderSpec) {
+        (self.model, self.arch, self.spec)
+    }
+
     /// Runs the encoder on already-normalised pixels `[n, 3, h, w]` (flattened).
     pub fn forward_pixels(&self, pixels: Vec<f32>, n: usize) -> DinoV3Output<B> {
         let (h, w) = (self.spec.pre.height as usize, self.spec.pre.width as usize);

@@ -100,11 +100,12 @@ fn values<const D: usize>(t: Tensor<Cpu, D>) -> Result<Vec<f32>, EmbedError> {
         .map_err(|e| EmbedError::Engine(format!("reading a parameter: {e:?}")))
 }
 
-fn dense(lin: &burn::nn::Linear<Cpu>, col_scale: Option<&[f32]>) -> Result<Dense, EmbedError> {
+/// Takes the layer apart (its parameters are moved, not copied, where nothing else holds them).
+fn dense(lin: burn::nn::Linear<Cpu>, col_scale: Option<&[f32]>) -> Result<Dense, EmbedError> {
     let [k, n] = lin.weight.dims();
-    let mut w = values(lin.weight.val())?;
-    let mut b = match &lin.bias {
-        Some(b) => values(b.val())?,
+    let mut w = values(lin.weight.into_value())?;
+    let mut b = match lin.bias {
+        Some(b) => values(b.into_value())?,
         None => vec![0.0; n],
     };
     if let Some(s) = col_scale {
@@ -129,10 +130,10 @@ fn concat(parts: Vec<Dense>) -> Dense {
     Dense { w, b, k, n }
 }
 
-fn norm(n: &burn::nn::LayerNorm<Cpu>) -> Result<Norm, EmbedError> {
-    let gamma = values(n.gamma.val())?;
-    let beta = match &n.beta {
-        Some(b) => values(b.val())?,
+fn norm(n: burn::nn::LayerNorm<Cpu>) -> Result<Norm, EmbedError> {
+    let gamma = values(n.gamma.into_value())?;
+    let beta = match n.beta {
+        Some(b) => values(b.into_value())?,
         None => vec![0.0; gamma.len()],
     };
     Ok(Norm { gamma, beta })
@@ -144,9 +145,11 @@ fn rows_per_task(rows: usize, threads: usize) -> usize {
 }
 
 impl CpuVit {
-    /// Packs `model` (architecture `arch`) to run on `threads` threads (0: one per core).
+    /// Packs `model` (architecture `arch`) to run on `threads` threads (0: one per core). The
+    /// module is consumed layer by layer, so packing needs about one layer of extra memory, not a
+    /// second copy of the model.
     pub fn pack(
-        model: &DinoV3<Cpu>,
+        model: DinoV3<Cpu>,
         arch: &DinoV3Config,
         threads: usize,
     ) -> Result<Self, EmbedError> {
@@ -162,34 +165,39 @@ impl CpuVit {
             .map_err(|e| EmbedError::Engine(format!("starting {threads} threads: {e}")))?;
         let scale = 1.0 / (arch.head_dim() as f32).sqrt();
         let d = arch.hidden_size;
-        let blocks = model
-            .layers
-            .iter()
+        let q_scale = vec![scale; d];
+        let DinoV3 {
+            embeddings,
+            layers,
+            norm: final_norm,
+            ..
+        } = model;
+        let blocks = layers
+            .into_iter()
             .map(|l| {
-                let a = &l.attention;
-                let ls1 = values(l.layer_scale1.val())?;
-                let ls2 = values(l.layer_scale2.val())?;
-                let q_scale = vec![scale; d];
-                let mlp_in = match &l.mlp.gate_proj {
-                    Some(g) => concat(vec![dense(g, None)?, dense(&l.mlp.up_proj, None)?]),
-                    None => dense(&l.mlp.up_proj, None)?,
+                let a = l.attention;
+                let ls1 = values(l.layer_scale1.into_value())?;
+                let ls2 = values(l.layer_scale2.into_value())?;
+                let mlp_in = match l.mlp.gate_proj {
+                    Some(g) => concat(vec![dense(g, None)?, dense(l.mlp.up_proj, None)?]),
+                    None => dense(l.mlp.up_proj, None)?,
                 };
                 Ok(PackedBlock {
-                    norm1: norm(&l.norm1)?,
+                    norm1: norm(l.norm1)?,
                     qkv: concat(vec![
-                        dense(&a.q_proj, Some(&q_scale))?,
-                        dense(&a.k_proj, None)?,
-                        dense(&a.v_proj, None)?,
+                        dense(a.q_proj, Some(&q_scale))?,
+                        dense(a.k_proj, None)?,
+                        dense(a.v_proj, None)?,
                     ]),
-                    o: dense(&a.o_proj, Some(&ls1))?,
-                    norm2: norm(&l.norm2)?,
+                    o: dense(a.o_proj, Some(&ls1))?,
+                    norm2: norm(l.norm2)?,
                     up: mlp_in,
-                    down: dense(&l.mlp.down_proj, Some(&ls2))?,
+                    down: dense(l.mlp.down_proj, Some(&ls2))?,
                 })
             })
             .collect::<Result<Vec<_>, EmbedError>>()?;
-        let mut prefix_tokens = values(model.embeddings.cls_token.val())?;
-        prefix_tokens.extend(values(model.embeddings.register_tokens.val())?);
+        let mut prefix_tokens = values(embeddings.cls_token.into_value())?;
+        prefix_tokens.extend(values(embeddings.register_tokens.into_value())?);
         Ok(Self {
             d,
             heads: arch.num_attention_heads,
@@ -201,10 +209,10 @@ impl CpuVit {
             act: arch.hidden_act,
             eps: arch.layer_norm_eps as f32,
             rope_theta: arch.rope_theta,
-            patch_embed: dense(&model.embeddings.patch, None)?,
+            patch_embed: dense(embeddings.patch, None)?,
             prefix_tokens,
             blocks,
-            norm: norm(&model.norm)?,
+            norm: norm(final_norm)?,
             threads,
             pool,
         })

@@ -37,14 +37,15 @@ impl CpuEncoder {
         weights: Option<&Path>,
     ) -> Result<Self, EmbedError> {
         let e = Embedder::<Cpu>::load_with(cfg, arch, weights, &Default::default())?;
-        Self::from_embedder(&e, cfg.cpu_threads)
+        Self::from_embedder(e, cfg.cpu_threads)
     }
 
-    /// Packs an already loaded Burn encoder (its parameters are copied; it can be dropped).
-    pub fn from_embedder(e: &Embedder<Cpu>, threads: usize) -> Result<Self, EmbedError> {
+    /// Packs a loaded Burn encoder (consumed: its parameters move into the engine).
+    pub fn from_embedder(e: Embedder<Cpu>, threads: usize) -> Result<Self, EmbedError> {
+        let (model, arch, spec) = e.into_parts();
         Ok(Self {
-            vit: CpuVit::pack(e.model(), e.arch(), threads)?,
-            spec: e.spec().clone(),
+            vit: CpuVit::pack(model, &arch, threads)?,
+            spec,
         })
     }
 
