@@ -222,6 +222,9 @@ impl EncoderSpec {
     pub fn features_from_hidden(&self, hidden: &[f32], n: usize) -> Vec<Vec<f32>> {
         let d = self.hidden;
         let t = hidden.len() / (n * d).max(1);
+        if t <= self.prefix {
+            return Vec::new();
+        }
         hidden
             .chunks_exact(t * d)
             .take(n)
