@@ -329,11 +329,6 @@ impl<B: Backend> Embedder<B> {
         &self.model
     }
 
-    /// Its architecture.
-    pub fn arch(&self) -> &DinoV3Config {
-        &self.arch
-    }
-
     /// The module, its architecture and the output spec (the CPU engine packs the module).
     pub fn into_parts(self) -> (DinoV3<B>, DinoV3Config, EncoderSpec) {
         (self.model, self.arch, self.spec)

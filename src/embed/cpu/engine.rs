@@ -6,6 +6,8 @@
 //! inside the GEMM, the 1/√d attention scale folded into the query weights, attention per
 //! (image, head) in parallel, and every element-wise step a vectorised pass over row blocks.
 
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use super::gemm::{View, matmul};
@@ -91,6 +93,15 @@ pub struct CpuVit {
     norm: Norm,
     threads: usize,
     pool: rayon::ThreadPool,
+    /// RoPE `cos`/`sin` of the last patch grid seen (an encoder sees one input size).
+    rope: Mutex<Option<Arc<RopeTables>>>,
+}
+
+/// `cos` and `sin`, `[patches, head_dim]`, of one `hp × wp` grid.
+struct RopeTables {
+    grid: (usize, usize),
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 fn values<const D: usize>(t: Tensor<Cpu, D>) -> Result<Vec<f32>, EmbedError> {
@@ -215,12 +226,8 @@ impl CpuVit {
             norm: norm(final_norm)?,
             threads,
             pool,
+            rope: Mutex::new(None),
         })
-    }
-
-    /// Threads of this engine's pool.
-    pub fn threads(&self) -> usize {
-        self.threads
     }
 
     /// `last_hidden_state`, `[n, tokens, hidden]` row-major, for normalised pixels `[n, C, h, w]`.
@@ -256,7 +263,8 @@ impl CpuVit {
 
         let mut x = self.embed_patches(pixels, n, h, w);
         let hd = d / self.heads;
-        let (cos, sin) = rope_values(hp, wp, 0, hd, self.rope_theta);
+        let rope = self.rope_tables(hp, wp, hd);
+        let (cos, sin) = (&rope.cos, &rope.sin);
         let mid = if self.gated {
             2 * self.inter
         } else {
@@ -270,7 +278,7 @@ impl CpuVit {
         for b in &self.blocks {
             self.layer_norm(&x, &mut y, &b.norm1, rpt);
             b.qkv.forward(&y, rows, &mut qkv, th);
-            self.rope(&mut qkv, t, &cos, &sin);
+            self.rope(&mut qkv, t, cos, sin);
             self.attention(&qkv, n, t, &mut heads);
             self.merge_heads(&heads, t, &mut y);
             b.o.forward_add(&y, rows, &mut x, th);
@@ -294,6 +302,29 @@ impl CpuVit {
         }
         self.layer_norm(&x, &mut y, &self.norm, rpt);
         y
+    }
+
+    /// The RoPE tables of a `hp × wp` grid, computed once per grid size.
+    fn rope_tables(&self, hp: usize, wp: usize, hd: usize) -> Arc<RopeTables> {
+        let make = || {
+            let (cos, sin) = rope_values(hp, wp, 0, hd, self.rope_theta);
+            Arc::new(RopeTables {
+                grid: (hp, wp),
+                cos,
+                sin,
+            })
+        };
+        let Ok(mut slot) = self.rope.lock() else {
+            return make();
+        };
+        match slot.as_ref() {
+            Some(t) if t.grid == (hp, wp) => t.clone(),
+            _ => {
+                let t = make();
+                *slot = Some(t.clone());
+                t
+            }
+        }
     }
 
     /// `[n·tokens, d]`: CLS, registers, then the patch projections of each image.

@@ -55,11 +55,6 @@ impl CpuEncoder {
         self.vit
             .forward(pixels, n, p.height as usize, p.width as usize)
     }
-
-    /// Threads the forward pass runs on.
-    pub fn threads(&self) -> usize {
-        self.vit.threads()
-    }
 }
 
 impl ImageEncoder for CpuEncoder {

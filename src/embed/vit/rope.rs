@@ -45,20 +45,20 @@ pub fn rope_values(
             let y = 2.0 * (r as f64 + 0.5) / hp as f64 - 1.0;
             let x = 2.0 * (c as f64 + 0.5) / wp as f64 - 1.0;
             let row = (prefix + r * wp + c) * head_dim;
-            for half in 0..2 {
-                for (k, f) in inv_freq.iter().enumerate() {
-                    // [y-freqs | x-freqs], then the same again.
-                    let (ay, ax) = (
-                        2.0 * std::f64::consts::PI * y * f,
-                        2.0 * std::f64::consts::PI * x * f,
-                    );
-                    let base = row + half * 2 * quarter;
-                    cos[base + k] = ay.cos() as f32;
-                    sin[base + k] = ay.sin() as f32;
-                    cos[base + quarter + k] = ax.cos() as f32;
-                    sin[base + quarter + k] = ax.sin() as f32;
-                }
+            // [y-freqs | x-freqs], then the same again.
+            for (k, f) in inv_freq.iter().enumerate() {
+                let (ay, ax) = (
+                    2.0 * std::f64::consts::PI * y * f,
+                    2.0 * std::f64::consts::PI * x * f,
+                );
+                cos[row + k] = ay.cos() as f32;
+                sin[row + k] = ay.sin() as f32;
+                cos[row + quarter + k] = ax.cos() as f32;
+                sin[row + quarter + k] = ax.sin() as f32;
             }
+            let half = 2 * quarter;
+            cos.copy_within(row..row + half, row + half);
+            sin.copy_within(row..row + half, row + half);
         }
     }
     (cos, sin)
