@@ -41,7 +41,7 @@ fn main() -> Result<()> {
         cpu_threads: 0,
         burn_cpu: false,
     };
-    let mut rows = roadwork::embed::device::bench(device, &precisions, &plan)?;
+    let mut rows = roadwork::bench::embed::run_on(device, &precisions, &plan)?;
     if let Some(script) = args.get(4) {
         let dev = if device == ComputeDevice::Cuda {
             "cuda"

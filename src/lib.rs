@@ -11,7 +11,10 @@
 //! - [`plot`] draws the PNG charts of the reports.
 //! - [`query`] answers ad-hoc SQL over the store through polars.
 //! - [`pipeline`] composes the stages (the offline demo today, the nightly job later).
-//! - [`bench`] measures the stages; the README carries its numbers.
+//! - [`testdata`] generates the deterministic synthetic data that tests and benchmarks share.
+//! - [`bench`] measures the stages (`roadwork bench …`); `docs/BENCHMARKS.md` carries its numbers.
+//!
+//! Layers point down: nothing in the library imports `bench` or the binary's `cli`.
 
 pub mod bench;
 pub mod config;
@@ -25,4 +28,5 @@ pub mod query;
 pub mod serve;
 pub mod store;
 pub mod synth;
+pub mod testdata;
 pub mod train;

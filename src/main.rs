@@ -502,7 +502,7 @@ struct BenchEmbed {
     device: ComputeDevice,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
     precisions: Vec<Precision>,
-    /// PyTorch reference script (default: ../shared/bench/torch_dinov3.py when present).
+    /// PyTorch reference script (default: the repository's benches/torch_dinov3.py).
     #[arg(long)]
     torch_script: Option<PathBuf>,
     /// Skip the PyTorch side.
@@ -528,11 +528,11 @@ fn bench_embed(b: BenchEmbed) -> Result<()> {
         cpu_threads: b.cpu_threads,
         burn_cpu: b.burn_cpu,
     };
-    let mut rows = roadwork::embed::device::bench(b.device, &b.precisions, &plan)?;
+    let mut rows = roadwork::bench::embed::run_on(b.device, &b.precisions, &plan)?;
     if !b.no_torch {
         let script = b
             .torch_script
-            .unwrap_or_else(|| PathBuf::from("../shared/bench/torch_dinov3.py"));
+            .unwrap_or_else(roadwork::bench::embed::default_torch_script);
         let dev = match b.device {
             ComputeDevice::Cpu => "cpu",
             ComputeDevice::Cuda => "cuda",
@@ -654,4 +654,46 @@ async fn store_cmd(cfg: &Config, cmd: StoreCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every leaf command of the real parser, by its path (`["models", "list"]`).
+    fn leaves(cmd: &clap::Command, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+        let subs: Vec<&clap::Command> = cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subs.is_empty() {
+            let help = cmd.clone().render_long_help().to_string();
+            out.push((path.clone(), help));
+            return;
+        }
+        for s in subs {
+            path.push(s.get_name().to_string());
+            leaves(s, path, out);
+            path.pop();
+        }
+    }
+
+    #[test]
+    fn every_subcommand_help_ends_with_an_example() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut found = Vec::new();
+        leaves(&cmd, &mut Vec::new(), &mut found);
+        assert!(found.len() > 20, "only {} commands found", found.len());
+        let missing: Vec<String> = found
+            .iter()
+            .filter(|(_, help)| !help.contains("Example"))
+            .map(|(p, _)| p.join(" "))
+            .collect();
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+        // The walk reaches the nested groups too.
+        assert!(found.iter().any(|(p, _)| p == &["models", "rollback"]));
+    }
 }

@@ -8,7 +8,6 @@
 //! from the previous round (none in the first). The table reports mean ± standard error over seeds.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::prelude::Backend;
 use rand::SeedableRng;
@@ -17,42 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::mine::{Compute, Metric, MineError, Pool, SelectConfig, Strategy, Vectors, select};
-
-/// The labelled digits.
-pub struct Digits {
-    pub x: Vectors,
-    pub y: Vec<usize>,
-}
-
-/// Reads `digits.csv` (`label,p0..p63`); pixels are scaled to [0, 1].
-pub fn load_digits(path: &Path) -> Result<Digits, MineError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| MineError::Config(format!("cannot read {}: {e}", path.display())))?;
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let mut f = line.split(',');
-        let label = f
-            .next()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&l| l < 10)
-            .ok_or_else(|| MineError::Shape(format!("{}:{}: bad label", path.display(), n + 1)))?;
-        let px: Vec<f32> = f.filter_map(|v| v.trim().parse::<f32>().ok()).collect();
-        if px.len() != 64 {
-            return Err(MineError::Shape(format!(
-                "{}:{}: {} pixels, expected 64",
-                path.display(),
-                n + 1,
-                px.len()
-            )));
-        }
-        x.extend(px.iter().map(|v| v / 16.0));
-        y.push(label);
-    }
-    Ok(Digits {
-        x: Vectors::new(x, 64)?,
-        y,
-    })
-}
+pub use crate::testdata::{Digits, load_digits};
 
 /// Multinomial logistic regression: weights `classes × (dim + 1)` (bias last).
 pub struct Softmax {

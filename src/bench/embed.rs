@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{Cpu, CpuVit, DinoV3Size, EmbedError, weights};
+use crate::embed::{ComputeDevice, Cpu, CpuVit, DinoV3Size, EmbedError, Precision, weights};
 
 /// What `roadwork bench embed` measures.
 #[derive(Debug, Clone)]
@@ -229,4 +229,53 @@ pub fn markdown(rows: &[EmbedBenchRow]) -> String {
         ));
     }
     s
+}
+
+/// Times the encoder on `device` at each precision in `precisions`.
+pub fn run_on(
+    device: ComputeDevice,
+    precisions: &[Precision],
+    plan: &EmbedBenchPlan,
+) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+    let mut rows = Vec::new();
+    for &p in precisions {
+        let label = p.torch_name();
+        match (device, p) {
+            (ComputeDevice::Cpu, Precision::F32) => {
+                rows.extend(run_cpu_engine(plan)?);
+                if plan.burn_cpu {
+                    let labels = ("burn-ndarray", label);
+                    rows.extend(run_burn::<Cpu>(plan, labels, &Default::default()));
+                }
+            }
+            #[cfg(feature = "cuda")]
+            (ComputeDevice::Cuda, Precision::F32) => {
+                rows.extend(run_burn::<burn::backend::Cuda<f32>>(
+                    plan,
+                    ("burn-cuda", label),
+                    &Default::default(),
+                ))
+            }
+            #[cfg(feature = "cuda")]
+            (ComputeDevice::Cuda, Precision::Bf16) => {
+                rows.extend(run_burn::<burn::backend::Cuda<half::bf16>>(
+                    plan,
+                    ("burn-cuda", label),
+                    &Default::default(),
+                ))
+            }
+            (d, p) => return Err(crate::embed::device::unsupported(d, p)),
+        }
+    }
+    Ok(rows)
+}
+
+/// The PyTorch timer committed with the repository: `benches/torch_dinov3.py` under the current
+/// directory when run from a checkout, else under the checkout this binary was built from.
+pub fn default_torch_script() -> std::path::PathBuf {
+    let rel = Path::new("benches").join("torch_dinov3.py");
+    if rel.is_file() {
+        return rel;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

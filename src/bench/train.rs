@@ -1,10 +1,9 @@
 //! `roadwork bench train`: head training speed on random clustered features of a given size
 //! (the README's "100k × 1024" row), per epoch and per sample, with peak memory.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::testdata::labelled_clusters;
 use crate::train::{TrainConfig, TrainError, bench_fit};
 
 /// One measured configuration.
@@ -22,32 +21,6 @@ pub struct TrainBenchRow {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// `n` vectors around `centres` random centres; the label is a fixed function of the centre with
-/// 10 % flipped, so the head has something to learn and cannot reach 100 %.
-pub fn clustered(n: usize, dim: usize, centres: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let centres: Vec<Vec<f32>> = (0..centres.max(1))
-        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
-        .collect();
-    let mut x = Vec::with_capacity(n * dim);
-    let mut y = Vec::with_capacity(n);
-    for _ in 0..n {
-        let c = rng.random_range(0..centres.len());
-        x.extend(
-            centres[c]
-                .iter()
-                .map(|v| v + rng.random_range(-0.5f32..0.5)),
-        );
-        let label = (c % 2) as u8;
-        y.push(if rng.random_bool(0.1) {
-            1 - label
-        } else {
-            label
-        });
-    }
-    (x, y)
-}
-
 /// Times `epochs` epochs of one head fit.
 pub fn run(
     cfg: &TrainConfig,
@@ -55,7 +28,7 @@ pub fn run(
     dim: usize,
     epochs: usize,
 ) -> Result<TrainBenchRow, TrainError> {
-    let (x, y) = clustered(n, dim, 64, cfg.seed);
+    let (x, y) = labelled_clusters(n, dim, 64, cfg.seed);
     super::reset_peak_rss();
     let seconds = bench_fit(cfg, &x, &y, dim, epochs)?;
     Ok(TrainBenchRow {

@@ -200,13 +200,7 @@ pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
         MineCmd::Run { model, report } => {
             let head = champion(&cfg, model)?;
             let dir = report.unwrap_or_else(|| cfg.data.dir.join("reports"));
-            let s = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(miner.run(
-                    &c,
-                    head.as_deref(),
-                    Some(&dir),
-                ))
-            })?;
+            let s = miner.run(c, head.as_deref(), Some(&dir)).await?;
             print_mine_summary(&s);
         }
         MineCmd::Select {
@@ -225,16 +219,9 @@ pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
                 Some(f) => Some(sample_ids_where(&store, f).await?),
                 None => None,
             };
-            let (sel, rows) = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(miner.select(
-                    &c,
-                    head.as_deref(),
-                    &name,
-                    budget,
-                    strategy,
-                    only.as_ref(),
-                ))
-            })?;
+            let (sel, rows) = miner
+                .select(c, head.as_deref(), &name, budget, strategy, only.as_ref())
+                .await?;
             println!(
                 "selection {name}: {} samples, strategy {} (asked {}{}){}",
                 rows.len(),

@@ -46,6 +46,7 @@ pub struct EvalArgs {
 #[derive(Subcommand)]
 pub enum ModelsCmd {
     /// Every registered head with its eval metrics; the champion is marked.
+    #[command(after_help = "Example:\n  roadwork models list")]
     List,
     /// One head's model card (JSON).
     #[command(after_help = "Example:\n  roadwork models show head-20261125T101530-3fa2c1")]
@@ -61,8 +62,12 @@ pub enum ModelsCmd {
         force: bool,
     },
     /// Restores the previous champion.
+    #[command(
+        after_help = "The server following CHAMPION.json hot-loads the restored head.\n\nExample:\n  roadwork models rollback"
+    )]
     Rollback,
     /// Prints the champion pointer.
+    #[command(after_help = "Example:\n  roadwork models champion")]
     Champion,
 }
 

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "cuda")]
 use super::Embedder;
 use super::{CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, embed_store};
-use crate::bench::embed::{EmbedBenchPlan, EmbedBenchRow, run_burn, run_cpu_engine};
 use crate::imaging::DecodeLimits;
 use crate::store::Store;
 
@@ -43,7 +42,8 @@ impl Precision {
     }
 }
 
-fn unsupported(device: ComputeDevice, precision: Precision) -> EmbedError {
+/// The error for a device/precision pair this build cannot run.
+pub fn unsupported(device: ComputeDevice, precision: Precision) -> EmbedError {
     EmbedError::Unsupported(match (device, precision) {
         (ComputeDevice::Cpu, Precision::Bf16) => "bf16 is supported on CUDA only".into(),
         _ => "this build has no CUDA support; rebuild with `--features cuda`".into(),
@@ -82,43 +82,4 @@ pub fn load_encoder(
         )?),
         (d, p) => return Err(unsupported(d, p)),
     })
-}
-
-/// Times the encoder on `device` at each precision in `precisions`.
-pub fn bench(
-    device: ComputeDevice,
-    precisions: &[Precision],
-    plan: &EmbedBenchPlan,
-) -> Result<Vec<EmbedBenchRow>, EmbedError> {
-    let mut rows = Vec::new();
-    for &p in precisions {
-        let label = p.torch_name();
-        match (device, p) {
-            (ComputeDevice::Cpu, Precision::F32) => {
-                rows.extend(run_cpu_engine(plan)?);
-                if plan.burn_cpu {
-                    let labels = ("burn-ndarray", label);
-                    rows.extend(run_burn::<super::Cpu>(plan, labels, &Default::default()));
-                }
-            }
-            #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::F32) => {
-                rows.extend(run_burn::<burn::backend::Cuda<f32>>(
-                    plan,
-                    ("burn-cuda", label),
-                    &Default::default(),
-                ))
-            }
-            #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::Bf16) => {
-                rows.extend(run_burn::<burn::backend::Cuda<half::bf16>>(
-                    plan,
-                    ("burn-cuda", label),
-                    &Default::default(),
-                ))
-            }
-            (d, p) => return Err(unsupported(d, p)),
-        }
-    }
-    Ok(rows)
 }

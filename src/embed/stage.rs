@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{EmbedConfig, EmbedError, ImageEncoder};
 use crate::imaging::{DecodeLimits, decode};
 use crate::ingest::Skipped;
-use crate::store::{IndexOutcome, RunRow, SampleId, Store, embeddings_table, tables};
+use crate::store::{IndexOutcome, RunKind, RunLedger, SampleId, Store, embeddings_table, tables};
 
 /// What one embed run did.
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +94,8 @@ fn prepare(
     (ok, skipped)
 }
 
-/// Embeds every pending sample of `store` with `embedder`.
+/// Embeds every pending sample of `store` with `embedder`, recorded in the run ledger (a failure
+/// closes the run as failed; the chunks already committed stay).
 pub async fn embed_store(
     store: &Store,
     embedder: Arc<dyn ImageEncoder>,
@@ -103,8 +103,34 @@ pub async fn embed_store(
     limits: DecodeLimits,
     progress: bool,
 ) -> Result<EmbedSummary, EmbedError> {
+    let params = serde_json::json!({ "model_id": embedder.model_id(), "config": cfg });
+    let mut run = RunLedger::start(store, RunKind::Embed, params).await?;
+    match embed_pending(store, embedder, cfg, limits, progress, &mut run).await {
+        Ok(summary) => {
+            run.finish(&summary).await?;
+            Ok(summary)
+        }
+        Err(e) => {
+            run.fail(&e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn embed_pending(
+    store: &Store,
+    embedder: Arc<dyn ImageEncoder>,
+    cfg: &EmbedConfig,
+    limits: DecodeLimits,
+    progress: bool,
+    run: &mut RunLedger,
+) -> Result<EmbedSummary, EmbedError> {
     let started = Instant::now();
     let model_id = embedder.model_id().to_string();
+    let versions = store.versions().await?;
+    if let Some(&v) = versions.get(tables::SAMPLES) {
+        run.read(tables::SAMPLES, v);
+    }
     let table = store
         .ensure_embeddings_table(&model_id, embedder.dim())
         .await?;
@@ -117,17 +143,6 @@ pub async fn embed_store(
         .filter_map(|id| id.parse().ok())
         .collect();
     pending.sort();
-    let run_id = crate::ingest::new_run_id("embed");
-    let mut run = RunRow {
-        run_id: run_id.clone(),
-        kind: "embed".into(),
-        started_at: Utc::now(),
-        finished_at: None,
-        status: "running".into(),
-        params: serde_json::json!({ "model_id": model_id, "config": cfg }).to_string(),
-        summary: "{}".into(),
-    };
-    store.record_run(&run).await?;
     if embedder.is_random() {
         tracing::warn!(model = %model_id, "no weights given: embedding with a RANDOM model");
     }
@@ -137,7 +152,7 @@ pub async fn embed_store(
         indicatif::ProgressBar::hidden()
     };
     let mut summary = EmbedSummary {
-        run_id,
+        run_id: run.id().to_string(),
         model_id: model_id.clone(),
         table: table.clone(),
         random_weights: embedder.is_random(),
@@ -177,9 +192,10 @@ pub async fn embed_store(
                 reason: "model produced a non-finite vector".into(),
             }));
         if !good.is_empty() {
-            store
+            let w = store
                 .put_embeddings(&model_id, embedder.dim(), &good)
                 .await?;
+            run.wrote(&table, &w);
         }
         summary.embedded += good.len();
         bar.inc(chunk.len() as u64);
@@ -200,9 +216,5 @@ pub async fn embed_store(
     };
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.images_per_s = summary.embedded as f64 / summary.elapsed_s.max(1e-9);
-    run.finished_at = Some(Utc::now());
-    run.status = "ok".into();
-    run.summary = serde_json::to_string(&summary).unwrap_or_else(|_| "{}".into());
-    store.record_run(&run).await?;
     Ok(summary)
 }

@@ -2,12 +2,9 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
-use rand::Rng;
-
 use super::{IngestError, IngestSummary, Skipped};
 use crate::config::IngestConfig;
-use crate::store::{LabelRow, PredictionRow, RunRow, SampleRow, Store};
+use crate::store::{LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, Store, tables};
 
 /// What one input item contributes.
 #[derive(Debug, Default)]
@@ -26,15 +23,9 @@ pub(crate) struct Writer {
     predictions: Vec<PredictionRow>,
     pending_bytes: usize,
     offered_samples: usize,
-    run: RunRow,
+    run: RunLedger,
     started: Instant,
     pub summary: IngestSummary,
-}
-
-/// A run id that sorts by time and does not collide between concurrent runs.
-pub fn new_run_id(kind: &str) -> String {
-    let suffix: u16 = rand::rng().random();
-    format!("{kind}-{}-{suffix:04x}", Utc::now().format("%Y%m%dT%H%M%S"))
 }
 
 impl Writer {
@@ -42,21 +33,12 @@ impl Writer {
     pub async fn start(
         store: &Store,
         cfg: &IngestConfig,
-        kind: &str,
+        kind: RunKind,
         input: String,
         params: serde_json::Value,
     ) -> Result<Self, IngestError> {
-        let run_id = new_run_id(&format!("ingest-{kind}"));
-        let run = RunRow {
-            run_id: run_id.clone(),
-            kind: format!("ingest-{kind}"),
-            started_at: Utc::now(),
-            finished_at: None,
-            status: "running".into(),
-            params: params.to_string(),
-            summary: "{}".into(),
-        };
-        store.record_run(&run).await?;
+        let run = RunLedger::start(store, kind, params).await?;
+        let run_id = run.id().to_string();
         Ok(Self {
             store: store.clone(),
             cfg: cfg.clone(),
@@ -69,7 +51,7 @@ impl Writer {
             started: Instant::now(),
             summary: IngestSummary {
                 run_id,
-                kind: kind.into(),
+                kind: kind.as_str().trim_start_matches("ingest-").into(),
                 input,
                 ..Default::default()
             },
@@ -108,18 +90,21 @@ impl Writer {
     pub async fn flush(&mut self) -> Result<(), IngestError> {
         if !self.samples.is_empty() {
             let r = self.store.insert_samples(&self.samples).await?;
+            self.run.wrote(tables::SAMPLES, &r);
             self.summary.new_samples += r.inserted;
             self.summary.commits += 1;
             self.samples.clear();
         }
         if !self.labels.is_empty() {
             let r = self.store.put_labels(&self.labels).await?;
+            self.run.wrote(tables::LABELS, &r);
             self.summary.labels_written += r.inserted + r.updated;
             self.summary.commits += 1;
             self.labels.clear();
         }
         if !self.predictions.is_empty() {
             let r = self.store.insert_predictions(&self.predictions).await?;
+            self.run.wrote(tables::PREDICTIONS, &r);
             self.summary.predictions_written += r.inserted;
             self.summary.commits += 1;
             self.predictions.clear();
@@ -140,10 +125,7 @@ impl Writer {
             .offered_samples
             .saturating_sub(self.summary.new_samples as usize);
         self.summary.elapsed_s = self.started.elapsed().as_secs_f64();
-        self.run.finished_at = Some(Utc::now());
-        self.run.status = "ok".into();
-        self.run.summary = serde_json::to_string(&self.summary).unwrap_or_else(|_| "{}".into());
-        self.store.record_run(&self.run).await?;
+        self.run.finish(&self.summary).await?;
         tracing::info!(
             run = %self.summary.run_id,
             new = self.summary.new_samples,
@@ -154,13 +136,8 @@ impl Writer {
     }
 
     /// Marks the run failed in the ledger (best effort) and passes the error on.
-    pub async fn fail(mut self, err: IngestError) -> IngestError {
-        self.run.finished_at = Some(Utc::now());
-        self.run.status = "failed".into();
-        self.run.summary = serde_json::json!({ "error": err.to_string() }).to_string();
-        if let Err(e) = self.store.record_run(&self.run).await {
-            tracing::warn!(error = %e, "could not record the failed run");
-        }
+    pub async fn fail(self, err: IngestError) -> IngestError {
+        self.run.fail(&err).await;
         err
     }
 }

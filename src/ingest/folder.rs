@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
 use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use crate::store::RunKind;
 use crate::store::manifest::{MANIFEST_FILE, ManifestEntry};
 use crate::store::{Era, Label, LabelRow, LabelSource, SampleRow, SampleSource};
 
@@ -211,7 +212,7 @@ impl Ingestor {
         let mut w = Writer::start(
             &self.store,
             &self.cfg,
-            "folder",
+            RunKind::IngestFolder,
             root.display().to_string(),
             params,
         )

@@ -20,7 +20,6 @@ use crate::config::IngestConfig;
 use crate::imaging::{DecodeError, DecodeLimits, decode, phash};
 use crate::store::{SampleId, StoreError};
 
-pub use batch::new_run_id;
 pub use folder::FolderOptions;
 pub use natix::{NatixOptions, REQUIRED_COLUMNS as NATIX_REQUIRED_COLUMNS};
 pub use summary::{IngestSummary, Skipped};

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
 use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use crate::store::RunKind;
 use crate::store::{Era, Label, LabelRow, LabelSource, SampleRow, SampleSource};
 
 /// Columns a NATIX shard must have.
@@ -220,7 +221,8 @@ impl Ingestor {
             .collect::<Vec<_>>()
             .join(", ");
         let params = serde_json::json!({ "files": input, "dataset": opts.dataset_name });
-        let mut w = Writer::start(&self.store, &self.cfg, "natix", input, params).await?;
+        let mut w =
+            Writer::start(&self.store, &self.cfg, RunKind::IngestNatix, input, params).await?;
         let bar = self.bar(total_rows, "natix");
         for f in files {
             if let Err(e) = self.ingest_one_shard(f, opts, &mut w, &bar).await {

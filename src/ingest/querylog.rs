@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
 use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use crate::store::RunKind;
 use crate::store::querylog::QueryLogRecord;
 use crate::store::{Era, PredictionRow, SampleId, SampleRow, SampleSource};
 
@@ -24,7 +25,14 @@ impl Ingestor {
         })?;
         let input = path.display().to_string();
         let params = serde_json::json!({ "file": input });
-        let mut w = Writer::start(&self.store, &self.cfg, "querylog", input, params).await?;
+        let mut w = Writer::start(
+            &self.store,
+            &self.cfg,
+            RunKind::IngestQuerylog,
+            input,
+            params,
+        )
+        .await?;
         let bar = self.bar(0, "querylog");
         let mut lines = BufReader::new(file).lines().enumerate();
         loop {

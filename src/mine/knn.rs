@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn ivf_graph_has_high_recall_on_clustered_data() {
         let c = Compute::<Cpu>::new(Default::default());
-        let x = crate::bench::mine::clustered(4000, 16, 40, 5);
+        let x = crate::testdata::clustered(4000, 16, 40, 5);
         let cfg = KnnConfig {
             k: 10,
             method: KnnMethod::Ivf,

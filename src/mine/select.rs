@@ -441,7 +441,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn pool_data() -> Vectors {
-        crate::bench::mine::clustered(300, 8, 6, 2)
+        crate::testdata::clustered(300, 8, 6, 2)
     }
 
     #[test]
@@ -500,7 +500,7 @@ mod tests {
         };
         let sel = select(&c, &pool, 6, &SelectConfig::default()).unwrap();
         assert_eq!(sel.used, Strategy::Typiclust);
-        let truth = |r: usize| crate::bench::mine::clustered_centre(r, 300, 6);
+        let truth = |r: usize| crate::testdata::clustered_centre(r, 300, 6);
         let hit: HashSet<usize> = sel.items.iter().map(|i| truth(i.row)).collect();
         assert_eq!(hit.len(), 6, "one pick per true cluster");
     }

@@ -290,7 +290,7 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
     let miner = crate::mine::Miner::new(store.clone(), cfg.mine.clone())?;
     let mine = miner
         .run(
-            &crate::mine::Compute::<crate::embed::Cpu>::new(Default::default()),
+            crate::mine::Compute::<crate::embed::Cpu>::new(Default::default()),
             Some(&champion),
             Some(&cfg.data.dir.join("reports")),
         )

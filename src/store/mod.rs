@@ -18,6 +18,7 @@ pub mod manifest;
 mod mining;
 mod models;
 pub mod querylog;
+mod runs;
 pub mod schema;
 mod snapshot;
 
@@ -38,6 +39,7 @@ pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
 pub use labels::{EffectiveLabel, effective_labels};
 pub use mining::{DuplicateRow, MineClusterRow, MineScoreRow, SelectionRow};
 pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
+pub use runs::{RunId, RunKind, RunLedger, RunStatus, TableVersions};
 pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
 pub use snapshot::SnapshotName;
 
@@ -129,7 +131,10 @@ impl Store {
             let want = schema::schema_of(name)
                 .ok_or_else(|| StoreError::UnknownTable { table: name.into() })?;
             if existing.contains(name) {
-                let have = self.table_schema(name).await?;
+                let mut have = self.table_schema(name).await?;
+                if self.add_missing_nullable(name, &want, &have).await? {
+                    have = self.table_schema(name).await?;
+                }
                 check_schema(name, &want, &have)?;
             } else {
                 self.db
@@ -140,6 +145,36 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Migrates a table of an older layout: the nullable columns it lacks are added as all-null
+    /// (a metadata-only Lance commit). Returns whether anything was added.
+    async fn add_missing_nullable(
+        &self,
+        name: &str,
+        want: &SchemaRef,
+        have: &SchemaRef,
+    ) -> Result<bool, StoreError> {
+        let missing: Vec<arrow_schema::Field> = want
+            .fields()
+            .iter()
+            .filter(|f| f.is_nullable() && have.field_with_name(f.name()).is_err())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(table = name, columns = ?missing.iter().map(|f| f.name()).collect::<Vec<_>>(), "adding columns of the newer layout");
+        self.table(name)
+            .await?
+            .add_columns()
+            .transform(lancedb::table::NewColumnTransform::AllNulls(Arc::new(
+                arrow_schema::Schema::new(missing),
+            )))
+            .execute()
+            .await
+            .map_err(lance("add columns", name))?;
+        Ok(true)
     }
 
     /// Refuses a store written by a newer layout (before anything is created or changed).

@@ -14,13 +14,16 @@ use arrow_array::{
     TimestampMicrosecondArray, UInt8Array, UInt32Array, UInt64Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+pub use super::runs::RunRow;
+use super::runs::{RunId, TableVersions};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Table names.
 pub mod tables {
@@ -99,6 +102,9 @@ pub mod col {
     pub const STATUS: &str = "status";
     pub const PARAMS: &str = "params";
     pub const SUMMARY: &str = "summary";
+    pub const PARENT_RUN: &str = "parent_run";
+    pub const READS: &str = "reads";
+    pub const WRITES: &str = "writes";
     pub const KEY: &str = "key";
     pub const VALUE: &str = "value";
     pub const CREATED_AT: &str = "created_at";
@@ -207,6 +213,17 @@ pub fn predictions_schema() -> SchemaRef {
 }
 
 /// `runs`: one row per stage run, written when it starts and again when it ends.
+/// The columns of [`runs_schema`] that every layout has (readable at any snapshot).
+pub const RUNS_BASE_COLUMNS: [&str; 7] = [
+    col::RUN_ID,
+    col::KIND,
+    col::STARTED_AT,
+    col::FINISHED_AT,
+    col::STATUS,
+    col::PARAMS,
+    col::SUMMARY,
+];
+
 pub fn runs_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::RUN_ID, DataType::Utf8, false),
@@ -216,6 +233,11 @@ pub fn runs_schema() -> SchemaRef {
         Field::new(col::STATUS, DataType::Utf8, false),
         Field::new(col::PARAMS, DataType::Utf8, false),
         Field::new(col::SUMMARY, DataType::Utf8, false),
+        // Layout 4: the run that started this one and the table versions read and written (JSON
+        // objects `{table: version}`). Nullable, so older ledgers are migrated by adding them.
+        Field::new(col::PARENT_RUN, DataType::Utf8, true),
+        Field::new(col::READS, DataType::Utf8, true),
+        Field::new(col::WRITES, DataType::Utf8, true),
     ]))
 }
 
@@ -332,22 +354,6 @@ pub struct PredictionRow {
     pub ts: DateTime<Utc>,
     /// Validator hotkey (ss58), when the request came from one.
     pub validator: Option<String>,
-}
-
-/// One stage run in the ledger.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRow {
-    pub run_id: String,
-    /// `ingest-folder`, `ingest-natix`, `ingest-querylog`, `embed`, …
-    pub kind: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// `running|ok|failed`.
-    pub status: String,
-    /// JSON of the run's parameters.
-    pub params: String,
-    /// JSON of the run's result.
-    pub summary: String,
 }
 
 pub(crate) fn micros(t: &DateTime<Utc>) -> i64 {
@@ -475,6 +481,7 @@ pub fn predictions_to_batch(rows: &[PredictionRow]) -> Result<RecordBatch, Arrow
 
 /// Rows → one Arrow batch of [`runs_schema`].
 pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
+    let json = |v: &TableVersions| serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
     finish(
         runs_schema(),
         vec![
@@ -485,6 +492,15 @@ pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
             str_array(rows.iter().map(|r| r.status.as_str())),
             str_array(rows.iter().map(|r| r.params.as_str())),
             str_array(rows.iter().map(|r| r.summary.as_str())),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.parent.as_ref().map(|p| p.as_str())),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| json(&r.reads)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| json(&r.writes)),
+            )),
         ],
     )
 }
@@ -609,7 +625,8 @@ pub fn predictions_from_batch(batch: &RecordBatch) -> Result<Vec<PredictionRow>,
         .collect()
 }
 
-/// A batch of [`runs_schema`] → rows.
+/// A batch of [`runs_schema`] → rows. Rows of older layouts (null `reads`/`writes`) read as
+/// empty maps.
 pub fn runs_from_batch(batch: &RecordBatch) -> Result<Vec<RunRow>, ArrowError> {
     let id = column::<StringArray>(batch, col::RUN_ID)?;
     let kind = column::<StringArray>(batch, col::KIND)?;
@@ -618,17 +635,37 @@ pub fn runs_from_batch(batch: &RecordBatch) -> Result<Vec<RunRow>, ArrowError> {
     let status = column::<StringArray>(batch, col::STATUS)?;
     let params = column::<StringArray>(batch, col::PARAMS)?;
     let summary = column::<StringArray>(batch, col::SUMMARY)?;
-    Ok((0..batch.num_rows())
-        .map(|i| RunRow {
-            run_id: id.value(i).to_string(),
-            kind: kind.value(i).to_string(),
-            started_at: from_micros(st.value(i)),
-            finished_at: (!fin.is_null(i)).then(|| from_micros(fin.value(i))),
-            status: status.value(i).to_string(),
-            params: params.value(i).to_string(),
-            summary: summary.value(i).to_string(),
+    // Absent when reading a version written before layout 4 (a snapshot), or not projected.
+    let parent = column::<StringArray>(batch, col::PARENT_RUN).ok();
+    let reads = column::<StringArray>(batch, col::READS).ok();
+    let writes = column::<StringArray>(batch, col::WRITES).ok();
+    let bad = |what: String| ArrowError::InvalidArgumentError(what);
+    let versions = |a: Option<&StringArray>, i: usize| -> Result<TableVersions, ArrowError> {
+        match a {
+            Some(a) if !a.is_null(i) => serde_json::from_str(a.value(i))
+                .map_err(|e| bad(format!("run table versions: {e}"))),
+            _ => Ok(TableVersions::new()),
+        }
+    };
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(RunRow {
+                run_id: RunId::parse(id.value(i)).map_err(bad)?,
+                kind: kind.value(i).parse().map_err(bad)?,
+                started_at: from_micros(st.value(i)),
+                finished_at: (!fin.is_null(i)).then(|| from_micros(fin.value(i))),
+                status: status.value(i).parse().map_err(bad)?,
+                params: params.value(i).to_string(),
+                summary: summary.value(i).to_string(),
+                parent: match parent {
+                    Some(p) if !p.is_null(i) => Some(RunId::parse(p.value(i)).map_err(bad)?),
+                    _ => None,
+                },
+                reads: versions(reads, i)?,
+                writes: versions(writes, i)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A batch of [`meta_schema`] → pairs.

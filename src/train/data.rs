@@ -13,10 +13,10 @@ use arrow_array::cast::AsArray;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use crate::store::schema::{col, labels_from_batch, tables};
+use crate::store::schema::{col, labels_from_batch, runs_from_batch, tables};
 use crate::store::{
-    SampleId, SampleSource, SnapshotName, Store, VECTOR, collect_vectors, effective_labels,
-    embeddings_table,
+    RunId, RunKind, RunRow, RunStatus, SampleId, SampleSource, SnapshotName, Store, VECTOR,
+    collect_vectors, effective_labels, embeddings_table,
 };
 
 /// Shares of real samples held out of training (`[train.split]`).
@@ -254,31 +254,59 @@ async fn read_facts(
     Ok(out)
 }
 
-/// The cluster of every sample in the most recent successful mining run (empty before any), so
-/// evaluations report per-cluster slices. Clusters are a derived view of the current store, not
-/// of the snapshot: they are read now.
-async fn latest_clusters(store: &Store) -> Result<HashMap<String, u32>, TrainError> {
-    let latest = store
-        .runs()
-        .await?
-        .into_iter()
-        .filter(|r| r.kind == "mine" && r.status == "ok")
-        .max_by_key(|r| r.started_at);
-    let Some(run) = latest else {
+/// The mining run whose clusters become evaluation slices for data read at `at`: the latest
+/// successful one in the ledger as of the snapshot (now when `None`). A head records it in its card
+/// so that later mining runs never change how it is judged.
+pub async fn slice_run(
+    store: &Store,
+    at: Option<&SnapshotName>,
+) -> Result<Option<RunId>, TrainError> {
+    let batches = read(
+        store,
+        at,
+        tables::RUNS,
+        &crate::store::schema::RUNS_BASE_COLUMNS,
+    )
+    .await?;
+    let mut latest: Option<RunRow> = None;
+    for b in &batches {
+        for r in runs_from_batch(b).map_err(|e| TrainError::BadTable {
+            table: tables::RUNS.into(),
+            why: e.to_string(),
+        })? {
+            if r.kind == RunKind::Mine
+                && r.status == RunStatus::Ok
+                && latest.as_ref().is_none_or(|l| r.started_at > l.started_at)
+            {
+                latest = Some(r);
+            }
+        }
+    }
+    Ok(latest.map(|r| r.run_id))
+}
+
+/// The cluster of every sample in mining run `run` (empty without one), read at `at`, so
+/// evaluations report per-cluster slices.
+async fn clusters_of(
+    store: &Store,
+    at: Option<&SnapshotName>,
+    run: Option<&RunId>,
+) -> Result<HashMap<String, u32>, TrainError> {
+    let Some(run) = run else {
         return Ok(HashMap::new());
     };
-    let filter = format!("{} = '{}'", col::RUN_ID, run.run_id.replace('\'', "''"));
     let mut out = HashMap::new();
-    for b in store
-        .scan(
-            tables::MINE_SCORES,
-            Some(&[col::SAMPLE_ID, col::CLUSTER]),
-            Some(&filter),
-            None,
-        )
-        .await?
+    for b in read(
+        store,
+        at,
+        tables::MINE_SCORES,
+        &[col::RUN_ID, col::SAMPLE_ID, col::CLUSTER],
+    )
+    .await?
     {
-        let (Some(id), Some(c)) = (
+        let (Some(r), Some(id), Some(c)) = (
+            b.column_by_name(col::RUN_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
             b.column_by_name(col::SAMPLE_ID)
                 .and_then(|c| c.as_string_opt::<i32>()),
             b.column_by_name(col::CLUSTER)
@@ -286,22 +314,26 @@ async fn latest_clusters(store: &Store) -> Result<HashMap<String, u32>, TrainErr
         ) else {
             return Err(TrainError::BadTable {
                 table: tables::MINE_SCORES.into(),
-                why: "sample_id or cluster missing or mistyped".into(),
+                why: "run_id, sample_id or cluster missing or mistyped".into(),
             });
         };
         for i in 0..b.num_rows() {
-            out.insert(id.value(i).to_string(), c.value(i));
+            if r.value(i) == run.as_str() {
+                out.insert(id.value(i).to_string(), c.value(i));
+            }
         }
     }
     Ok(out)
 }
 
-/// Joins vectors, effective labels and sample facts at `at` (now when `None`).
+/// Joins vectors, effective labels and sample facts at `at` (now when `None`); evaluation slices
+/// include the clusters of mining run `slices_from`.
 pub async fn load(
     store: &Store,
     at: Option<&SnapshotName>,
     embedding_model: &str,
     cfg: &SplitConfig,
+    slices_from: Option<&RunId>,
 ) -> Result<Dataset, TrainError> {
     let (ids, x, dim) = read_vectors(store, at, embedding_model).await?;
     let mut label_rows = Vec::new();
@@ -331,7 +363,7 @@ pub async fn load(
         .map(|l| (l.sample_id.to_string(), l.label.as_u8()))
         .collect();
     let facts = read_facts(store, at).await?;
-    let clusters = latest_clusters(store).await?;
+    let clusters = clusters_of(store, at, slices_from).await?;
     let mut ds = Dataset {
         dim,
         ..Default::default()

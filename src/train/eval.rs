@@ -16,7 +16,7 @@ use super::metrics::{Curve, Metrics, Reliability, pr_curve, reliability, roc_cur
 use super::model::{TrainedHead, sha256_hex};
 use super::registry::{ChampionPointer, Registry};
 use super::reward::{Replay, replay};
-use crate::store::{EvaluationRow, Store};
+use crate::store::{EvaluationRow, RunId, SnapshotName, Store};
 
 /// Metrics of one slice (e.g. `weather=rain`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,14 +146,16 @@ pub fn load_head(
     TrainedHead::from_parts(card, &weights, &Default::default())
 }
 
-/// The current eval set of a head's embedding model: eval-split labelled samples, optionally
-/// restricted to `only` (ids another model can also score).
+/// The eval set of an embedding model at `at` (now when `None`): eval-split labelled samples,
+/// sliced by the clusters of mining run `slices_from`.
 async fn eval_set(
     store: &Store,
+    at: Option<&SnapshotName>,
     embedding_model: &str,
     split: &SplitConfig,
+    slices_from: Option<&RunId>,
 ) -> Result<Dataset, TrainError> {
-    let ds = data::load(store, None, embedding_model, split).await?;
+    let ds = data::load(store, at, embedding_model, split, slices_from).await?;
     let mut out = Dataset {
         dim: ds.dim,
         ..Default::default()
@@ -213,7 +215,13 @@ fn run_eval(
     ))
 }
 
-/// Evaluates a registered head on the store's current eval set and stores the result.
+/// The mining run a head's card names for its slices.
+fn slice_run_of(card: &super::ModelCard) -> Option<RunId> {
+    card.slice_run.as_deref().and_then(|r| RunId::parse(r).ok())
+}
+
+/// Evaluates a registered head on the store's current eval set (sliced by the mining run its card
+/// names) and stores the result.
 pub async fn evaluate_version(
     store: &Store,
     registry: &Registry,
@@ -223,8 +231,18 @@ pub async fn evaluate_version(
     seed: u64,
 ) -> Result<Evaluation, TrainError> {
     let head = load_head(registry, version)?;
-    let ds = eval_set(store, &head.card.embedding_model, split).await?;
-    let e = run_eval(&head, &ds, replay_queries, seed)?;
+    let slices = slice_run_of(&head.card);
+    let ds = eval_set(
+        store,
+        None,
+        &head.card.embedding_model,
+        split,
+        slices.as_ref(),
+    )
+    .await?;
+    let e = tokio::task::spawn_blocking(move || run_eval(&head, &ds, replay_queries, seed))
+        .await
+        .map_err(|e| TrainError::Task(e.to_string()))??;
     store.put_evaluation(&e.to_row()?).await?;
     Ok(e)
 }
@@ -294,6 +312,11 @@ pub struct GateDecision {
 }
 
 /// Promotes `version` if it beats the champion (or there is none). `force` skips the gate.
+///
+/// Deterministic: both heads are judged on the eval split of the challenger's training snapshot,
+/// sliced by the mining run its card names, so the same head on the same snapshot always gets the
+/// same decision however the store has changed since (new samples, new mining runs). A champion
+/// whose embeddings are not in that snapshot is scored on the current store, on the same ids.
 pub async fn promote(
     store: &Store,
     registry: &Registry,
@@ -308,10 +331,25 @@ pub async fn promote(
         Some(p) if p.version != version => Some(load_head(registry, &p.version)?),
         _ => None,
     };
-    let c_set = eval_set(store, &challenger.card.embedding_model, split).await?;
+    let at = SnapshotName::parse(&challenger.card.snapshot).ok();
+    let slices = slice_run_of(&challenger.card);
+    let c_set = eval_set(
+        store,
+        at.as_ref(),
+        &challenger.card.embedding_model,
+        split,
+        slices.as_ref(),
+    )
+    .await?;
     let (c_set, k_set) = match &champion {
         Some(k) => {
-            let k_set = eval_set(store, &k.card.embedding_model, split).await?;
+            let model = &k.card.embedding_model;
+            let k_set = match eval_set(store, at.as_ref(), model, split, slices.as_ref()).await {
+                Err(TrainError::SnapshotLacksModel { .. }) => {
+                    eval_set(store, None, model, split, slices.as_ref()).await?
+                }
+                r => r?,
+            };
             let theirs: HashSet<&str> = k_set.ids.iter().map(|i| i.as_str()).collect();
             let both: HashSet<String> = c_set
                 .ids
@@ -324,8 +362,19 @@ pub async fn promote(
         None => (c_set, None),
     };
     let queries = 2000;
+    // Both evaluations (head forward passes and the reward replays) on a blocking thread.
+    let (ce, ke, champion) = tokio::task::spawn_blocking(move || {
+        let ce = run_eval(&challenger, &c_set, queries, seed);
+        let ke = match (&champion, &k_set, &ce) {
+            (Some(k), Some(s), Ok(_)) => Some(run_eval(k, s, queries, seed)),
+            _ => None,
+        };
+        (ce, ke, champion)
+    })
+    .await
+    .map_err(|e| TrainError::Task(e.to_string()))?;
     let mut reasons = Vec::new();
-    let ce = match run_eval(&challenger, &c_set, queries, seed) {
+    let ce = match ce {
         Ok(e) => {
             store.put_evaluation(&e.to_row()?).await?;
             Some(e)
@@ -336,13 +385,13 @@ pub async fn promote(
         }
         Err(e) => return Err(e),
     };
-    let ke = match (&champion, &k_set, &ce) {
-        (Some(k), Some(s), Some(_)) => {
-            let e = run_eval(k, s, queries, seed)?;
+    let ke = match ke {
+        Some(e) => {
+            let e = e?;
             store.put_evaluation(&e.to_row()?).await?;
             Some(e)
         }
-        _ => None,
+        None => None,
     };
     let score = ce.as_ref().map_or(f64::NAN, |e| cfg.metric.of(e));
     if let (Some(ce), Some(ke)) = (&ce, &ke) {
@@ -372,7 +421,12 @@ pub async fn promote(
     }
     let promoted = force || reasons.is_empty();
     let pointer = if promoted {
-        Some(registry.set_champion(version)?)
+        let (registry, v) = (registry.clone(), version.to_string());
+        Some(
+            tokio::task::spawn_blocking(move || registry.set_champion(&v))
+                .await
+                .map_err(|e| TrainError::Task(e.to_string()))??,
+        )
     } else {
         None
     };

@@ -186,6 +186,11 @@ pub enum TrainError {
     /// User input.
     #[error("no model version {0:?} in the registry")]
     UnknownVersion(String),
+    /// User input: a version name that is not a plain registry file name.
+    #[error(
+        "model version {0:?} is not a valid name (letters, digits, '.', '_', '-'; not starting with '.')"
+    )]
+    BadVersion(String),
     #[error("model version {0} is already registered")]
     VersionExists(String),
     /// User input: rollback or eval of the champion before any promotion.

@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::reward::Replay;
 
 /// Version of the model card layout; a card from a newer layout is refused.
-pub const CARD_FORMAT: u32 = 1;
+pub const CARD_FORMAT: u32 = 2;
 
 /// Calibration before and after temperature scaling, on the calibration split.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,11 @@ pub struct ModelCard {
     /// The snapshot that pins the training data, and the table versions it names.
     pub snapshot: String,
     pub table_versions: BTreeMap<String, u64>,
+    /// The mining run whose clusters are this head's evaluation slices (`cluster=N`): the latest
+    /// successful one in the snapshot's ledger. The gate reads the same run, so mining again later
+    /// never changes how this head is judged. Format 2; absent in format-1 cards.
+    #[serde(default)]
+    pub slice_run: Option<String>,
     /// The full training configuration.
     pub recipe: serde_json::Value,
     pub seed: u64,
@@ -81,7 +86,7 @@ impl ModelCard {
         weights: &[u8],
     ) -> Self {
         Self {
-            format: 1,
+            format: CARD_FORMAT,
             model_version: version.into(),
             created_at: Utc::now(),
             embedding_model: embedding_model.into(),
@@ -90,6 +95,7 @@ impl ModelCard {
             calibration: Default::default(),
             snapshot: String::new(),
             table_versions: Default::default(),
+            slice_run: None,
             recipe: serde_json::Value::Null,
             seed: 0,
             data: Default::default(),

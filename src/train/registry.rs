@@ -1,21 +1,30 @@
 //! The head registry on disk: one artifact directory per model version, and the champion pointer
-//! that the server watches.
+//! that the server watches. The registry directory is the source of truth for models: the server
+//! follows it without opening the store, and a card here is what every other record (the Lance
+//! `models` table, `head_scores`, `evaluations`) refers to by version.
 //!
 //! ```text
 //! <registry>/
 //!   CHAMPION.json                 {"version", "previous": [...], "updated_at"}  (atomic rename)
+//!   .registry.lock                held while staging directories are created, renamed or swept
+//!   .champion.lock                held across every read-modify-write of CHAMPION.json
 //!   head-20261125T101530-3fa2c1/
 //!     head.safetensors
 //!     card.json
+//!   .staging-<version>/ + .staging-<version>.lock   an artifact being written (lock held by its writer)
 //! ```
 //! Invariants: an artifact directory appears only complete (written under `.staging-*`, fsynced,
-//! then renamed); a crash leaves at most a staging directory, removed on the next open. The pointer
-//! is replaced by write-fsync-rename, so a reader sees the old or the new champion, never a torn
-//! file. `previous` is the promotion history that `rollback` walks back.
+//! then renamed). A staging directory is removed only when stale: its writer's lock can be taken
+//! (the writer is gone) or it has no lock file at all (a crash before the writer took it); a
+//! registration in progress in another process or thread is never touched. The pointer is replaced
+//! by write-fsync-rename under `.champion.lock`, so a reader sees the old or the new champion,
+//! never a torn file, and two promotions never lose one another's history. Version names are plain
+//! file names (`[A-Za-z0-9._-]`, not starting with a dot); a pointer naming anything else is refused.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,6 +37,67 @@ pub const CHAMPION_FILE: &str = "CHAMPION.json";
 const WEIGHTS_FILE: &str = "head.safetensors";
 const CARD_FILE: &str = "card.json";
 const STAGING_PREFIX: &str = ".staging-";
+const LOCK_SUFFIX: &str = ".lock";
+const REGISTRY_LOCK: &str = ".registry.lock";
+const CHAMPION_LOCK: &str = ".champion.lock";
+/// Longest accepted version name.
+const MAX_VERSION_LEN: usize = 128;
+
+/// Makes each pointer temp file name unique within the process (the pid alone is not).
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Checks that `version` is a plain file name of the registry: non-empty, at most 128 bytes of
+/// `[A-Za-z0-9._-]`, not starting with `.` (so never `..`, a hidden or a staging name).
+pub fn validate_version(version: &str) -> Result<(), TrainError> {
+    let ok = !version.is_empty()
+        && version.len() <= MAX_VERSION_LEN
+        && !version.starts_with('.')
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TrainError::BadVersion(version.chars().take(200).collect()))
+    }
+}
+
+/// An exclusive advisory lock on a file (flock), released on drop.
+struct FileLock(File);
+
+impl FileLock {
+    fn open(path: &Path) -> Result<File, TrainError> {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io(path))
+    }
+
+    /// Waits for the lock.
+    fn acquire(path: &Path) -> Result<Self, TrainError> {
+        let f = Self::open(path)?;
+        f.lock().map_err(io(path))?;
+        Ok(Self(f))
+    }
+
+    /// Takes the lock if nobody holds it.
+    fn try_acquire(path: &Path) -> Result<Option<Self>, TrainError> {
+        let f = Self::open(path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Self(f))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io(path)(e)),
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
 
 /// Which head serves, and which served before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,18 +133,43 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 impl Registry {
-    /// Opens (creating) the registry and removes staging directories left by a crash.
+    /// Opens (creating) the registry and removes the staging directories whose writer is gone.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, TrainError> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io(&root))?;
-        for e in fs::read_dir(&root).map_err(io(&root))?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
-                let p = e.path();
-                tracing::warn!(path = %p.display(), "removing an incomplete model artifact");
-                fs::remove_dir_all(&p).map_err(io(&p))?;
+        let reg = Self { root };
+        reg.sweep_stale()?;
+        Ok(reg)
+    }
+
+    /// Removes stale staging directories (see the module invariants); returns how many.
+    pub fn sweep_stale(&self) -> Result<usize, TrainError> {
+        let _guard = FileLock::acquire(&self.root.join(REGISTRY_LOCK))?;
+        let mut removed = 0;
+        for e in fs::read_dir(&self.root).map_err(io(&self.root))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(STAGING_PREFIX) || name.ends_with(LOCK_SUFFIX) {
+                continue;
             }
+            let lock_path = self.root.join(format!("{name}{LOCK_SUFFIX}"));
+            // Staging directories and their lock files are created together under the registry
+            // lock we hold, so a directory without a lock file was left by a crash.
+            let writer_gone = if lock_path.exists() {
+                FileLock::try_acquire(&lock_path)?
+            } else {
+                None
+            };
+            if lock_path.exists() && writer_gone.is_none() {
+                continue;
+            }
+            let p = e.path();
+            tracing::warn!(path = %p.display(), "removing an incomplete model artifact");
+            fs::remove_dir_all(&p).map_err(io(&p))?;
+            drop(writer_gone);
+            let _ = fs::remove_file(&lock_path);
+            removed += 1;
         }
-        Ok(Self { root })
+        Ok(removed)
     }
 
     pub fn root(&self) -> &Path {
@@ -86,33 +181,52 @@ impl Registry {
         self.root.join(CHAMPION_FILE)
     }
 
-    /// Artifact directory of a version.
-    pub fn dir_of(&self, version: &str) -> PathBuf {
-        self.root.join(version)
+    /// Artifact directory of a version (refused unless `version` is a valid name).
+    pub fn dir_of(&self, version: &str) -> Result<PathBuf, TrainError> {
+        validate_version(version)?;
+        Ok(self.root.join(version))
     }
 
-    /// Writes the artifact completely, then makes it visible in one rename.
+    /// Writes the artifact completely, then makes it visible in one rename. While it writes, it
+    /// holds the staging directory's lock, so a concurrent `open` never removes it.
     pub fn register(&self, card: &ModelCard, weights: &[u8]) -> Result<PathBuf, TrainError> {
-        let dest = self.dir_of(&card.model_version);
-        if dest.exists() {
-            return Err(TrainError::VersionExists(card.model_version.clone()));
+        let dest = self.dir_of(&card.model_version)?;
+        let staging_name = format!("{STAGING_PREFIX}{}", card.model_version);
+        let staging = self.root.join(&staging_name);
+        let lock_path = self.root.join(format!("{staging_name}{LOCK_SUFFIX}"));
+        let staging_lock = {
+            let _guard = FileLock::acquire(&self.root.join(REGISTRY_LOCK))?;
+            if dest.exists() || staging.exists() {
+                return Err(TrainError::VersionExists(card.model_version.clone()));
+            }
+            let l = FileLock::acquire(&lock_path)?;
+            fs::create_dir_all(&staging).map_err(io(&staging))?;
+            l
+        };
+        let written = (|| {
+            write_synced(&staging.join(WEIGHTS_FILE), weights)?;
+            let json =
+                serde_json::to_vec_pretty(card).map_err(|e| TrainError::Card(e.to_string()))?;
+            write_synced(&staging.join(CARD_FILE), &json)?;
+            sync_dir(&staging)
+        })();
+        let _guard = FileLock::acquire(&self.root.join(REGISTRY_LOCK))?;
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&staging);
+            drop(staging_lock);
+            let _ = fs::remove_file(&lock_path);
+            return Err(e);
         }
-        let staging = self
-            .root
-            .join(format!("{STAGING_PREFIX}{}", card.model_version));
-        fs::create_dir_all(&staging).map_err(io(&staging))?;
-        write_synced(&staging.join(WEIGHTS_FILE), weights)?;
-        let json = serde_json::to_vec_pretty(card).map_err(|e| TrainError::Card(e.to_string()))?;
-        write_synced(&staging.join(CARD_FILE), &json)?;
-        sync_dir(&staging)?;
         fs::rename(&staging, &dest).map_err(io(&dest))?;
+        drop(staging_lock);
+        let _ = fs::remove_file(&lock_path);
         sync_dir(&self.root)?;
         Ok(dest)
     }
 
     /// A version's card and verified weights.
     pub fn load(&self, version: &str) -> Result<(ModelCard, Vec<u8>), TrainError> {
-        let dir = self.dir_of(version);
+        let dir = self.dir_of(version)?;
         if !dir.join(CARD_FILE).is_file() {
             return Err(TrainError::UnknownVersion(version.to_string()));
         }
@@ -133,6 +247,9 @@ impl Registry {
     pub fn list(&self) -> Result<Vec<ModelCard>, TrainError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.root).map_err(io(&self.root))?.flatten() {
+            if validate_version(&e.file_name().to_string_lossy()).is_err() {
+                continue;
+            }
             let card = e.path().join(CARD_FILE);
             if card.is_file() {
                 out.push(read_card(&card)?);
@@ -153,9 +270,11 @@ impl Registry {
 
     fn write_pointer(&self, p: &ChampionPointer) -> Result<(), TrainError> {
         let path = self.champion_path();
-        let tmp = self
-            .root
-            .join(format!(".{CHAMPION_FILE}.tmp-{}", std::process::id()));
+        let tmp = self.root.join(format!(
+            ".{CHAMPION_FILE}.tmp-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let json = serde_json::to_vec_pretty(p).map_err(|e| TrainError::Card(e.to_string()))?;
         write_synced(&tmp, &json)?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -165,6 +284,7 @@ impl Registry {
     /// Makes `version` the champion (it must be registered), remembering the one it replaces.
     pub fn set_champion(&self, version: &str) -> Result<ChampionPointer, TrainError> {
         self.load(version)?;
+        let _guard = FileLock::acquire(&self.root.join(CHAMPION_LOCK))?;
         let mut previous = Vec::new();
         if let Some(old) = self.champion()? {
             if old.version == version {
@@ -184,6 +304,7 @@ impl Registry {
 
     /// Restores the previous champion.
     pub fn rollback(&self) -> Result<ChampionPointer, TrainError> {
+        let _guard = FileLock::acquire(&self.root.join(CHAMPION_LOCK))?;
         let cur = self.champion()?.ok_or(TrainError::NoChampion)?;
         let mut previous = cur.previous;
         let back = previous.pop().ok_or(TrainError::NothingToRollBack)?;
@@ -197,12 +318,17 @@ impl Registry {
     }
 }
 
-/// Reads a champion pointer file (`None` when absent).
+/// Reads a champion pointer file (`None` when absent). A pointer naming a version that is not a
+/// plain name of the registry (`../x`, `/abs`) is refused.
 pub fn read_pointer(path: &Path) -> Result<Option<ChampionPointer>, TrainError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| TrainError::Card(format!("{}: {e}", path.display()))),
+        Ok(bytes) => {
+            let p: ChampionPointer = serde_json::from_slice(&bytes)
+                .map_err(|e| TrainError::Card(format!("{}: {e}", path.display())))?;
+            validate_version(&p.version)?;
+            p.previous.iter().try_for_each(|v| validate_version(v))?;
+            Ok(Some(p))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(TrainError::Io {
             path: path.to_path_buf(),

@@ -17,7 +17,8 @@ use super::model::{CalibrationReport, ModelCard, encode_head, sha256_hex};
 use super::registry::Registry;
 use super::{TrainConfig, TrainError};
 use crate::embed::ComputeDevice;
-use crate::store::{HeadScoreRow, ModelRow, RunRow, SnapshotName, Store};
+use crate::store::schema::tables;
+use crate::store::{HeadScoreRow, ModelRow, RunId, RunKind, RunLedger, SnapshotName, Store};
 
 /// What a training run produced.
 #[derive(Debug, Clone)]
@@ -269,14 +270,25 @@ impl Trainer {
 
     /// Trains, calibrates, evaluates and registers one head. With `snapshot`, reads exactly that
     /// snapshot; otherwise pins the store's current state as `train/<model_version>` first.
+    ///
+    /// The stage shape: `load` (async reads at the snapshot) → `compute` (one blocking task: the
+    /// K-fold and final fits, calibration, evaluation with the reward replay, the artifact written
+    /// and fsynced into the registry) → `write` (`head_scores`, `evaluations`, `models`, one
+    /// commit each) → the ledger row with the versions read and written.
     pub async fn train(&self, snapshot: Option<SnapshotName>) -> Result<TrainSummary, TrainError> {
         let started = Instant::now();
         let cfg = &self.cfg;
         let embedding_model = resolve_embedding_model(&self.store, cfg).await?;
         let version = new_version();
-        let run_id = crate::ingest::new_run_id("train");
         // Read first (at the current state or the given snapshot), so bad data never leaves a tag.
-        let ds = data::load(&self.store, snapshot.as_ref(), &embedding_model, &cfg.split).await?;
+        let ds = data::load(
+            &self.store,
+            snapshot.as_ref(),
+            &embedding_model,
+            &cfg.split,
+            None,
+        )
+        .await?;
         check_trainable(&ds, cfg.min_per_class)?;
         let snap = match snapshot {
             Some(s) => s,
@@ -295,23 +307,58 @@ impl Trainer {
             Err(e) => return Err(e.into()),
         };
         // The snapshot may be newer than what was read when we pinned it ourselves; re-read at the
-        // tag so the card's versions are exactly the data trained on.
-        let ds = data::load(&self.store, Some(&snap), &embedding_model, &cfg.split).await?;
+        // tag so the card's versions are exactly the data trained on, with the slices of the
+        // mining run the snapshot's ledger names.
+        let slice_run = data::slice_run(&self.store, Some(&snap)).await?;
+        let ds = data::load(
+            &self.store,
+            Some(&snap),
+            &embedding_model,
+            &cfg.split,
+            slice_run.as_ref(),
+        )
+        .await?;
         check_trainable(&ds, cfg.min_per_class)?;
-        let mut run = RunRow {
-            run_id: run_id.clone(),
-            kind: "train".into(),
-            started_at: Utc::now(),
-            finished_at: None,
-            status: "running".into(),
-            params: serde_json::json!({ "model_version": version, "snapshot": snap.to_string(), "config": cfg }).to_string(),
-            summary: "{}".into(),
+        let params = serde_json::json!({ "model_version": version, "snapshot": snap.to_string(), "config": cfg });
+        let mut run = RunLedger::start(&self.store, RunKind::Train, params).await?;
+        run.read_all(&pinned);
+        let plan = Plan {
+            version,
+            embedding_model,
+            snapshot: snap,
+            pinned,
+            slice_run,
+            parent: self.registry.champion()?.map(|c| c.version),
         };
-        self.store.record_run(&run).await?;
-        let parent = self.registry.champion()?.map(|c| c.version);
+        match self.compute_and_write(plan, ds, &mut run).await {
+            Ok(mut s) => {
+                s.run_id = run.id().to_string();
+                s.elapsed_s = started.elapsed().as_secs_f64();
+                run.finish(&serde_json::json!({
+                    "model_version": s.card.model_version,
+                    "metrics": s.card.metrics,
+                    "temperature": s.card.calibration.temperature,
+                    "scored": s.scored,
+                    "slice_run": s.card.slice_run,
+                }))
+                .await?;
+                Ok(s)
+            }
+            Err(e) => {
+                run.fail(&e).await;
+                Err(e)
+            }
+        }
+    }
 
+    async fn compute_and_write(
+        &self,
+        plan: Plan,
+        ds: Dataset,
+        run: &mut RunLedger,
+    ) -> Result<TrainSummary, TrainError> {
         let bar = if self.progress {
-            ProgressBar::new(cfg.folds as u64 + 1)
+            ProgressBar::new(self.cfg.folds as u64 + 1)
         } else {
             ProgressBar::hidden()
         };
@@ -320,143 +367,147 @@ impl Trainer {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix("train");
-        tracing::info!(version = %version, model = %embedding_model, rows = ds.len(), pool = ds.pool_ids.len(), "training");
-        let (ds, c) = {
-            let cfg = cfg.clone();
-            let bar = bar.clone();
-            tokio::task::spawn_blocking(move || {
-                let c = compute_on_device(&ds, &cfg, &bar);
-                (ds, c)
+        tracing::info!(version = %plan.version, model = %plan.embedding_model, rows = ds.len(), pool = ds.pool_ids.len(), "training");
+        let (cfg, registry, task_bar) = (self.cfg.clone(), self.registry.clone(), bar.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            compute_card(&ds, &cfg, &plan, &task_bar).and_then(|(card, c, evaluation)| {
+                let artifact_dir = registry.register(&card, &c.weights)?;
+                let scores = score_rows(&ds, &c, card.calibration.temperature, &card.model_version);
+                Ok((card, evaluation, artifact_dir, scores))
             })
-            .await
-            .map_err(|e| TrainError::Task(e.to_string()))?
-        };
+        })
+        .await
+        .map_err(|e| TrainError::Task(e.to_string()))?;
         bar.finish_and_clear();
-        let c = match c {
-            Ok(c) => c,
-            Err(e) => {
-                run.status = "failed".into();
-                run.finished_at = Some(Utc::now());
-                run.summary = serde_json::json!({ "error": e.to_string() }).to_string();
-                self.store.record_run(&run).await?;
-                return Err(e);
-            }
-        };
-
-        let calibration = self.calibrate(&ds, &c.logits);
-        let t = calibration.temperature;
-        let eval_rows: Vec<usize> = (0..ds.len())
-            .filter(|&i| ds.split[i] == Split::Eval)
-            .collect();
-        let evaluation = (!eval_rows.is_empty()).then(|| {
-            let z: Vec<f32> = eval_rows.iter().map(|&i| c.logits[i]).collect();
-            let y: Vec<u8> = eval_rows.iter().map(|&i| ds.y[i]).collect();
-            let slices = slices_of(&ds, &eval_rows);
-            let ids: Vec<&str> = eval_rows.iter().map(|&i| ds.ids[i].as_str()).collect();
-            evaluate(
-                &version,
-                &ids,
-                &z,
-                &y,
-                &slices,
-                t,
-                cfg.replay_queries,
-                cfg.seed,
-            )
-        });
-        let card = ModelCard {
-            format: super::model::CARD_FORMAT,
-            model_version: version.clone(),
-            created_at: Utc::now(),
-            embedding_model: embedding_model.clone(),
-            dim: ds.dim,
-            head: cfg.head.clone(),
-            calibration,
-            snapshot: snap.to_string(),
-            table_versions: pinned,
-            recipe: serde_json::to_value(cfg).map_err(|e| TrainError::Card(e.to_string()))?,
-            seed: cfg.seed,
-            data: ds.counts(),
-            fold_best_epochs: c.fold_best.clone(),
-            final_epochs: c.final_epochs,
-            history: c.history.clone(),
-            fold_histories: c.fold_histories.clone(),
-            metrics: evaluation.as_ref().map(|e| e.metrics.clone()),
-            replay: evaluation.as_ref().and_then(|e| e.replay.clone()),
-            weights_sha256: sha256_hex(&c.weights),
-            parent,
-            roadwork_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let artifact_dir = self.registry.register(&card, &c.weights)?;
+        let (card, evaluation, artifact_dir, scores) = out?;
         let card_json =
             serde_json::to_string(&card).map_err(|e| TrainError::Card(e.to_string()))?;
-        let scores = score_rows(&ds, &c, t, &version);
         let scored = scores.len();
-        self.store.put_head_scores(&scores).await?;
+        let w = self.store.put_head_scores(&scores).await?;
+        run.wrote(tables::HEAD_SCORES, &w);
         if let Some(e) = &evaluation {
-            self.store.put_evaluation(&e.to_row()?).await?;
+            let w = self.store.put_evaluation(&e.to_row()?).await?;
+            run.wrote(tables::EVALUATIONS, &w);
         }
-        self.store
+        let w = self
+            .store
             .put_model(&ModelRow {
-                model_version: version.clone(),
+                model_version: card.model_version.clone(),
                 created_at: card.created_at,
-                embedding_model,
-                snapshot: snap.to_string(),
+                embedding_model: card.embedding_model.clone(),
+                snapshot: card.snapshot.clone(),
                 artifact_dir: artifact_dir.to_string_lossy().into_owned(),
                 card: card_json,
             })
             .await?;
-        run.status = "ok".into();
-        run.finished_at = Some(Utc::now());
-        run.summary = serde_json::json!({
-            "model_version": version,
-            "metrics": card.metrics,
-            "temperature": card.calibration.temperature,
-            "scored": scored,
-        })
-        .to_string();
-        self.store.record_run(&run).await?;
+        run.wrote(tables::MODELS, &w);
         Ok(TrainSummary {
-            run_id,
+            run_id: String::new(),
             card,
             artifact_dir,
             scored,
-            elapsed_s: started.elapsed().as_secs_f64(),
+            elapsed_s: 0.0,
         })
     }
+}
 
-    /// Fits the temperature on the calibration split (real data only), if it is usable.
-    fn calibrate(&self, ds: &Dataset, z_all: &[f32]) -> CalibrationReport {
-        let rows: Vec<usize> = (0..ds.len())
-            .filter(|&i| ds.split[i] == Split::Calib)
-            .collect();
-        let z: Vec<f32> = rows.iter().map(|&i| z_all[i]).collect();
-        let y: Vec<u8> = rows.iter().map(|&i| ds.y[i]).collect();
-        let raw: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
-        let ece_before = reliability(&raw, &y, super::metrics::ECE_BINS).ece;
-        let skipped = if rows.len() < self.cfg.min_calibration {
-            Some(format!(
-                "{} calibration samples, fewer than train.min_calibration = {}",
-                rows.len(),
-                self.cfg.min_calibration
-            ))
-        } else if !y.contains(&0) || !y.contains(&1) {
-            Some("the calibration split has one class only".into())
-        } else {
-            None
-        };
-        let temperature = if skipped.is_some() {
-            Temperature::default()
-        } else {
-            Temperature::fit(&z, &y)
-        };
-        let cal: Vec<f32> = z.iter().map(|&z| temperature.served(z)).collect();
-        CalibrationReport {
-            temperature,
-            ece_before,
-            ece_after: reliability(&cal, &y, super::metrics::ECE_BINS).ece,
-            skipped,
-        }
+/// What a training run is about to produce, fixed before any compute.
+struct Plan {
+    version: String,
+    embedding_model: String,
+    snapshot: SnapshotName,
+    pinned: std::collections::BTreeMap<String, u64>,
+    slice_run: Option<RunId>,
+    parent: Option<String>,
+}
+
+/// The blocking part of a run: fits, calibration, evaluation and the card (a pure function of the
+/// dataset, the config and the plan, but for the card's timestamp).
+fn compute_card(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    plan: &Plan,
+    bar: &ProgressBar,
+) -> Result<(ModelCard, Computed, Option<super::eval::Evaluation>), TrainError> {
+    let c = compute_on_device(ds, cfg, bar)?;
+    let calibration = calibrate(ds, &c.logits, cfg.min_calibration);
+    let t = calibration.temperature;
+    let eval_rows: Vec<usize> = (0..ds.len())
+        .filter(|&i| ds.split[i] == Split::Eval)
+        .collect();
+    let evaluation = (!eval_rows.is_empty()).then(|| {
+        let z: Vec<f32> = eval_rows.iter().map(|&i| c.logits[i]).collect();
+        let y: Vec<u8> = eval_rows.iter().map(|&i| ds.y[i]).collect();
+        let slices = slices_of(ds, &eval_rows);
+        let ids: Vec<&str> = eval_rows.iter().map(|&i| ds.ids[i].as_str()).collect();
+        evaluate(
+            &plan.version,
+            &ids,
+            &z,
+            &y,
+            &slices,
+            t,
+            cfg.replay_queries,
+            cfg.seed,
+        )
+    });
+    let card = ModelCard {
+        format: super::model::CARD_FORMAT,
+        model_version: plan.version.clone(),
+        created_at: Utc::now(),
+        embedding_model: plan.embedding_model.clone(),
+        dim: ds.dim,
+        head: cfg.head.clone(),
+        calibration,
+        snapshot: plan.snapshot.to_string(),
+        table_versions: plan.pinned.clone(),
+        slice_run: plan.slice_run.as_ref().map(|r| r.to_string()),
+        recipe: serde_json::to_value(cfg).map_err(|e| TrainError::Card(e.to_string()))?,
+        seed: cfg.seed,
+        data: ds.counts(),
+        fold_best_epochs: c.fold_best.clone(),
+        final_epochs: c.final_epochs,
+        history: c.history.clone(),
+        fold_histories: c.fold_histories.clone(),
+        metrics: evaluation.as_ref().map(|e| e.metrics.clone()),
+        replay: evaluation.as_ref().and_then(|e| e.replay.clone()),
+        weights_sha256: sha256_hex(&c.weights),
+        parent: plan.parent.clone(),
+        roadwork_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    Ok((card, c, evaluation))
+}
+
+/// Fits the temperature on the calibration split (real data only), if it is usable.
+fn calibrate(ds: &Dataset, z_all: &[f32], min_calibration: usize) -> CalibrationReport {
+    let rows: Vec<usize> = (0..ds.len())
+        .filter(|&i| ds.split[i] == Split::Calib)
+        .collect();
+    let z: Vec<f32> = rows.iter().map(|&i| z_all[i]).collect();
+    let y: Vec<u8> = rows.iter().map(|&i| ds.y[i]).collect();
+    let raw: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
+    let ece_before = reliability(&raw, &y, super::metrics::ECE_BINS).ece;
+    let skipped = if rows.len() < min_calibration {
+        Some(format!(
+            "{} calibration samples, fewer than train.min_calibration = {min_calibration}",
+            rows.len(),
+        ))
+    } else if !y.contains(&0) || !y.contains(&1) {
+        Some("the calibration split has one class only".into())
+    } else {
+        None
+    };
+    let temperature = if skipped.is_some() {
+        Temperature::default()
+    } else {
+        Temperature::fit(&z, &y)
+    };
+    let cal: Vec<f32> = z.iter().map(|&z| temperature.served(z)).collect();
+    CalibrationReport {
+        temperature,
+        ece_before,
+        ece_after: reliability(&cal, &y, super::metrics::ECE_BINS).ece,
+        skipped,
     }
 }
 

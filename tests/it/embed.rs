@@ -4,7 +4,7 @@
 //!
 //! Fixtures: `scripts/make_dinov3_fixtures.py` (torch 2.11, transformers 5.17, torchvision 0.26).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

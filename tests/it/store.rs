@@ -1,6 +1,6 @@
 //! The store: layout, idempotent writes, label precedence, snapshots.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -49,7 +49,12 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 3);
+    assert_eq!(schema::SCHEMA_VERSION, 4);
+    assert_eq!(
+        show(schema::runs_schema()),
+        "run_id:Utf8,kind:Utf8,started_at:Timestamp(µs, \"UTC\"),finished_at:Timestamp(µs, \"UTC\"),\
+status:Utf8,params:Utf8,summary:Utf8,parent_run:Utf8,reads:Utf8,writes:Utf8"
+    );
     assert_eq!(
         show(schema::samples_schema()),
         "sample_id:Utf8,image:LargeBinary,width:UInt32,height:UInt32,format:Utf8,bytes:UInt64,\
@@ -139,7 +144,7 @@ async fn a_layout_1_store_is_upgraded_in_place() {
         .unwrap()
         .value(0)
         .to_string();
-    assert_eq!(v, "3");
+    assert_eq!(v, roadwork::store::SCHEMA_VERSION.to_string());
 }
 
 #[tokio::test]
@@ -263,4 +268,135 @@ async fn set_layout_version(db: &lancedb::Connection, v: &str) {
     )))
     .await
     .unwrap();
+}
+
+/// The documented type of an Arrow column in `docs/DATA_LAYOUT.md`.
+fn doc_type(t: &arrow_schema::DataType) -> String {
+    use arrow_schema::{DataType as D, TimeUnit};
+    match t {
+        D::Utf8 => "string".into(),
+        D::LargeBinary => "large_binary".into(),
+        D::Boolean => "bool".into(),
+        D::UInt8 => "u8".into(),
+        D::UInt32 => "u32".into(),
+        D::UInt64 => "u64".into(),
+        D::Int64 => "i64".into(),
+        D::Float32 => "f32".into(),
+        D::Timestamp(TimeUnit::Microsecond, Some(tz)) => format!("timestamp_us[{tz}]"),
+        D::List(f) => format!("list<{}>", doc_type(f.data_type())),
+        D::FixedSizeList(f, _) => format!("fixed_size_list<{}, D>", doc_type(f.data_type())),
+        other => format!("{other}"),
+    }
+}
+
+/// `docs/DATA_LAYOUT.md` is the store's contract for other readers (notebooks, the Python data
+/// stack): every table has a section whose column table lists exactly the schema's columns, in
+/// order, with their types and nullability, and names the table's key.
+#[test]
+fn the_data_layout_doc_matches_the_schema() {
+    let doc = std::fs::read_to_string(support::root().join("docs/DATA_LAYOUT.md")).unwrap();
+    let mut all: Vec<(String, arrow_schema::SchemaRef, &str)> = tables::ALL
+        .iter()
+        .map(|t| {
+            (
+                t.to_string(),
+                schema::schema_of(t).unwrap(),
+                schema::key_of(t),
+            )
+        })
+        .collect();
+    all.push((
+        "embeddings_<model id>".into(),
+        roadwork::store::embeddings_schema(384),
+        "sample_id",
+    ));
+    let mut problems = Vec::new();
+    for (table, s, key) in all {
+        let heading = format!("### `{table}`");
+        let Some(start) = doc.find(&heading) else {
+            problems.push(format!("{table}: no section {heading:?}"));
+            continue;
+        };
+        let section = &doc[start + heading.len()..];
+        let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+        if !section.contains(&format!("Key: `{key}`")) {
+            problems.push(format!("{table}: the section does not say `Key: `{key}``"));
+        }
+        let rows: Vec<(String, String, String)> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                (
+                    c[1].trim_matches('`').to_string(),
+                    c[2].trim_matches('`').to_string(),
+                    c[3].to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, String)> = s
+            .fields()
+            .iter()
+            .map(|f| {
+                (
+                    f.name().clone(),
+                    doc_type(f.data_type()),
+                    if f.is_nullable() { "yes" } else { "no" }.to_string(),
+                )
+            })
+            .collect();
+        if rows != want {
+            problems.push(format!("{table}:\n  doc    {rows:?}\n  schema {want:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(
+        doc.contains(&format!(
+            "Layout version: {}",
+            roadwork::store::SCHEMA_VERSION
+        )),
+        "the doc does not state the current layout version"
+    );
+}
+
+/// A layout-3 ledger (no `parent_run`, `reads`, `writes`) gains the columns on open, and its old
+/// rows read back with empty version maps.
+#[tokio::test]
+async fn a_layout_3_ledger_is_migrated_by_adding_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().join("store").to_string_lossy().into_owned();
+    {
+        let db = lancedb::connect(&uri).execute().await.unwrap();
+        let old = Arc::new(arrow_schema::Schema::new(
+            schema::runs_schema().fields()[..7].to_vec(),
+        ));
+        let old: arrow_schema::SchemaRef = old;
+        let ts = arrow_array::TimestampMicrosecondArray::from(vec![1_700_000_000_000_000i64])
+            .with_timezone("UTC");
+        let s = |v: &str| Arc::new(StringArray::from(vec![v])) as arrow_array::ArrayRef;
+        let batch = RecordBatch::try_new(
+            old.clone(),
+            vec![
+                s("mine-20261130T010203.456"),
+                s("mine"),
+                Arc::new(ts.clone()),
+                Arc::new(ts),
+                s("ok"),
+                s("{}"),
+                s("{}"),
+            ],
+        )
+        .unwrap();
+        db.create_table(tables::RUNS, batch)
+            .execute()
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&uri).await.unwrap();
+    let runs = store.runs().await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].kind, roadwork::store::RunKind::Mine);
+    assert!(runs[0].reads.is_empty() && runs[0].parent.is_none());
+    let have = store.table_schema(tables::RUNS).await.unwrap();
+    assert!(have.field_with_name("writes").is_ok());
 }

@@ -1,7 +1,7 @@
 //! The server with real HTTP on 127.0.0.1: the captured bittensor 9.12.2 request and its tampered
 //! copies, the local predict route, health and metrics, and head swaps.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

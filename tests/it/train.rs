@@ -2,18 +2,18 @@
 //! the registry (promotion gate, rollback, atomic pointer, crash safety), bad input, and the rows
 //! mining reads.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::Autodiff;
 use chrono::Utc;
-use roadwork::bench::train::clustered;
 use roadwork::embed::Cpu;
 use roadwork::store::{
     Label, LabelRow, LabelSource, SampleId, SampleRow, SnapshotName, Store, tables,
 };
+use roadwork::testdata::labelled_clusters;
 use roadwork::train::{
     FitConfig, HeadConfig, Metrics, PromoteConfig, Registry, SplitConfig, Temperature, TrainConfig,
     TrainError, Trainer, Xy, encode_head, fit, promote, read_pointer, reliability,
@@ -25,7 +25,7 @@ const MODEL: &str = "test-emb-d16";
 
 /// Writes `n` samples with clustered features and dataset labels (or only the given label).
 async fn seed_store(store: &Store, n: usize, seed: u64, only: Option<u8>) -> Vec<SampleId> {
-    let (x, y) = clustered(n, DIM, 8, seed);
+    let (x, y) = labelled_clusters(n, DIM, 8, seed);
     let mut samples = Vec::new();
     let mut labels = Vec::new();
     let mut vecs = Vec::new();
@@ -104,7 +104,7 @@ async fn trainer(dir: &std::path::Path, store: &Store, cfg: TrainConfig) -> (Reg
 
 #[test]
 fn fitting_is_deterministic_for_a_seed() {
-    let (x, y) = clustered(400, DIM, 8, 3);
+    let (x, y) = labelled_clusters(400, DIM, 8, 3);
     let head = HeadConfig {
         hidden: vec![8],
         dropout: 0.2,
@@ -164,7 +164,7 @@ fn fitting_is_deterministic_for_a_seed() {
 #[test]
 fn temperature_scaling_reduces_the_ece_of_an_overconfident_head() {
     // A decent head whose logits are then multiplied by 6: same ranking, overconfident.
-    let (x, y) = clustered(3000, DIM, 8, 11);
+    let (x, y) = labelled_clusters(3000, DIM, 8, 11);
     let cfg = FitConfig {
         max_epochs: 6,
         batch_size: 128,
@@ -373,8 +373,8 @@ fn the_champion_pointer_is_never_torn_and_a_crash_leaves_no_half_model() {
         },
         &FitConfig::default(),
         Xy {
-            x: &clustered(50, DIM, 8, 1).0,
-            y: &clustered(50, DIM, 8, 1).1,
+            x: &labelled_clusters(50, DIM, 8, 1).0,
+            y: &labelled_clusters(50, DIM, 8, 1).1,
             dim: DIM,
         },
         None,
@@ -511,4 +511,281 @@ async fn non_finite_stored_features_are_refused() {
         "{err}"
     );
     assert_eq!(store.count_rows(tables::MODELS, None).await.unwrap(), 0);
+}
+
+/// A tiny linear head's card and weights, for registry tests.
+fn tiny_artifact() -> (roadwork::train::ModelCard, Vec<u8>) {
+    let head = fit::<Autodiff<Cpu>>(
+        &HeadConfig {
+            hidden: vec![],
+            dropout: 0.0,
+        },
+        &FitConfig::default(),
+        Xy {
+            x: &labelled_clusters(20, DIM, 2, 1).0,
+            y: &labelled_clusters(20, DIM, 2, 1).1,
+            dim: DIM,
+        },
+        None,
+        1,
+        0,
+        &Default::default(),
+    )
+    .head;
+    (card_for(&head), encode_head(&head).unwrap())
+}
+
+#[test]
+fn registering_while_models_list_runs_in_a_loop_loses_no_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let reg = Registry::open(&root).unwrap();
+    let (card, weights) = tiny_artifact();
+    let stop = Arc::new(AtomicBool::new(false));
+    // `roadwork models list` = open (which sweeps stale staging directories) + list.
+    let lister = {
+        let (stop, root) = (stop.clone(), root.clone());
+        std::thread::spawn(move || {
+            let mut opens = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = Registry::open(&root).expect("open");
+                r.list().expect("list");
+                opens += 1;
+            }
+            opens
+        })
+    };
+    let versions: Vec<String> = (0..40).map(|i| format!("head-concurrent-{i:02}")).collect();
+    for v in &versions {
+        let mut c = card.clone();
+        c.model_version = v.clone();
+        reg.register(&c, &weights)
+            .expect("register while another process lists");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(lister.join().unwrap() > 0);
+    let listed: Vec<String> = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.model_version)
+        .collect();
+    assert_eq!(listed, versions);
+    for v in &versions {
+        reg.load(v)
+            .expect("every registered artifact loads and verifies");
+    }
+}
+
+#[test]
+fn a_staging_directory_whose_writer_holds_its_lock_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    Registry::open(dir.path()).unwrap();
+    let staging = dir.path().join(".staging-head-live");
+    std::fs::create_dir_all(&staging).unwrap();
+    let lock = std::fs::File::create(dir.path().join(".staging-head-live.lock")).unwrap();
+    lock.lock().unwrap();
+    Registry::open(dir.path()).unwrap();
+    assert!(
+        staging.exists(),
+        "a live writer's staging directory was removed"
+    );
+    lock.unlock().unwrap();
+    drop(lock);
+    assert_eq!(
+        Registry::open(dir.path()).unwrap().sweep_stale().unwrap(),
+        0
+    );
+    assert!(
+        !staging.exists(),
+        "the writer is gone: its staging directory is stale"
+    );
+}
+
+#[test]
+fn concurrent_promotions_lose_no_pointer_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let (card, weights) = tiny_artifact();
+    let versions: Vec<String> = (0..8).map(|i| format!("head-promo-{i}")).collect();
+    for v in &versions {
+        let mut c = card.clone();
+        c.model_version = v.clone();
+        reg.register(&c, &weights).unwrap();
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(versions.len()));
+    let threads: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            let (v, b, root) = (v.clone(), barrier.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let r = Registry::open(&root).unwrap();
+                b.wait();
+                r.set_champion(&v).unwrap();
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let p = reg.champion().unwrap().unwrap();
+    let mut seen = p.previous.clone();
+    seen.push(p.version.clone());
+    seen.sort();
+    assert_eq!(seen, versions, "a promotion was lost from the history");
+}
+
+#[test]
+fn version_names_that_escape_the_registry_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("models")).unwrap();
+    let (mut card, weights) = tiny_artifact();
+    for bad in ["../x", "/abs", "a/b", "..", ".staging-x", "", "a\\b"] {
+        card.model_version = bad.to_string();
+        assert!(
+            matches!(
+                reg.register(&card, &weights),
+                Err(TrainError::BadVersion(_))
+            ),
+            "{bad:?} accepted"
+        );
+        assert!(matches!(reg.load(bad), Err(TrainError::BadVersion(_))));
+        assert!(matches!(
+            reg.set_champion(bad),
+            Err(TrainError::BadVersion(_))
+        ));
+    }
+    assert!(!dir.path().join("x").exists() && !dir.path().join("abs").exists());
+    // A pointer written by hand that names a path outside the registry is refused, not followed.
+    std::fs::write(
+        reg.champion_path(),
+        r#"{"version":"../../etc","previous":[],"updated_at":"2026-12-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    assert!(matches!(reg.champion(), Err(TrainError::BadVersion(_))));
+}
+
+/// The JSON shape of a value: every key path with its type (`[]` for array elements), sorted.
+pub(crate) fn json_shape(v: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+        use serde_json::Value as V;
+        let ty = match v {
+            V::Null => "null",
+            V::Bool(_) => "bool",
+            V::Number(_) => "number",
+            V::String(_) => "string",
+            V::Array(a) => {
+                a.iter().for_each(|x| walk(x, &format!("{path}[]"), out));
+                "array"
+            }
+            V::Object(o) => {
+                o.iter()
+                    .for_each(|(k, x)| walk(x, &format!("{path}.{k}"), out));
+                "object"
+            }
+        };
+        out.insert(format!("{path}: {ty}"));
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, "", &mut out);
+    out.into_iter().collect()
+}
+
+/// Compares `got` with the committed golden file (rewritten instead when ROADWORK_BLESS=1).
+pub(crate) fn golden(name: &str, got: &str) {
+    let path = support::root().join("tests/fixtures/golden").join(name);
+    if std::env::var("ROADWORK_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with ROADWORK_BLESS=1 once)", path.display()));
+    assert_eq!(
+        got, want,
+        "{name} changed: a format change is a migration (bump its version, keep the old fixture)"
+    );
+}
+
+#[tokio::test]
+async fn the_gate_decides_the_same_however_often_mining_runs_in_between() {
+    use roadwork::mine::{Compute, MineConfig, Miner};
+    let (dir, store) = tmp_store().await;
+    seed_store(&store, 600, 1, None).await;
+    let cfg = small_cfg();
+    let mine = |clusters: usize| {
+        let m = Miner::new(
+            store.clone(),
+            MineConfig {
+                clusters: Some(clusters),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        async move {
+            m.run(Compute::<Cpu>::new(Default::default()), None, None)
+                .await
+        }
+    };
+    let first_mining = mine(4).await.unwrap();
+    let (reg, t) = trainer(dir.path(), &store, cfg.clone()).await;
+    let a = t.train(None).await.unwrap().card;
+    promote(
+        &store,
+        &reg,
+        &a.model_version,
+        &PromoteConfig::default(),
+        &cfg.split,
+        0,
+        true,
+    )
+    .await
+    .unwrap();
+    let b = t.train(None).await.unwrap().card;
+    assert_eq!(b.slice_run.as_deref(), Some(first_mining.run_id.as_str()));
+    // A gate that refuses and lists every shared slice, cluster slices included, with accuracies.
+    let gate = PromoteConfig {
+        min_gain: 10.0,
+        slice_tolerance: -1.0,
+        min_slice_n: 1,
+        ..Default::default()
+    };
+    let d1 = promote(&store, &reg, &b.model_version, &gate, &cfg.split, 0, false)
+        .await
+        .unwrap();
+    assert!(d1.reasons.iter().any(|r| r.contains("cluster=")), "{d1:?}");
+    // Mining again with another cluster count rewrites what "the latest clusters" are.
+    let second = mine(7).await.unwrap();
+    assert_ne!(second.run_id, first_mining.run_id);
+    let d2 = promote(&store, &reg, &b.model_version, &gate, &cfg.split, 0, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        d1, d2,
+        "the same head on the same snapshot got another decision"
+    );
+    // The ledger knows both mining runs and the training runs, with the versions they touched.
+    let runs = store.runs().await.unwrap();
+    let trains: Vec<_> = runs
+        .iter()
+        .filter(|r| r.kind == roadwork::store::RunKind::Train)
+        .collect();
+    assert_eq!(trains.len(), 2);
+    assert!(trains.iter().all(|r| {
+        r.status == roadwork::store::RunStatus::Ok
+            && r.reads
+                .contains_key(&roadwork::store::embeddings_table(MODEL))
+            && r.writes.contains_key(tables::HEAD_SCORES)
+    }));
+    let mined = runs
+        .iter()
+        .find(|r| r.run_id.as_str() == second.run_id)
+        .unwrap();
+    assert!(mined.writes.contains_key(tables::MINE_SCORES));
+
+    // card.json keeps its shape (what readers of the registry rely on); `recipe` is the training
+    // config verbatim and follows `docs/CONFIG.md` instead.
+    let v = serde_json::to_value(&b).unwrap();
+    let shape: Vec<String> = json_shape(&v)
+        .into_iter()
+        .filter(|l| !l.starts_with(".recipe."))
+        .collect();
+    golden("card.shape.txt", &(shape.join("\n") + "\n"));
 }

@@ -1,7 +1,7 @@
 //! Mining against reference implementations (scikit-learn, cleanlab; fixtures made by
 //! `scripts/make_mining_fixtures.py`) and on the committed digits data.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,12 @@ use roadwork::mine::{MineConfig, MineError, Miner, write_selection_csv};
 use roadwork::store::{Label, LabelRow, LabelSource, SampleId, SampleRow, Store, tables};
 use roadwork::train::{Registry, SplitConfig, TrainConfig, Trainer, split_of};
 
-use roadwork::bench::al::load_digits;
 use roadwork::embed::Cpu;
 use roadwork::mine::{
     Compute, KMeansConfig, KMeansMode, KnnConfig, KnnMethod, Metric, Pool, SelectConfig, Strategy,
     find_label_issues, kmeans, knn_graph, lloyd, recall_at, select,
 };
+use roadwork::testdata::load_digits;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -28,7 +28,7 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("json")
 }
 
-fn digits() -> roadwork::bench::al::Digits {
+fn digits() -> roadwork::testdata::Digits {
     load_digits(&root().join("datasets/digits/digits.csv")).expect("digits")
 }
 
@@ -166,7 +166,7 @@ fn confident_learning_agrees_with_cleanlab_on_a_binary_task() {
 
 #[test]
 fn ivf_knn_graph_recall_on_clustered_384d_vectors() {
-    let x = roadwork::bench::mine::clustered(20_000, 384, 64, 11);
+    let x = roadwork::testdata::clustered(20_000, 384, 64, 11);
     let cfg = KnnConfig {
         k: 10,
         method: KnnMethod::Ivf,
@@ -257,7 +257,7 @@ fn label(id: &SampleId, y: u8) -> LabelRow {
 /// 400 labelled samples (10 % noisy labels), an eval sample whose near-twin is in training, and
 /// 60 validator queries concentrated in one region the training set barely covers.
 async fn mining_store(store: &Store, split: &SplitConfig) -> (SampleId, SampleId) {
-    let (x, y) = roadwork::bench::train::clustered(400, DIM, 8, 3);
+    let (x, y) = roadwork::testdata::labelled_clusters(400, DIM, 8, 3);
     let (mut samples, mut labels, mut vecs) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..400 {
         let s = sample(
@@ -340,7 +340,7 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
         };
         let miner = Miner::new(store.clone(), cfg).unwrap();
         let s = miner
-            .run(&cpu(), Some(&head), Some(dir.path()))
+            .run(cpu(), Some(&head), Some(dir.path()))
             .await
             .unwrap();
         assert_eq!(s.n, 461);
@@ -388,19 +388,38 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
         );
         assert!(s.report.as_ref().unwrap().exists());
         assert!(!s.top_hard.is_empty() && s.top_hard.iter().all(|h| h.hardness.is_finite()));
-        // Evaluations now report per-cluster slices from this run.
-        let ev = roadwork::train::evaluate_version(&store, &reg, &head, &tcfg.split, 200, 0)
-            .await
-            .unwrap();
+        // A head trained after this run is judged on its clusters (its card names the run); the
+        // head trained before keeps being judged without them.
+        let sliced = t.train(None).await.unwrap().card;
+        assert_eq!(sliced.slice_run.as_deref(), Some(s.run_id.as_str()));
+        let ev = roadwork::train::evaluate_version(
+            &store,
+            &reg,
+            &sliced.model_version,
+            &tcfg.split,
+            200,
+            0,
+        )
+        .await
+        .unwrap();
         assert!(
             ev.slices.iter().any(|sl| sl.slice.starts_with("cluster=")),
             "{:?}",
             ev.slices.iter().map(|s| &s.slice).collect::<Vec<_>>()
         );
+        let before = roadwork::train::evaluate_version(&store, &reg, &head, &tcfg.split, 200, 0)
+            .await
+            .unwrap();
+        assert!(
+            !before
+                .slices
+                .iter()
+                .any(|sl| sl.slice.starts_with("cluster="))
+        );
 
         // Selection: only unlabelled (traffic) samples, within budget, stored and exported.
         let (sel, rows) = miner
-            .select(&cpu(), Some(&head), "night-1", 10, Strategy::Auto, None)
+            .select(cpu(), Some(&head), "night-1", 10, Strategy::Auto, None)
             .await
             .unwrap();
         assert_eq!(rows.len(), 10);
@@ -418,14 +437,14 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
         assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 11);
         // A budget beyond the pool is clamped, zero is refused.
         let (sel, rows) = miner
-            .select(&cpu(), Some(&head), "all", 1000, Strategy::Random, None)
+            .select(cpu(), Some(&head), "all", 1000, Strategy::Random, None)
             .await
             .unwrap();
         assert_eq!(rows.len(), 60);
         assert!(sel.clamped.is_some());
         assert!(matches!(
             miner
-                .select(&cpu(), Some(&head), "zero", 0, Strategy::Auto, None)
+                .select(cpu(), Some(&head), "zero", 0, Strategy::Auto, None)
                 .await,
             Err(MineError::Config(_))
         ));
@@ -436,7 +455,7 @@ fn a_mining_run_finds_issues_leakage_drift_and_selects_from_traffic() {
 async fn mining_an_empty_store_is_a_clear_error() {
     let (_dir, store) = support::tmp_store().await;
     let miner = Miner::new(store, MineConfig::default()).unwrap();
-    let e = miner.run(&cpu(), None, None).await.unwrap_err();
+    let e = miner.run(cpu(), None, None).await.unwrap_err();
     assert!(matches!(e, MineError::Empty(_)), "{e}");
     assert!(e.to_string().contains("roadwork embed"));
 }
@@ -449,7 +468,7 @@ fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
         .unwrap();
     rt.block_on(async {
         let (dir, store) = support::tmp_store().await;
-        let (x, _) = roadwork::bench::train::clustered(120, DIM, 4, 8);
+        let (x, _) = roadwork::testdata::labelled_clusters(120, DIM, 4, 8);
         let (mut samples, mut labels, mut vecs) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..120 {
             let s = sample(format!("one-{i}").into_bytes(), "dataset", i as u64 * 7919);
@@ -473,7 +492,7 @@ fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
             ..Default::default()
         };
         let miner = Miner::new(store.clone(), cfg).unwrap();
-        let s = miner.run(&cpu(), None, Some(dir.path())).await.unwrap();
+        let s = miner.run(cpu(), None, Some(dir.path())).await.unwrap();
         assert_eq!((s.n, s.skipped_non_finite), (120, 1));
         assert_eq!(s.clusters, 120);
         assert_eq!(s.label_issues, None);
@@ -485,7 +504,7 @@ fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
         assert!(s.drift.is_none());
         // Nothing unlabelled to select from: a clear error.
         let e = miner
-            .select(&cpu(), None, "none", 5, Strategy::Auto, None)
+            .select(cpu(), None, "none", 5, Strategy::Auto, None)
             .await
             .unwrap_err();
         assert!(matches!(e, MineError::Empty(_)), "{e}");

@@ -118,3 +118,8 @@ pub fn linear_card(
     };
     roadwork::train::ModelCard::untrained(version, embedding_model, dim, linear, weights)
 }
+
+/// The repository root (fixtures are relative to it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

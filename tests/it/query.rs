@@ -1,6 +1,6 @@
 //! SQL over the store: the README question, type round-trips (embeddings included), formats, errors.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

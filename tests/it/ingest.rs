@@ -1,6 +1,6 @@
 //! Ingest: each source, bad input, idempotence, and a crash in the middle.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -89,7 +89,10 @@ async fn folder_labels_from_subfolders_and_skips_bad_files_with_reasons() {
     assert_eq!(store.count_rows(tables::LABELS, None).await.unwrap(), 6);
     let runs = store.runs().await.unwrap();
     assert_eq!(runs.len(), 2);
-    assert!(runs.iter().all(|r| r.status == "ok"));
+    assert!(
+        runs.iter()
+            .all(|r| r.status == roadwork::store::RunStatus::Ok)
+    );
 }
 
 #[tokio::test]
@@ -388,7 +391,8 @@ async fn killed_mid_ingest_leaves_a_consistent_store_and_rerun_completes() {
     let running: Vec<_> = reopened.runs().await.unwrap();
     assert_eq!(running.len(), 1);
     assert_eq!(
-        running[0].status, "running",
+        running[0].status,
+        roadwork::store::RunStatus::Running,
         "the killed run never finished"
     );
 
