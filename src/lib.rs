@@ -1,7 +1,7 @@
 //! `roadwork`: the data engine and active-learning loop behind an image classifier that serves live
 //! traffic (first user: a NATIX StreetVision subnet-72 miner answering P(roadwork) per street image).
 //!
-//! The loop, one module per stage (see README "Architecture"):
+//! The loop, one module per stage (see docs/ARCHITECTURE.md):
 //! - [`store`] owns the Lance schema: samples, labels, predictions, runs, snapshots.
 //! - [`ingest`] brings image folders, NATIX parquet shards and validator query logs into the store.
 //! - [`embed`] computes DINOv3 features in Burn (CPU, or CUDA with the `cuda` feature).

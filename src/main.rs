@@ -28,7 +28,7 @@ struct Cli {
     /// Store location (a path or a lancedb URI such as s3://bucket/prefix); default <data>/store.
     #[arg(long, global = true, env = "ROADWORK_STORE")]
     store: Option<String>,
-    /// TOML configuration file (see README "Configuration").
+    /// TOML configuration file (see docs/CONFIG.md).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log more (-v debug, -vv trace); RUST_LOG overrides.
@@ -122,7 +122,7 @@ enum Command {
     /// Store maintenance: layout, versions and snapshots.
     #[command(subcommand)]
     Store(StoreCmd),
-    /// Benchmarks (numbers for the README).
+    /// Benchmarks (numbers for docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
 }

@@ -203,7 +203,7 @@ pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
     }
 }
 
-/// The README table.
+/// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[EmbedBenchRow]) -> String {
     let mut s = String::from(
         "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed |\n\

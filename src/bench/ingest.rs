@@ -30,7 +30,7 @@ pub struct IngestBench {
 }
 
 impl IngestBench {
-    /// A Markdown table row set, ready for the README.
+    /// A Markdown table row set, ready for docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         format!(
             "| images | size | MiB | s | images/s | MiB/s | peak RSS MiB | threads |\n\

@@ -106,7 +106,7 @@ pub fn run<B: burn::prelude::Backend>(
     })
 }
 
-/// The README table.
+/// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[MineBenchRow]) -> String {
     let mut s = String::from(
         "| n × dim | kNN graph (k) | method | recall@10 | k-means k | Lloyd s/iter | mini-batch s/step (batch) | near-dup s (pairs) | pHash s (pairs) | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|\n",

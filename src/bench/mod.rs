@@ -1,5 +1,5 @@
 //! Benchmarks behind `roadwork bench …`: speed and memory targets live here, never in unit tests.
-//! Each prints a Markdown table (the README carries the latest) and can write JSON.
+//! Each prints a Markdown table (docs/BENCHMARKS.md carries the latest) and can write JSON.
 
 pub mod al;
 pub mod embed;

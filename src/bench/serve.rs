@@ -347,7 +347,7 @@ fn log_cost(dir: &Path, image_b64: &str, n: usize) -> Result<LogCost, String> {
     })
 }
 
-/// The README table.
+/// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[ServeBenchRow], cost: &LogCost) -> String {
     let mut out = String::from(
         "| model | device | precision | max batch | concurrency | durable log | requests | req/s | p50 ms | p99 ms |\n\

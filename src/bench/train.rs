@@ -1,5 +1,5 @@
 //! `roadwork bench train`: head training speed on random clustered features of a given size
-//! (the README's "100k × 1024" row), per epoch and per sample, with peak memory.
+//! (the "100k × 1024" row of docs/BENCHMARKS.md), per epoch and per sample, with peak memory.
 
 use serde::Serialize;
 
@@ -45,7 +45,7 @@ pub fn run(
     })
 }
 
-/// The README table.
+/// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[TrainBenchRow]) -> String {
     let mut s = String::from(
         "| n × dim | head | batch | device | epochs | s/epoch | samples/s | peak RSS |\n|---|---|---|---|---|---|---|---|\n",

@@ -7,7 +7,9 @@
 //! - [`metagraph`]: which validators may ask (a snapshot file, reloaded when it changes);
 //! - [`payload`]: base64 image fields in every spelling;
 //! - [`tier1`]: encoder + head, with an atomic head swap;
-//! - [`server`]: the axum router and its metrics.
+//! - [`server`]: a profile's state and axum router; its routes (`routes.rs`), the cascade each
+//!   image runs (`cascade.rs`), `/metrics` through prometheus-client (`metrics.rs`) and the one
+//!   refusal type `ApiError` (`error.rs`).
 //!
 //! Invariants: every answer is a finite float in [0, 1] and never exactly 0.5, or -1 for an image
 //! that cannot be decoded; a head trained on another encoder's features is refused.
@@ -25,11 +27,15 @@
 //!   is unsure and only within the deadline.
 
 pub mod auth;
+mod cascade;
 mod config;
 pub mod dendrite;
+mod error;
 pub mod metagraph;
+mod metrics;
 pub mod payload;
 pub mod querylog;
+mod routes;
 mod run;
 pub mod server;
 pub mod tier1;
@@ -38,11 +44,13 @@ pub mod tier2;
 pub use auth::{AuthError, NonceTracker, SignedRequest, body_hash, parse_nonce, ss58_public_key};
 pub use config::{ProfileConfig, ServeConfig};
 pub use dendrite::{Dendrite, DendriteError, ss58_encode};
+pub use error::ApiError;
 pub use metagraph::{Metagraph, Neuron, Refusal};
+pub use metrics::Metrics;
 pub use payload::{PayloadError, decode_base64_image};
 pub use querylog::QueryLog;
 pub use run::{Running, start};
-pub use server::{AppState, Clock, Metrics, router, serve_with_peers};
+pub use server::{AppState, Clock, router, serve_with_peers};
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
 pub use tier2::{Tier2, Tier2Answer, Tier2Config, Tier2Error};
 

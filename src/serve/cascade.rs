@@ -1,0 +1,226 @@
+//! The cascade one image runs: tier 1 (encoder + head) always, tier 2 (a VLM) when the profile has
+//! one and tier 1 is unsure, within the deadline; then the durable log line before the reply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use super::server::{AppState, Clock};
+use super::tier1::Tier1Error;
+use crate::store::SampleId;
+use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
+use crate::train::UNDECIDED;
+
+/// What the cascade made of one image.
+pub(super) struct Outcome {
+    /// The answer sent: finite in [0, 1] and never 0.5, or -1.
+    pub prob: f32,
+    /// Each tier's own score, when it produced one.
+    pub tier1: Option<f32>,
+    pub tier1_ms: f32,
+    pub tier1_error: Option<String>,
+    /// Present when the image was escalated (score or error).
+    pub tier2: Option<TierOutput>,
+    pub decided_by: u8,
+    pub decode_error: Option<String>,
+    pub model_version: String,
+}
+
+impl Outcome {
+    pub fn undecodable(s: &AppState, why: String) -> Self {
+        s.metrics.undecodable();
+        tracing::warn!(profile = %s.profile, "answering -1: {why}");
+        Self {
+            prob: -1.0,
+            tier1: None,
+            tier1_ms: 0.0,
+            tier1_error: None,
+            tier2: None,
+            decided_by: 1,
+            decode_error: Some(why),
+            model_version: s.tier1.model_version(),
+        }
+    }
+
+    pub fn tiers(&self) -> Vec<TierOutput> {
+        let mut t = vec![TierOutput {
+            tier: 1,
+            score: self.tier1,
+            latency_ms: self.tier1_ms,
+            error: self
+                .tier1_error
+                .clone()
+                .or_else(|| self.decode_error.clone()),
+        }];
+        t.extend(self.tier2.clone());
+        t
+    }
+}
+
+/// Never exactly 0.5 (the validator reads 0.5 as no answer), always finite.
+fn servable(p: f32) -> f32 {
+    if !p.is_finite() || p == 0.5 {
+        UNDECIDED
+    } else {
+        p.clamp(0.0, 1.0)
+    }
+}
+
+/// Shortest tier-2 budget worth a request, milliseconds.
+const MIN_TIER2_MS: u64 = 20;
+
+/// Runs the cascade within the deadline. Tier 1 first: an undecodable image answers -1; a
+/// deadline miss or a failed task answers undecided (a valid, finite answer is worth more than
+/// none). A tier-1 probability inside the escalation band goes to tier 2 with whatever time is
+/// left; a slow, failing or nonsensical tier 2 leaves tier 1's answer standing.
+pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) -> Outcome {
+    let t1 = s.tier1.clone();
+    let left = s.deadline.saturating_sub(started.elapsed());
+    let t = Instant::now();
+    let img = bytes.clone();
+    let by = started + s.deadline;
+    let job = tokio::task::spawn_blocking(move || t1.predict_before(&img, by));
+    let mut o = Outcome {
+        prob: UNDECIDED,
+        tier1: None,
+        tier1_ms: 0.0,
+        tier1_error: None,
+        tier2: None,
+        decided_by: 1,
+        decode_error: None,
+        model_version: s.tier1.model_version(),
+    };
+    let r = tokio::time::timeout(left, job).await;
+    o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
+    match r {
+        Ok(Ok(Ok(a))) => {
+            s.metrics.tier1_latency(t.elapsed());
+            (o.prob, o.tier1, o.model_version) = (a.prob, Some(a.prob), a.model_version);
+        }
+        Ok(Ok(Err(Tier1Error::Undecodable(e)))) => {
+            let mut u = Outcome::undecodable(s, format!("image cannot be decoded: {e}"));
+            u.tier1_ms = o.tier1_ms;
+            return u;
+        }
+        Ok(Ok(Err(e))) => {
+            s.metrics.shed();
+            tracing::warn!(profile = %s.profile, "tier 1 gave no answer ({e}); answering undecided");
+            o.tier1_error = Some(e.to_string());
+        }
+        Ok(Err(e)) => {
+            s.metrics.shed();
+            tracing::error!(profile = %s.profile, "tier 1 task failed: {e}; answering undecided");
+            o.tier1_error = Some("tier 1 task failed".into());
+        }
+        Err(_) => {
+            // The encoder worker drops the image unencoded if it has not started on it yet.
+            s.metrics.shed();
+            tracing::warn!(profile = %s.profile, "tier 1 missed the deadline; answering undecided");
+            o.tier1_error = Some("deadline".into());
+        }
+    }
+    let escalate = match (&s.tier2, o.tier1) {
+        (Some(t2), Some(p1)) if t2.cfg.escalates(p1) => Some((t2.clone(), p1)),
+        _ => None,
+    };
+    let Some((t2, p1)) = escalate else {
+        if o.tier1.is_some() {
+            s.metrics.early_exit();
+        }
+        s.metrics.answer_latency(started.elapsed());
+        return o;
+    };
+    let budget = s
+        .deadline
+        .saturating_sub(started.elapsed())
+        .saturating_sub(Duration::from_millis(t2.cfg.reserve_ms));
+    let mut out = TierOutput {
+        tier: 2,
+        score: None,
+        latency_ms: 0.0,
+        error: None,
+    };
+    if budget < Duration::from_millis(MIN_TIER2_MS) {
+        s.metrics.tier2_outcome("no_time");
+        out.error = Some("no time left before the deadline".into());
+    } else {
+        let t = Instant::now();
+        let r = t2.ask(&bytes, budget).await;
+        out.latency_ms = t.elapsed().as_secs_f32() * 1000.0;
+        match r {
+            Ok(a) => {
+                s.metrics.tier2_latency(t.elapsed());
+                s.metrics.tier2_outcome("answered");
+                out.score = Some(a.p_yes);
+                o.prob = servable(t2.cfg.combine(p1, a.p_yes));
+                o.decided_by = 2;
+            }
+            Err(e) => {
+                s.metrics.tier2_outcome(e.kind());
+                tracing::warn!(profile = %s.profile, "tier 2 gave no answer ({e}); keeping tier 1's");
+                out.error = Some(e.to_string());
+            }
+        }
+    }
+    o.tier2 = Some(out);
+    s.metrics.answer_latency(started.elapsed());
+    o
+}
+
+/// Logs an answered request durably before its reply goes out. A failed append is counted and
+/// logged; the answer is still sent (a validator's reward is lost for good, a log line can be
+/// recovered from the reply logs).
+pub(super) async fn log_answer(
+    s: &Arc<AppState>,
+    request_id: String,
+    validator: Option<String>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+    bytes: &[u8],
+    o: &Outcome,
+) {
+    let Some(log) = s.querylog.clone() else {
+        return;
+    };
+    use base64::Engine as _;
+    let rec = QueryLogRecord {
+        v: QUERY_LOG_VERSION,
+        request_id,
+        received_at,
+        answered_at: chrono::Utc::now(),
+        validator_hotkey: validator,
+        profile: s.profile.clone(),
+        image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        image_sha256: SampleId::of_bytes(bytes).to_string(),
+        model_version: o.model_version.clone(),
+        tiers: o.tiers(),
+        decided_by: o.decided_by,
+        final_score: o.prob,
+        latency_ms: started.elapsed().as_secs_f32() * 1000.0,
+        decode_error: o.decode_error.clone(),
+    };
+    match tokio::task::spawn_blocking(move || log.append(&rec)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            s.metrics.querylog_error();
+            tracing::error!("query log append failed: {e}");
+        }
+        Err(e) => {
+            s.metrics.querylog_error();
+            tracing::error!("query log task failed: {e}");
+        }
+    }
+}
+
+/// A unique id for a local request.
+pub(super) fn local_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "local-{}-{}-{}",
+        Clock::System.now_ns(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
