@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
+pub use crate::ingest::IngestConfig;
 use crate::mine::MineConfig;
 use crate::serve::ServeConfig;
 use crate::train::TrainConfig;
@@ -49,25 +50,6 @@ impl DataConfig {
         self.store_uri
             .clone()
             .unwrap_or_else(|| self.dir.join("store").to_string_lossy().into_owned())
-    }
-}
-
-/// How ingest batches its writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Rows per Lance commit. Smaller commits lose less work to a crash; larger ones write faster.
-    pub batch_rows: usize,
-    /// Image bytes per Lance commit, MiB (whichever of the two limits is reached first).
-    pub batch_mib: usize,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            batch_rows: 512,
-            batch_mib: 256,
-        }
     }
 }
 

@@ -16,6 +16,7 @@
 //!
 //! Layers point down: nothing in the library imports `bench` or the binary's `cli`.
 
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod embed;

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::mine::{Compute, Metric, MineError, Pool, SelectConfig, Strategy, Vectors, select};
-pub use crate::testdata::{Digits, load_digits};
+pub use crate::testdata::{DIGITS_DIM, Digits, load_digits};
 
 /// Multinomial logistic regression: weights `classes × (dim + 1)` (bias last).
 pub struct Softmax {
@@ -132,6 +132,7 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<AlRow>, MineError> {
     let n = data.y.len();
+    let x = Vectors::new(data.x.clone(), DIGITS_DIM)?;
     if cfg.test_size >= n {
         return Err(MineError::Config(format!(
             "test size {} leaves no pool of {n} digits",
@@ -156,7 +157,7 @@ pub fn run<B: Backend>(
                         .filter(|r| !labelled.contains(r))
                         .collect();
                     let p = Pool {
-                        x: &data.x,
+                        x: &x,
                         labelled: &labelled,
                         candidates: &candidates,
                         probs: probs.as_deref(),
@@ -172,13 +173,13 @@ pub fn run<B: Backend>(
                     labelled.extend(sel.items.iter().map(|i| i.row));
                 }
                 let model = Softmax::fit(
-                    &data.x,
+                    &x,
                     &labelled,
                     &data.y,
                     10,
                     1.0 / labelled.len().max(1) as f64,
                 );
-                let all = model.probs(&data.x);
+                let all = model.probs(&x);
                 let correct = test
                     .iter()
                     .filter(|&&r| {

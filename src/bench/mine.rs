@@ -4,6 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::mine::Vectors;
 use crate::testdata::clustered;
 
 /// One scale measurement.
@@ -39,7 +40,7 @@ pub fn run<B: burn::prelude::Backend>(
         near_threshold, phash_pairs, recall_at,
     };
     use std::time::Instant;
-    let x = clustered(n, dim, (n / 100).clamp(10, 2000), seed);
+    let x = Vectors::new(clustered(n, dim, (n / 100).clamp(10, 2000), seed), dim)?;
     super::reset_peak_rss();
     let knn_cfg = KnnConfig::default();
     let t = Instant::now();
@@ -158,7 +159,7 @@ pub async fn lance_recall(
     use std::collections::HashSet;
     use std::time::Instant;
     let model = format!("bench-lance-{n}x{dim}");
-    let x = clustered(n, dim, (n / 100).clamp(10, 2000), 5);
+    let x = Vectors::new(clustered(n, dim, (n / 100).clamp(10, 2000), 5), dim)?;
     let ids: Vec<SampleId> = (0..n)
         .map(|i| SampleId::of_bytes(format!("bench-{i}").as_bytes()))
         .collect();

@@ -4,50 +4,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 #[cfg(feature = "cuda")]
 use super::Embedder;
 use super::{CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, embed_store};
+pub use crate::backend::{ComputeDevice, Precision};
 use crate::imaging::DecodeLimits;
 use crate::store::Store;
 
-/// Compute device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ComputeDevice {
-    #[default]
-    Cpu,
-    /// The first NVIDIA GPU (needs the `cuda` build feature).
-    Cuda,
-}
-
-/// Floating-point precision of the encoder's weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    F32,
-    /// bfloat16 (CUDA only).
-    Bf16,
-}
-
-impl Precision {
-    /// The PyTorch dtype name, for side-by-side benchmarks.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32",
-            Precision::Bf16 => "bfloat16",
-        }
-    }
-}
-
 /// The error for a device/precision pair this build cannot run.
 pub fn unsupported(device: ComputeDevice, precision: Precision) -> EmbedError {
-    EmbedError::Unsupported(match (device, precision) {
-        (ComputeDevice::Cpu, Precision::Bf16) => "bf16 is supported on CUDA only".into(),
-        _ => "this build has no CUDA support; rebuild with `--features cuda`".into(),
-    })
+    EmbedError::Unsupported(crate::backend::unsupported(device, precision).into())
 }
 
 /// Runs the embed stage on the configured device and precision.

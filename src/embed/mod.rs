@@ -29,8 +29,7 @@ pub use stage::{EmbedSummary, embed_store};
 pub use vit::{Activation, DinoV3, DinoV3Config, DinoV3Output, DinoV3Size};
 pub use weights::{TensorMap, WeightsError};
 
-/// The CPU backend.
-pub type Cpu = burn_ndarray::NdArray<f32>;
+pub use crate::backend::Cpu;
 
 /// Which vector represents an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
+use super::IngestConfig;
 use super::{IngestError, IngestSummary, Skipped};
-use crate::config::IngestConfig;
 use crate::store::{LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, Store, tables};
 
 /// What one input item contributes.

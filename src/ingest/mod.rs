@@ -16,7 +16,8 @@ mod summary;
 
 use std::path::PathBuf;
 
-use crate::config::IngestConfig;
+use serde::{Deserialize, Serialize};
+
 use crate::imaging::{DecodeError, DecodeLimits, decode, phash};
 use crate::store::{SampleId, StoreError};
 
@@ -125,5 +126,24 @@ impl Ingestor {
         }
         bar.set_message(what.to_string());
         bar
+    }
+}
+
+/// How ingest batches its writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Rows per Lance commit. Smaller commits lose less work to a crash; larger ones write faster.
+    pub batch_rows: usize,
+    /// Image bytes per Lance commit, MiB (whichever of the two limits is reached first).
+    pub batch_mib: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 512,
+            batch_mib: 256,
+        }
     }
 }

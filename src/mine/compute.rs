@@ -63,7 +63,7 @@ pub fn host_usize<const D: usize, B: Backend>(t: Tensor<B, D, Int>) -> Vec<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
 
     #[test]
     fn dots_match_a_hand_computed_product() {

@@ -111,7 +111,7 @@ pub fn typicality<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
     use crate::mine::knn::{KnnConfig, KnnMethod, knn_graph};
 
     #[test]

@@ -205,7 +205,7 @@ pub fn mmd_test<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
     use rand::Rng;
 
     #[test]

@@ -472,7 +472,7 @@ pub fn kmeans<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
 
     fn blobs() -> Vectors {
         // Three tight blobs around (0,0), (10,0), (0,10).

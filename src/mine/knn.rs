@@ -386,7 +386,7 @@ pub fn recall_at<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
     use rand::Rng;
 
     fn random(n: usize, d: usize, seed: u64) -> Vectors {
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn ivf_graph_has_high_recall_on_clustered_data() {
         let c = Compute::<Cpu>::new(Default::default());
-        let x = crate::testdata::clustered(4000, 16, 40, 5);
+        let x = Vectors::new(crate::testdata::clustered(4000, 16, 40, 5), 16).unwrap();
         let cfg = KnnConfig {
             k: 10,
             method: KnnMethod::Ivf,

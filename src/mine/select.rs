@@ -437,11 +437,11 @@ fn typiclust<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::Cpu;
+    use crate::backend::Cpu;
     use std::collections::HashSet;
 
     fn pool_data() -> Vectors {
-        crate::testdata::clustered(300, 8, 6, 2)
+        Vectors::new(crate::testdata::clustered(300, 8, 6, 2), 8).unwrap()
     }
 
     #[test]

@@ -1,17 +1,17 @@
 //! Deterministic synthetic data shared by unit tests, integration tests and benchmarks: clustered
 //! random vectors (with or without labels) and the committed UCI digits. One place, so that tests
 //! and `roadwork bench` measure the same distributions and no library module imports `bench`.
+//! Plain rows only (`Vec<f32>`, row-major): this module depends on no stage, so no stage's tests
+//! make a cycle through it.
 
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::mine::{MineError, Vectors};
-
 /// `n` vectors of dimension `dim` around `centres` random centres; row `i` belongs to centre
 /// `i % centres` (see [`clustered_centre`]), with uniform noise of ±0.25 per coordinate.
-pub fn clustered(n: usize, dim: usize, centres: usize, seed: u64) -> Vectors {
+pub fn clustered(n: usize, dim: usize, centres: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let centres = centres.max(1);
     let c: Vec<f32> = (0..centres * dim)
@@ -22,8 +22,7 @@ pub fn clustered(n: usize, dim: usize, centres: usize, seed: u64) -> Vectors {
         let k = i % centres;
         x.extend((0..dim).map(|e| c[k * dim + e] + rng.random_range(-0.25f32..0.25)));
     }
-    // Finite by construction.
-    Vectors::new(x, dim).unwrap_or_else(|_| unreachable!("finite by construction"))
+    x
 }
 
 /// The centre row `i` of [`clustered`] was drawn around.
@@ -57,16 +56,19 @@ pub fn labelled_clusters(n: usize, dim: usize, centres: usize, seed: u64) -> (Ve
     (x, y)
 }
 
-/// The labelled digits.
+/// Pixels per digit (8 × 8).
+pub const DIGITS_DIM: usize = 64;
+
+/// The labelled digits: `x` is row-major `len × 64`, scaled to [0, 1].
 pub struct Digits {
-    pub x: Vectors,
+    pub x: Vec<f32>,
     pub y: Vec<usize>,
 }
 
 /// Reads `digits.csv` (`label,p0..p63`); pixels are scaled to [0, 1].
-pub fn load_digits(path: &Path) -> Result<Digits, MineError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| MineError::Config(format!("cannot read {}: {e}", path.display())))?;
+pub fn load_digits(path: &Path) -> Result<Digits, std::io::Error> {
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let text = std::fs::read_to_string(path)?;
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate().skip(1) {
         let mut f = line.split(',');
@@ -74,10 +76,10 @@ pub fn load_digits(path: &Path) -> Result<Digits, MineError> {
             .next()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&l| l < 10)
-            .ok_or_else(|| MineError::Shape(format!("{}:{}: bad label", path.display(), n + 1)))?;
+            .ok_or_else(|| bad(format!("{}:{}: bad label", path.display(), n + 1)))?;
         let px: Vec<f32> = f.filter_map(|v| v.trim().parse::<f32>().ok()).collect();
         if px.len() != 64 {
-            return Err(MineError::Shape(format!(
+            return Err(bad(format!(
                 "{}:{}: {} pixels, expected 64",
                 path.display(),
                 n + 1,
@@ -87,8 +89,5 @@ pub fn load_digits(path: &Path) -> Result<Digits, MineError> {
         x.extend(px.iter().map(|v| v / 16.0));
         y.push(label);
     }
-    Ok(Digits {
-        x: Vectors::new(x, 64)?,
-        y,
-    })
+    Ok(Digits { x, y })
 }

@@ -141,7 +141,7 @@ pub fn evaluate(
 pub fn load_head(
     registry: &Registry,
     version: &str,
-) -> Result<TrainedHead<crate::embed::Cpu>, TrainError> {
+) -> Result<TrainedHead<crate::backend::Cpu>, TrainError> {
     let (card, weights) = registry.load(version)?;
     TrainedHead::from_parts(card, &weights, &Default::default())
 }
@@ -190,7 +190,7 @@ fn restrict(ds: &Dataset, keep: &HashSet<String>) -> Dataset {
 }
 
 fn run_eval(
-    head: &TrainedHead<crate::embed::Cpu>,
+    head: &TrainedHead<crate::backend::Cpu>,
     ds: &Dataset,
     queries: usize,
     seed: u64,

@@ -51,7 +51,7 @@ pub use report::write_report;
 pub use reward::{Replay, ValidatorTracker, numpy_round, replay};
 pub use trainer::{TrainSummary, Trainer, bench_fit};
 
-use crate::embed::ComputeDevice;
+use crate::backend::ComputeDevice;
 
 /// Configuration of the training stage (`[train]` in the TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use super::metrics::reliability;
 use super::model::{CalibrationReport, ModelCard, encode_head, sha256_hex};
 use super::registry::Registry;
 use super::{TrainConfig, TrainError};
-use crate::embed::ComputeDevice;
+use crate::backend::ComputeDevice;
 use crate::store::schema::tables;
 use crate::store::{HeadScoreRow, ModelRow, RunId, RunKind, RunLedger, SnapshotName, Store};
 
@@ -197,7 +197,7 @@ fn compute_on_device(
 ) -> Result<Computed, TrainError> {
     match cfg.device {
         ComputeDevice::Cpu => {
-            compute::<Autodiff<crate::embed::Cpu>>(ds, cfg, &Default::default(), bar)
+            compute::<Autodiff<crate::backend::Cpu>>(ds, cfg, &Default::default(), bar)
         }
         #[cfg(feature = "cuda")]
         ComputeDevice::Cuda => {
@@ -563,7 +563,7 @@ pub fn bench_fit(
     let xy = Xy { x, y, dim };
     match cfg.device {
         ComputeDevice::Cpu => {
-            fit::<Autodiff<crate::embed::Cpu>>(
+            fit::<Autodiff<crate::backend::Cpu>>(
                 &cfg.head,
                 &cfg.fit,
                 xy,

@@ -28,8 +28,18 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("json")
 }
 
-fn digits() -> roadwork::testdata::Digits {
-    load_digits(&root().join("datasets/digits/digits.csv")).expect("digits")
+/// The committed digits, as mining vectors.
+struct Digits {
+    x: roadwork::mine::Vectors,
+    y: Vec<usize>,
+}
+
+fn digits() -> Digits {
+    let d = load_digits(&root().join("datasets/digits/digits.csv")).expect("digits");
+    Digits {
+        x: roadwork::mine::Vectors::new(d.x, roadwork::testdata::DIGITS_DIM).unwrap(),
+        y: d.y,
+    }
 }
 
 fn cpu() -> Compute<Cpu> {
@@ -166,7 +176,8 @@ fn confident_learning_agrees_with_cleanlab_on_a_binary_task() {
 
 #[test]
 fn ivf_knn_graph_recall_on_clustered_384d_vectors() {
-    let x = roadwork::testdata::clustered(20_000, 384, 64, 11);
+    let x = roadwork::mine::Vectors::new(roadwork::testdata::clustered(20_000, 384, 64, 11), 384)
+        .unwrap();
     let cfg = KnnConfig {
         k: 10,
         method: KnnMethod::Ivf,
