@@ -1,88 +1,38 @@
-//! PNG charts for the reports a person opens (training, evaluation, mining): line charts, bars and
-//! an annotated matrix, drawn with tiny-skia and a built-in bitmap font, so a report looks the same
-//! on a laptop, in CI and on a headless server without fonts.
+//! Charts for the reports a person opens (training, evaluation, mining, the nightly run): line
+//! charts, bars and an annotated matrix, as SVG inlined into the report's HTML. The browser draws
+//! the text with its own fonts, so no font ships with the project and the report is one
+//! self-contained file that needs no network.
 
-mod font;
+use std::fmt::Write as _;
 
-use std::path::Path;
-
-use tiny_skia::{Color, FillRule, Paint, PathBuilder, Pixmap, Rect, Stroke, Transform};
-
-/// Why a chart could not be drawn or written.
+/// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
     #[error("chart size {0}×{1} is not drawable")]
     Size(u32, u32),
-    #[error("cannot write {path}: {why}")]
-    Write { path: String, why: String },
 }
 
 /// A colour-blind-safe palette (Okabe–Ito), for series in order.
-pub const PALETTE: [(u8, u8, u8); 6] = [
-    (0, 114, 178),
-    (213, 94, 0),
-    (0, 158, 115),
-    (204, 121, 167),
-    (230, 159, 0),
-    (86, 180, 233),
+pub const PALETTE: [&str; 6] = [
+    "#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9",
 ];
 
 /// The i-th series colour.
-pub fn series_color(i: usize) -> Color {
-    let (r, g, b) = PALETTE[i % PALETTE.len()];
-    Color::from_rgba8(r, g, b, 255)
+pub fn series_color(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
 }
 
-const MARGIN_L: f32 = 70.0;
-const MARGIN_R: f32 = 20.0;
-const MARGIN_T: f32 = 40.0;
-const MARGIN_B: f32 = 55.0;
-const TEXT_SCALE: f32 = 2.0;
+const MARGIN_L: f64 = 64.0;
+const MARGIN_R: f64 = 16.0;
+const MARGIN_T: f64 = 36.0;
+const MARGIN_B: f64 = 48.0;
 
-/// A chart with axes mapping data coordinates onto a pixel area.
-pub struct Chart {
-    pixmap: Pixmap,
-    x: (f64, f64),
-    y: (f64, f64),
-    legend: Vec<(String, Color)>,
-}
-
-fn paint(c: Color) -> Paint<'static> {
-    let mut p = Paint::default();
-    p.set_color(c);
-    p.anti_alias = true;
-    p
-}
-
-/// Draws `text` with its top-left corner at (x, y); `vertical` rotates it 90° counter-clockwise
-/// (then (x, y) is the bottom-left corner).
-fn draw_text(pm: &mut Pixmap, x: f32, y: f32, text: &str, color: Color, vertical: bool) {
-    let p = paint(color);
-    let s = TEXT_SCALE;
-    for (k, c) in text.chars().enumerate() {
-        let rows = font::glyph(c);
-        let offset = k as f32 * (font::GLYPH_W as f32 + 1.0) * s;
-        for (r, bits) in rows.iter().enumerate() {
-            for col in 0..font::GLYPH_W {
-                if bits & (1 << (font::GLYPH_W - 1 - col)) == 0 {
-                    continue;
-                }
-                let (px, py) = if vertical {
-                    (x + r as f32 * s, y - offset - (col as f32 + 1.0) * s)
-                } else {
-                    (x + offset + col as f32 * s, y + r as f32 * s)
-                };
-                if let Some(rect) = Rect::from_xywh(px, py, s, s) {
-                    pm.fill_rect(rect, &p, Transform::identity(), None);
-                }
-            }
-        }
-    }
-}
-
-/// Pixel width of `text`.
-pub fn text_width(text: &str) -> f32 {
-    text.chars().count() as f32 * (font::GLYPH_W as f32 + 1.0) * TEXT_SCALE
+/// Escapes text for SVG/HTML.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A short label for a tick value.
@@ -96,8 +46,19 @@ fn tick_label(v: f64, span: f64) -> String {
     }
 }
 
+/// A chart with axes mapping data coordinates onto an SVG viewport.
+pub struct Chart {
+    width: f64,
+    height: f64,
+    x: (f64, f64),
+    y: (f64, f64),
+    title: String,
+    body: String,
+    legend: Vec<(String, &'static str)>,
+}
+
 impl Chart {
-    /// A white chart with a title, axis labels and the data ranges of both axes.
+    /// A chart with a title, axis labels and the data ranges of both axes.
     pub fn new(
         width: u32,
         height: u32,
@@ -110,8 +71,6 @@ impl Chart {
         if width < 200 || height < 150 {
             return Err(PlotError::Size(width, height));
         }
-        let mut pixmap = Pixmap::new(width, height).ok_or(PlotError::Size(width, height))?;
-        pixmap.fill(Color::WHITE);
         let fix = |(a, b): (f64, f64)| {
             let (a, b) = if a.is_finite() && b.is_finite() {
                 (a, b)
@@ -121,263 +80,194 @@ impl Chart {
             if b > a { (a, b) } else { (a - 0.5, a + 0.5) }
         };
         let mut c = Self {
-            pixmap,
+            width: width as f64,
+            height: height as f64,
             x: fix(x),
             y: fix(y),
+            title: title.to_string(),
+            body: String::new(),
             legend: Vec::new(),
         };
-        c.axes(title, x_label, y_label);
+        c.axes(x_label, y_label);
         Ok(c)
     }
 
-    fn area(&self) -> (f32, f32, f32, f32) {
-        let (w, h) = (self.pixmap.width() as f32, self.pixmap.height() as f32);
-        (MARGIN_L, MARGIN_T, w - MARGIN_R, h - MARGIN_B)
+    fn to_px(&self, x: f64, y: f64) -> (f64, f64) {
+        let w = self.width - MARGIN_L - MARGIN_R;
+        let h = self.height - MARGIN_T - MARGIN_B;
+        (
+            MARGIN_L + (x - self.x.0) / (self.x.1 - self.x.0) * w,
+            MARGIN_T + h - (y - self.y.0) / (self.y.1 - self.y.0) * h,
+        )
     }
 
-    /// Data → pixel coordinates.
-    fn to_px(&self, x: f64, y: f64) -> (f32, f32) {
-        let (l, t, r, b) = self.area();
-        let fx = ((x - self.x.0) / (self.x.1 - self.x.0)) as f32;
-        let fy = ((y - self.y.0) / (self.y.1 - self.y.0)) as f32;
-        (l + fx * (r - l), b - fy * (b - t))
-    }
-
-    fn axes(&mut self, title: &str, x_label: &str, y_label: &str) {
-        let (l, t, r, b) = self.area();
-        let grey = Color::from_rgba8(220, 220, 220, 255);
-        let black = Color::from_rgba8(40, 40, 40, 255);
+    fn axes(&mut self, x_label: &str, y_label: &str) {
+        let (x0, y0) = self.to_px(self.x.0, self.y.0);
+        let (x1, y1) = self.to_px(self.x.1, self.y.1);
+        let b = &mut self.body;
+        let _ = write!(
+            b,
+            r##"<rect x="{x0:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#444"/>"##,
+            x1 - x0,
+            y0 - y1
+        );
         for i in 0..=5 {
             let f = i as f64 / 5.0;
-            let xv = self.x.0 + f * (self.x.1 - self.x.0);
-            let yv = self.y.0 + f * (self.y.1 - self.y.0);
-            let (px, _) = self.to_px(xv, self.y.0);
-            let (_, py) = self.to_px(self.x.0, yv);
-            self.segment((px, t), (px, b), grey, 1.0);
-            self.segment((l, py), (r, py), grey, 1.0);
-            let xl = tick_label(xv, self.x.1 - self.x.0);
-            draw_text(
-                &mut self.pixmap,
-                px - text_width(&xl) / 2.0,
-                b + 6.0,
-                &xl,
-                black,
-                false,
+            let (vx, vy) = (
+                self.x.0 + f * (self.x.1 - self.x.0),
+                self.y.0 + f * (self.y.1 - self.y.0),
             );
-            let yl = tick_label(yv, self.y.1 - self.y.0);
-            draw_text(
-                &mut self.pixmap,
-                l - text_width(&yl) - 6.0,
-                py - 7.0,
-                &yl,
-                black,
-                false,
+            let px = x0 + f * (x1 - x0);
+            let py = y0 + f * (y1 - y0);
+            let _ = write!(
+                b,
+                r##"<line x1="{px:.1}" y1="{y1:.1}" x2="{px:.1}" y2="{y0:.1}" stroke="#eee"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text><line x1="{x0:.1}" y1="{py:.1}" x2="{x1:.1}" y2="{py:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                y0 + 16.0,
+                tick_label(vx, self.x.1 - self.x.0),
+                x0 - 6.0,
+                py + 4.0,
+                tick_label(vy, self.y.1 - self.y.0),
             );
         }
-        self.segment((l, b), (r, b), black, 1.5);
-        self.segment((l, t), (l, b), black, 1.5);
-        let w = self.pixmap.width() as f32;
-        draw_text(
-            &mut self.pixmap,
-            (w - text_width(title)) / 2.0,
-            10.0,
-            title,
-            black,
-            false,
-        );
-        draw_text(
-            &mut self.pixmap,
-            (l + r - text_width(x_label)) / 2.0,
-            b + 30.0,
-            x_label,
-            black,
-            false,
-        );
-        draw_text(
-            &mut self.pixmap,
-            8.0,
-            (t + b + text_width(y_label)) / 2.0,
-            y_label,
-            black,
-            true,
+        let _ = write!(
+            b,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            (x0 + x1) / 2.0,
+            self.height - 8.0,
+            esc(x_label),
+            (y0 + y1) / 2.0,
+            esc(y_label)
         );
     }
 
-    fn segment(&mut self, a: (f32, f32), b: (f32, f32), color: Color, width: f32) {
-        let mut pb = PathBuilder::new();
-        pb.move_to(a.0, a.1);
-        pb.line_to(b.0, b.1);
-        if let Some(path) = pb.finish() {
-            let stroke = Stroke {
-                width,
-                ..Default::default()
-            };
-            self.pixmap
-                .stroke_path(&path, &paint(color), &stroke, Transform::identity(), None);
+    /// A polyline through the finite points of a series.
+    pub fn line(&mut self, label: &str, xs: &[f64], ys: &[f64], color: &'static str) {
+        let pts: Vec<String> = xs
+            .iter()
+            .zip(ys)
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|(&x, &y)| {
+                let (px, py) = self.to_px(x, y);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        if !pts.is_empty() {
+            let _ = write!(
+                self.body,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+                pts.join(" ")
+            );
         }
+        self.legend.push((label.to_string(), color));
     }
 
-    /// A polyline through the finite points, with a legend entry.
-    pub fn line(&mut self, label: &str, xs: &[f64], ys: &[f64], color: Color) {
-        let mut pb = PathBuilder::new();
-        let mut started = false;
-        for (&x, &y) in xs.iter().zip(ys) {
-            if !x.is_finite() || !y.is_finite() {
-                continue;
-            }
-            let (px, py) = self.to_px(x, y);
-            if started {
-                pb.line_to(px, py);
-            } else {
-                pb.move_to(px, py);
-                started = true;
-            }
-        }
-        if let Some(path) = pb.finish() {
-            let stroke = Stroke {
-                width: 2.0,
-                ..Default::default()
-            };
-            self.pixmap
-                .stroke_path(&path, &paint(color), &stroke, Transform::identity(), None);
-        }
-        if !label.is_empty() {
-            self.legend.push((label.to_string(), color));
-        }
-    }
-
-    /// A dashed-looking reference line (drawn thin and grey), e.g. the diagonal of a ROC plot.
+    /// A dashed grey reference segment (the diagonal of ROC and reliability charts).
     pub fn reference(&mut self, a: (f64, f64), b: (f64, f64)) {
-        let (pa, pb) = (self.to_px(a.0, a.1), self.to_px(b.0, b.1));
-        self.segment(pa, pb, Color::from_rgba8(150, 150, 150, 255), 1.0);
+        let (ax, ay) = self.to_px(a.0, a.1);
+        let (bx, by) = self.to_px(b.0, b.1);
+        let _ = write!(
+            self.body,
+            r##"<line x1="{ax:.1}" y1="{ay:.1}" x2="{bx:.1}" y2="{by:.1}" stroke="#999" stroke-dasharray="4 4"/>"##
+        );
     }
 
-    /// Vertical bars from the x axis, one per `(x_lo, x_hi, height)`.
-    pub fn bars(&mut self, label: &str, bars: &[(f64, f64, f64)], color: Color) {
-        let mut c = color;
-        c.set_alpha(0.6);
-        for &(lo, hi, h) in bars {
-            if !h.is_finite() || h <= self.y.0 {
-                continue;
-            }
-            let (x0, y0) = self.to_px(lo, h);
-            let (x1, y1) = self.to_px(hi, self.y.0);
-            if let Some(rect) = Rect::from_ltrb(x0 + 1.0, y0, x1 - 1.0, y1) {
-                let mut pb = PathBuilder::new();
-                pb.push_rect(rect);
-                if let Some(path) = pb.finish() {
-                    self.pixmap.fill_path(
-                        &path,
-                        &paint(c),
-                        FillRule::Winding,
-                        Transform::identity(),
-                        None,
-                    );
-                }
-            }
-        }
-        if !label.is_empty() {
-            self.legend.push((label.to_string(), color));
-        }
-    }
-
-    /// Writes the PNG (legend drawn last, top-left inside the plot area).
-    pub fn save_png(mut self, path: &Path) -> Result<(), PlotError> {
-        let (l, t, _, _) = self.area();
-        let legend = std::mem::take(&mut self.legend);
-        for (i, (label, color)) in legend.iter().enumerate() {
-            let y = t + 8.0 + i as f32 * 20.0;
-            if let Some(rect) = Rect::from_xywh(l + 10.0, y, 14.0, 14.0) {
-                self.pixmap
-                    .fill_rect(rect, &paint(*color), Transform::identity(), None);
-            }
-            draw_text(
-                &mut self.pixmap,
-                l + 30.0,
-                y,
-                label,
-                Color::from_rgba8(40, 40, 40, 255),
-                false,
+    /// Bars `(x_from, x_to, height)` from the x axis.
+    pub fn bars(&mut self, label: &str, bars: &[(f64, f64, f64)], color: &'static str) {
+        for &(a, b, h) in bars
+            .iter()
+            .filter(|b| b.0.is_finite() && b.1.is_finite() && b.2.is_finite())
+        {
+            let (x0, y0) = self.to_px(a, self.y.0.max(0.0).min(self.y.1));
+            let (x1, y1) = self.to_px(b, h);
+            let _ = write!(
+                self.body,
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}" opacity="0.8"/>"#,
+                x0.min(x1),
+                y0.min(y1),
+                (x1 - x0).abs(),
+                (y1 - y0).abs()
             );
         }
-        write_png(&self.pixmap, path)
+        self.legend.push((label.to_string(), color));
+    }
+
+    /// The chart as an `<svg>` element.
+    pub fn to_svg(&self) -> String {
+        let mut s = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12" role="img"><title>{t}</title><rect width="{w}" height="{h}" fill="white"/><text x="{cx}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{t}</text>"#,
+            w = self.width,
+            h = self.height,
+            cx = self.width / 2.0,
+            t = esc(&self.title),
+        );
+        s.push_str(&self.body);
+        for (i, (label, color)) in self.legend.iter().enumerate() {
+            let y = MARGIN_T + 14.0 + 18.0 * i as f64;
+            let x = self.width - MARGIN_R - 170.0;
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="14" height="4" fill="{color}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
+                y - 6.0,
+                x + 20.0,
+                esc(label)
+            );
+        }
+        s.push_str("</svg>");
+        s
     }
 }
 
-fn write_png(pm: &Pixmap, path: &Path) -> Result<(), PlotError> {
-    pm.save_png(path).map_err(|e| PlotError::Write {
-        path: path.display().to_string(),
-        why: e.to_string(),
-    })
-}
-
-/// A labelled matrix of counts (e.g. a confusion matrix), shaded by value.
-pub fn matrix_png(
-    path: &Path,
-    title: &str,
-    rows: &[&str],
-    cols: &[&str],
-    values: &[Vec<u64>],
-) -> Result<(), PlotError> {
-    let cell = 120.0f32;
-    let (left, top) = (150.0f32, 70.0f32);
-    let w = (left + cell * cols.len() as f32 + 20.0) as u32;
-    let h = (top + cell * rows.len() as f32 + 20.0) as u32;
-    let mut pm = Pixmap::new(w, h).ok_or(PlotError::Size(w, h))?;
-    pm.fill(Color::WHITE);
-    let black = Color::from_rgba8(40, 40, 40, 255);
-    draw_text(&mut pm, 10.0, 10.0, title, black, false);
-    let max = values.iter().flatten().copied().max().unwrap_or(1).max(1) as f32;
+/// An annotated matrix (a confusion matrix): one cell per value, shaded by its share of the
+/// largest, with the count written in it.
+pub fn matrix_svg(title: &str, rows: &[&str], cols: &[&str], values: &[Vec<u64>]) -> String {
+    let cell = 90.0;
+    let (left, top) = (100.0, 60.0);
+    let w = left + cell * cols.len() as f64 + 20.0;
+    let h = top + cell * rows.len() as f64 + 20.0;
+    let max = values.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="13" role="img"><title>{t}</title><rect width="{w}" height="{h}" fill="white"/><text x="{cx}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{t}</text>"#,
+        cx = w / 2.0,
+        t = esc(title)
+    );
     for (j, c) in cols.iter().enumerate() {
-        draw_text(
-            &mut pm,
-            left + j as f32 * cell + 8.0,
-            top - 22.0,
-            c,
-            black,
-            false,
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            left + cell * (j as f64 + 0.5),
+            top - 8.0,
+            esc(c)
         );
     }
     for (i, r) in rows.iter().enumerate() {
-        draw_text(
-            &mut pm,
-            10.0,
-            top + i as f32 * cell + cell / 2.0 - 7.0,
-            r,
-            black,
-            false,
+        let y = top + cell * i as f64;
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + cell / 2.0 + 4.0,
+            esc(r)
         );
-        for (j, _) in cols.iter().enumerate() {
+        for j in 0..cols.len() {
             let v = values
                 .get(i)
                 .and_then(|row| row.get(j))
                 .copied()
                 .unwrap_or(0);
-            let shade = 1.0 - 0.75 * v as f32 / max;
-            let (r0, g0, b0) = PALETTE[0];
-            let mix = |c: u8| (c as f32 + (255.0 - c as f32) * shade) as u8;
-            let fill = Color::from_rgba8(mix(r0), mix(g0), mix(b0), 255);
-            if let Some(rect) = Rect::from_xywh(
-                left + j as f32 * cell + 2.0,
-                top + i as f32 * cell + 2.0,
-                cell - 4.0,
-                cell - 4.0,
-            ) {
-                pm.fill_rect(rect, &paint(fill), Transform::identity(), None);
-            }
-            let text = v.to_string();
-            let color = if shade < 0.5 { Color::WHITE } else { black };
-            draw_text(
-                &mut pm,
-                left + j as f32 * cell + (cell - text_width(&text)) / 2.0,
-                top + i as f32 * cell + cell / 2.0 - 7.0,
-                &text,
-                color,
-                false,
+            let share = v as f64 / max;
+            let x = left + cell * j as f64;
+            let ink = if share > 0.5 { "white" } else { "black" };
+            let _ = write!(
+                s,
+                r##"<rect x="{x:.1}" y="{y:.1}" width="{cell}" height="{cell}" fill="#0072b2" fill-opacity="{:.3}" stroke="#ccc"/><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{ink}" font-size="16">{v}</text>"##,
+                0.08 + 0.92 * share,
+                x + cell / 2.0,
+                y + cell / 2.0 + 5.0
             );
         }
     }
-    write_png(&pm, path)
+    s.push_str("</svg>");
+    s
 }
 
 #[cfg(test)]
@@ -385,16 +275,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_line_chart_draws_its_series_in_colour() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Chart::new(400, 300, "ROC", "FPR", "TPR", (0.0, 1.0), (0.0, 1.0)).unwrap();
-        c.line("head", &[0.0, 0.5, 1.0], &[0.0, 0.9, 1.0], series_color(0));
-        let p = dir.path().join("a.png");
-        c.save_png(&p).unwrap();
-        let img = image::open(&p).unwrap().to_rgb8();
-        let (r, g, b) = PALETTE[0];
-        let coloured = img.pixels().filter(|px| px.0 == [r, g, b]).count();
-        assert!(coloured > 100, "{coloured} series pixels");
+    fn a_line_chart_is_svg_with_its_series_axes_and_escaped_text() {
+        let mut c =
+            Chart::new(400, 300, "ROC <a&b>", "FPR", "TPR", (0.0, 1.0), (0.0, 1.0)).unwrap();
+        c.line(
+            "head",
+            &[0.0, 0.5, f64::NAN, 1.0],
+            &[0.0, 0.9, 0.2, 1.0],
+            series_color(0),
+        );
+        let svg = c.to_svg();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains(&format!("stroke=\"{}\"", PALETTE[0])));
+        // Three finite points (the NaN one is dropped), mapped into the plot area.
+        let pts = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(pts.split(' ').count(), 3, "{pts}");
+        assert!(svg.contains("ROC &lt;a&amp;b&gt;") && !svg.contains("<a&b>"));
         assert!(Chart::new(10, 10, "", "", "", (0.0, 1.0), (0.0, 1.0)).is_err());
+    }
+
+    #[test]
+    fn a_matrix_writes_every_count() {
+        let svg = matrix_svg("c", &["a", "b"], &["x", "y"], &[vec![7, 0], vec![3, 12]]);
+        for v in [">7<", ">0<", ">3<", ">12<"] {
+            assert!(svg.contains(v), "{v}");
+        }
     }
 }

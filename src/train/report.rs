@@ -1,5 +1,6 @@
-//! The evaluation report: `index.html` with PNG plots (ROC, PR, reliability before and after
-//! calibration, confusion matrix, loss curves) and the per-slice table, for a person in a browser.
+//! The evaluation report: one self-contained `index.html` with inline SVG charts (ROC, PR,
+//! reliability before and after calibration, confusion matrix, loss curves) and the per-slice
+//! table, for a person in a browser (no network, no other file).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,23 +8,19 @@ use std::path::{Path, PathBuf};
 use super::TrainError;
 use super::eval::Evaluation;
 use super::model::ModelCard;
-use crate::plot::{Chart, matrix_png, series_color};
+use crate::plot::{Chart, esc, matrix_svg, series_color};
 
 fn plot_err(e: crate::plot::PlotError) -> TrainError {
     TrainError::Report(e.to_string())
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 fn opt(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.4}"))
 }
 
-fn curves(dir: &Path, e: &Evaluation) -> Result<(), TrainError> {
+/// The ROC, PR, reliability and confusion charts, as SVG.
+fn curves(e: &Evaluation) -> Result<Vec<String>, TrainError> {
+    let mut out = Vec::new();
     let mut roc = Chart::new(
         520,
         440,
@@ -41,7 +38,7 @@ fn curves(dir: &Path, e: &Evaluation) -> Result<(), TrainError> {
         &e.roc.y,
         series_color(0),
     );
-    roc.save_png(&dir.join("roc.png")).map_err(plot_err)?;
+    out.push(roc.to_svg());
 
     let mut pr = Chart::new(
         520,
@@ -59,7 +56,7 @@ fn curves(dir: &Path, e: &Evaluation) -> Result<(), TrainError> {
         &e.pr.y,
         series_color(0),
     );
-    pr.save_png(&dir.join("pr.png")).map_err(plot_err)?;
+    out.push(pr.to_svg());
 
     let mut rel = Chart::new(
         520,
@@ -93,21 +90,20 @@ fn curves(dir: &Path, e: &Evaluation) -> Result<(), TrainError> {
             series_color(k + 1),
         );
     }
-    rel.save_png(&dir.join("reliability.png"))
-        .map_err(plot_err)?;
+    out.push(rel.to_svg());
 
     let c = e.metrics.confusion;
-    matrix_png(
-        &dir.join("confusion.png"),
+    out.push(matrix_svg(
         "Confusion (rows: truth)",
         &["roadwork", "clean"],
         &["said yes", "said no"],
         &[vec![c.tp, c.fn_], vec![c.fp, c.tn]],
-    )
-    .map_err(plot_err)
+    ));
+    Ok(out)
 }
 
-fn loss_plot(dir: &Path, card: &ModelCard) -> Result<bool, TrainError> {
+/// The loss curves of the folds and the final head, as SVG (none without history).
+fn loss_plot(card: &ModelCard) -> Result<Option<String>, TrainError> {
     let mut series: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     for (k, h) in card.fold_histories.iter().enumerate() {
         series.push((
@@ -131,7 +127,7 @@ fn loss_plot(dir: &Path, card: &ModelCard) -> Result<bool, TrainError> {
         .filter(|v| v.is_finite())
         .fold(0.1f64, |a, &b| a.max(b));
     if series.iter().all(|s| s.1.is_empty()) {
-        return Ok(false);
+        return Ok(None);
     }
     let mut ch = Chart::new(
         640,
@@ -146,8 +142,7 @@ fn loss_plot(dir: &Path, card: &ModelCard) -> Result<bool, TrainError> {
     for (k, (name, x, y)) in series.iter().enumerate() {
         ch.line(name, x, y, series_color(k));
     }
-    ch.save_png(&dir.join("loss.png")).map_err(plot_err)?;
-    Ok(true)
+    Ok(Some(ch.to_svg()))
 }
 
 /// Writes the report into `dir` and returns the path of its `index.html`.
@@ -160,11 +155,10 @@ pub fn write_report(
         path: dir.into(),
         source,
     })?;
-    curves(dir, e)?;
-    let has_loss = match card {
-        Some(c) => loss_plot(dir, c)?,
-        None => false,
-    };
+    let mut charts = curves(e)?;
+    if let Some(c) = card {
+        charts.extend(loss_plot(c)?);
+    }
     let m = &e.metrics;
     let mut h = String::new();
     let _ = write!(
@@ -172,7 +166,7 @@ pub fn write_report(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{v} evaluation</title>\
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}\
-td:first-child{{text-align:left}}img{{margin:6px;border:1px solid #eee}}</style></head><body>\
+td:first-child{{text-align:left}}svg{{margin:6px;border:1px solid #eee}}</style></head><body>\
 <h1>{v}</h1><p>Eval set <code>{set}</code>: {n} samples, {pos} roadwork. Temperature {t:.3} \
 (fitted on {fo} calibration samples).</p>",
         v = esc(&e.model_version),
@@ -215,11 +209,8 @@ td:first-child{{text-align:left}}img{{margin:6px;border:1px solid #eee}}</style>
         );
     }
     h.push_str("<h2>Plots</h2>");
-    for img in ["roc.png", "pr.png", "reliability.png", "confusion.png"] {
-        let _ = write!(h, "<img src=\"{img}\" alt=\"{img}\">");
-    }
-    if has_loss {
-        h.push_str("<img src=\"loss.png\" alt=\"loss curves\">");
+    for svg in &charts {
+        h.push_str(svg);
     }
     h.push_str(
         "<h2>Slices</h2><table><tr><th>slice</th><th>n</th><th>roadwork</th><th>accuracy</th>\

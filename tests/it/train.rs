@@ -305,17 +305,25 @@ async fn a_training_run_pins_registers_scores_and_evaluates() {
     .unwrap();
     let index = roadwork::train::write_report(&dir.path().join("report"), &e, Some(c)).unwrap();
     let html = std::fs::read_to_string(&index).unwrap();
-    assert!(html.contains("weather=rain") && html.contains("reliability.png"));
-    for png in [
-        "roc.png",
-        "pr.png",
-        "reliability.png",
-        "confusion.png",
-        "loss.png",
+    assert!(html.contains("weather=rain"));
+    // Self-contained: every chart inline as SVG, nothing fetched from anywhere.
+    for title in [
+        "<title>ROC</title>",
+        "<title>Precision-recall</title>",
+        "<title>Reliability</title>",
+        "<title>Confusion (rows: truth)</title>",
+        "<title>Loss</title>",
     ] {
-        let img = image::open(dir.path().join("report").join(png)).unwrap();
-        assert!(img.width() > 200, "{png}");
+        assert!(html.contains(title), "{title} missing");
     }
+    assert_eq!(html.matches("<svg").count(), 5);
+    assert!(!html.contains("src=") && !html.contains("href="));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("report"))
+            .unwrap()
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
