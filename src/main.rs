@@ -64,7 +64,7 @@ enum Command {
     Ingest(IngestCmd),
     /// Computes DINOv3 embeddings for every sample that lacks one (resumable).
     #[command(
-        after_help = "Without --weights a random model runs (for demos and tests) and says so.\n\nExamples:\n  roadwork embed --model vits16 --weights dinov3-vits16.safetensors\n  roadwork embed --model vitl16 --weights vitl16.safetensors --device cuda --bf16 --batch 64"
+        after_help = "Without --weights a random model runs (for demos and tests) and says so; --encoder baseline\nruns the weight-free colour + gradient histogram baseline instead (some signal, offline).\n\nExamples:\n  roadwork embed --model vits16 --weights dinov3-vits16.safetensors\n  roadwork embed --encoder baseline\n  roadwork embed --model vitl16 --weights vitl16.safetensors --device cuda --bf16 --batch 64"
     )]
     Embed(EmbedArgs),
     /// Answers SQL over the store's tables (polars SQL).
@@ -129,6 +129,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct EmbedArgs {
+    /// `dinov3` or the weight-free `baseline` (default from config: dinov3).
+    #[arg(long, value_enum)]
+    encoder: Option<roadwork::embed::EncoderKind>,
     /// Model size (default from config: vits16).
     #[arg(long, value_enum)]
     model: Option<DinoV3Size>,
@@ -460,6 +463,9 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn embed(mut cfg: Config, a: EmbedArgs) -> Result<()> {
     let e = &mut cfg.embed;
+    if let Some(k) = a.encoder {
+        e.encoder = k;
+    }
     if let Some(m) = a.model {
         e.model = m;
     }

@@ -34,6 +34,14 @@ pub fn load_encoder(
     cfg: &EmbedConfig,
     weights: Option<&Path>,
 ) -> Result<Arc<dyn ImageEncoder>, EmbedError> {
+    if cfg.encoder == super::EncoderKind::Baseline {
+        if weights.is_some() {
+            return Err(EmbedError::Unsupported(
+                "the baseline encoder has no weights; drop --weights or set embed.encoder = \"dinov3\"".into(),
+            ));
+        }
+        return Ok(Arc::new(super::BaselineEncoder::new(cfg)?));
+    }
     Ok(match (cfg.device, cfg.precision) {
         (ComputeDevice::Cpu, Precision::F32) => Arc::new(CpuEncoder::load(cfg, weights)?),
         #[cfg(feature = "cuda")]

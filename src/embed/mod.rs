@@ -9,6 +9,7 @@
 //! commit per chunk); an image that cannot be decoded is skipped with its reason and the rest of the
 //! chunk still lands; no non-finite vector is ever stored.
 
+mod baseline;
 pub mod cpu;
 pub mod device;
 mod preprocess;
@@ -22,6 +23,7 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
+pub use baseline::{BASELINE_DIM, BaselineEncoder};
 pub use cpu::{CpuEncoder, CpuVit};
 pub use device::{ComputeDevice, Precision, embed, load_encoder};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
@@ -54,10 +56,24 @@ impl FeatureKind {
     }
 }
 
+/// Which encoder computes the vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    /// DINOv3 (`embed.model`), with the weights file given, or random weights without one.
+    #[default]
+    Dinov3,
+    /// The weight-free colour + gradient histogram baseline ([`BaselineEncoder`]).
+    Baseline,
+}
+
 /// Configuration of the embed stage (`[embed]` in the TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbedConfig {
+    /// `dinov3` (production) or `baseline` (colour + gradient histograms: no weights, some signal;
+    /// for offline demos and tests).
+    pub encoder: EncoderKind,
     pub model: DinoV3Size,
     /// Input side, pixels (a multiple of 16).
     pub resolution: u32,
@@ -80,6 +96,7 @@ pub struct EmbedConfig {
 impl Default for EmbedConfig {
     fn default() -> Self {
         Self {
+            encoder: EncoderKind::Dinov3,
             model: DinoV3Size::Vits16,
             resolution: 224,
             features: FeatureKind::Cls,
