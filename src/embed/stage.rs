@@ -105,16 +105,8 @@ pub async fn embed_store(
 ) -> Result<EmbedSummary, EmbedError> {
     let params = serde_json::json!({ "model_id": embedder.model_id(), "config": cfg });
     let mut run = RunLedger::start(store, RunKind::Embed, params).await?;
-    match embed_pending(store, embedder, cfg, limits, progress, &mut run).await {
-        Ok(summary) => {
-            run.finish(&summary).await?;
-            Ok(summary)
-        }
-        Err(e) => {
-            run.fail(&e).await;
-            Err(e)
-        }
-    }
+    let result = embed_pending(store, embedder, cfg, limits, progress, &mut run).await;
+    run.close(result).await
 }
 
 async fn embed_pending(

@@ -218,6 +218,24 @@ impl RunLedger {
         }
     }
 
+    /// Closes the run by its stage's result: `ok` with the report, or `failed` with the error
+    /// (which is passed on).
+    pub async fn close<T: Serialize, E: fmt::Display + From<StoreError>>(
+        self,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        match result {
+            Ok(report) => {
+                self.finish(&report).await?;
+                Ok(report)
+            }
+            Err(e) => {
+                self.fail(&e).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Closes the run as `ok` with its report.
     pub async fn finish(mut self, summary: &impl Serialize) -> Result<RunRow, StoreError> {
         self.row.status = RunStatus::Ok;

@@ -374,27 +374,10 @@ async fn the_gate_refuses_a_worse_challenger_and_rollback_restores_the_champion(
 fn the_champion_pointer_is_never_torn_and_a_crash_leaves_no_half_model() {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::open(dir.path()).unwrap();
-    let head = fit::<Autodiff<Cpu>>(
-        &HeadConfig {
-            hidden: vec![],
-            dropout: 0.0,
-        },
-        &FitConfig::default(),
-        Xy {
-            x: &labelled_clusters(50, DIM, 8, 1).0,
-            y: &labelled_clusters(50, DIM, 8, 1).1,
-            dim: DIM,
-        },
-        None,
-        1,
-        0,
-        &Default::default(),
-    )
-    .head;
-    let weights = encode_head(&head).unwrap();
+    let (card, weights) = tiny_artifact();
     let mut versions = Vec::new();
     for i in 0..2 {
-        let mut card = card_for(&head);
+        let mut card = card.clone();
         card.model_version = format!("head-test-{i}");
         reg.register(&card, &weights).unwrap();
         versions.push(card.model_version);

@@ -170,16 +170,8 @@ impl Miner {
     ) -> Result<MineSummary, MineError> {
         let params = serde_json::json!({ "head_version": head_version, "config": self.cfg });
         let mut run = RunLedger::start(&self.store, RunKind::Mine, params).await?;
-        match self.run_stage(c, head_version, report_dir, &mut run).await {
-            Ok(summary) => {
-                run.finish(&summary).await?;
-                Ok(summary)
-            }
-            Err(e) => {
-                run.fail(&e).await;
-                Err(e)
-            }
-        }
+        let result = self.run_stage(c, head_version, report_dir, &mut run).await;
+        run.close(result).await
     }
 
     async fn run_stage<B: Backend>(
