@@ -64,10 +64,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(profile: &str) -> Self {
-        let mut registry =
-            Registry::with_labels([("profile".into(), profile.to_string().into())].into_iter());
-        let m = Self {
-            registry: Registry::default(),
+        let mut m = Self {
+            registry: Registry::with_labels(
+                [("profile".into(), profile.to_string().into())].into_iter(),
+            ),
             requests: Family::default(),
             tier_latency: Family::new_with_constructor(latency),
             answer_latency: latency(),
@@ -82,7 +82,7 @@ impl Metrics {
             model_info: Family::default(),
             inflight: AtomicUsize::new(0),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "roadwork_requests",
             "Requests answered, by route and status",
@@ -138,7 +138,7 @@ impl Metrics {
             "The head answering tier 1",
             m.model_info.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     pub(super) fn count(&self, route: &str, status: StatusCode) {

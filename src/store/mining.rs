@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, UInt32Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 
-use super::schema::{col, finish, micros, str_array, tables, ts_array, ts_type};
+use super::schema::{col, finish, micros, opt_str_array, str_array, tables, ts_array, ts_type};
 use super::{Merge, Store, StoreError, WriteResult, arrow};
 
 fn f32_col(v: impl Iterator<Item = Option<f32>>) -> ArrayRef {
@@ -23,10 +23,6 @@ fn u32_col(v: impl Iterator<Item = u32>) -> ArrayRef {
 
 fn bool_col(v: impl Iterator<Item = bool>) -> ArrayRef {
     Arc::new(BooleanArray::from_iter(v.map(Some)))
-}
-
-fn opt_str_col<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(StringArray::from_iter(v))
 }
 
 /// `mine_scores`: one row per (run, sample).
@@ -179,7 +175,7 @@ fn mine_scores_to_batch(rows: &[MineScoreRow]) -> Result<RecordBatch, ArrowError
             bool_col(rows.iter().map(|r| r.outlier)),
             f32_col(rows.iter().map(|r| Some(r.knn_mean))),
             f32_col(rows.iter().map(|r| Some(r.typicality))),
-            opt_str_col(rows.iter().map(|r| r.dup_group.as_deref())),
+            opt_str_array(rows.iter().map(|r| r.dup_group.as_deref())),
             str_array(rows.iter().map(|r| r.sets.as_str())),
         ],
     )

@@ -380,6 +380,11 @@ pub(crate) fn str_array<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
+/// A nullable string column.
+pub(crate) fn opt_str_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(values))
+}
+
 /// Rows → one Arrow batch of [`samples_schema`].
 pub fn samples_to_batch(rows: &[SampleRow]) -> Result<RecordBatch, ArrowError> {
     let mut image = LargeBinaryBuilder::new();
@@ -482,6 +487,8 @@ pub fn predictions_to_batch(rows: &[PredictionRow]) -> Result<RecordBatch, Arrow
 /// Rows → one Arrow batch of [`runs_schema`].
 pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
     let json = |v: &TableVersions| serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    let reads: Vec<String> = rows.iter().map(|r| json(&r.reads)).collect();
+    let writes: Vec<String> = rows.iter().map(|r| json(&r.writes)).collect();
     finish(
         runs_schema(),
         vec![
@@ -492,15 +499,9 @@ pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
             str_array(rows.iter().map(|r| r.status.as_str())),
             str_array(rows.iter().map(|r| r.params.as_str())),
             str_array(rows.iter().map(|r| r.summary.as_str())),
-            Arc::new(StringArray::from_iter(
-                rows.iter().map(|r| r.parent.as_ref().map(|p| p.as_str())),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| json(&r.reads)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| json(&r.writes)),
-            )),
+            opt_str_array(rows.iter().map(|r| r.parent.as_ref().map(RunId::as_str))),
+            str_array(reads.iter().map(String::as_str)),
+            str_array(writes.iter().map(String::as_str)),
         ],
     )
 }
