@@ -5,12 +5,14 @@
 //! - [`store`] owns the Lance schema: samples, labels, predictions, runs, snapshots.
 //! - [`ingest`] brings image folders, NATIX parquet shards and validator query logs into the store.
 //! - [`embed`] computes DINOv3 features in Burn (CPU, or CUDA with the `cuda` feature).
+//! - [`labels`] exports selections for labelling (sheet, Label Studio tasks) and imports human and
+//!   VLM-teacher labels back, all or nothing.
 //! - [`imaging`] decodes and fingerprints images the same way for every stage.
 //! - [`synth`] makes images; today the offline procedural street-scene generator.
 //! - [`train`] fits, calibrates, evaluates and registers the classification head; promotes it.
-//! - [`plot`] draws the PNG charts of the reports.
+//! - [`plot`] draws the SVG charts of the reports.
 //! - [`query`] answers ad-hoc SQL over the store through polars.
-//! - [`pipeline`] composes the stages (the offline demo today, the nightly job later).
+//! - [`pipeline`] composes the stages: the nightly job (`roadwork nightly`) and the demo.
 //! - [`testdata`] generates the deterministic synthetic data that tests and benchmarks share.
 //! - [`bench`] measures the stages (`roadwork bench …`); `docs/BENCHMARKS.md` carries its numbers.
 //!
@@ -22,6 +24,7 @@ pub mod config;
 pub mod embed;
 pub mod imaging;
 pub mod ingest;
+pub mod labels;
 pub mod mine;
 pub mod pipeline;
 pub mod plot;

@@ -41,10 +41,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the offline demo of the loop on the embedded store.
-    #[command(after_help = "Example:\n  roadwork demo --n 200 --seed 7")]
+    #[command(after_help = "Example:\n  roadwork demo --n 300 --seed 7")]
     Demo {
-        /// Scenes to generate and ingest.
-        #[arg(long, default_value_t = 200)]
+        /// Unlabelled pool scenes to generate (the labelled shard gets half as many).
+        #[arg(long, default_value_t = 300)]
         n: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -111,6 +111,27 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// The whole loop as one resumable job: ingest → embed → mine → select → teach → synth → train
+    /// → eval → promote → notify → housekeeping, recorded in the run ledger, with an HTML report.
+    #[command(
+        after_help = "Exit codes: 0 every stage finished; 1 a stage failed (--resume continues); 2 bad arguments or
+configuration (nothing ran); 75 another job holds the store's writer lock (nothing ran).
+
+Examples:
+  roadwork nightly --pipeline pipelines/nightly.toml
+  roadwork nightly --pipeline pipelines/nightly.toml --resume
+  roadwork nightly --pipeline pipelines/nightly.toml --from train --until promote
+  roadwork nightly --pipeline pipelines/nightly.toml --dry-run"
+    )]
+    Nightly(cli::labels::NightlyArgs),
+    /// Labels out (a selection as files, a sheet and Label Studio tasks) and in (human labels).
+    #[command(subcommand)]
+    Labels(cli::labels::LabelsCmd),
+    /// The VLM of [serve.tier2] labels a selection or the hardest samples (teacher labels).
+    #[command(after_help = "Examples:
+  roadwork teach --selection select-20261201T0300
+  roadwork teach --hard 200 --budget 100")]
+    Teach(cli::labels::TeachArgs),
     /// Hard cases, clusters, duplicates, drift; budgeted selection for labelling.
     #[command(subcommand)]
     Mine(cli::mine::MineCmd),
@@ -336,14 +357,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// The documented exit code of an error (`roadwork nightly --help`): a held writer lock is 75,
+/// bad arguments or configuration 2, anything else 1.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    use roadwork::pipeline::{PipelineError, exit};
+    if let Some(p) = e.downcast_ref::<PipelineError>() {
+        return ExitCode::from(p.exit_code());
+    }
+    if e.downcast_ref::<roadwork::store::lock::LockError>()
+        .is_some_and(|l| matches!(l, roadwork::store::lock::LockError::Held { .. }))
+    {
+        return ExitCode::from(exit::LOCKED);
+    }
+    if e.downcast_ref::<roadwork::config::ConfigError>().is_some() {
+        return ExitCode::from(exit::USAGE);
+    }
+    ExitCode::FAILURE
+}
+
+async fn run(mut cli: Cli) -> Result<()> {
+    if let Command::Nightly(a) = &cli.command
+        && let Some(p) = &a.pipeline
+    {
+        cli.config = Some(p.clone());
+    }
     let cfg = load_config(&cli)?;
     match cli.command {
+        Command::Nightly(a) => cli::labels::nightly(cfg, a).await,
+        Command::Labels(cmd) => cli::labels::labels(cfg, cmd).await,
+        Command::Teach(a) => cli::labels::teach(cfg, a).await,
         Command::Demo { n, seed } => demo(&cfg, n, seed).await,
         Command::GenerateScenes { n, seed, out } => {
             let s = tokio::task::spawn_blocking(move || {
@@ -489,6 +536,7 @@ async fn embed(mut cfg: Config, a: EmbedArgs) -> Result<()> {
     }
     cfg.validate()?;
     let store = Store::open(&cfg.data.store_uri()).await?;
+    let _lock = cli::labels::writer_lock(&cfg, "roadwork embed")?;
     let s =
         roadwork::embed::embed(&store, &cfg.embed, a.weights.as_deref(), cfg.decode, true).await?;
     print!("{s}");
@@ -565,26 +613,41 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
     };
     let r = roadwork::pipeline::demo::run(cfg, &opts).await?;
     println!("store: {}", r.store_uri);
-    match &r.generated {
-        Some(g) => println!(
-            "generated {} scenes ({} roadwork, {} clean) in {:.1} s",
-            g.n, g.roadwork, g.clean, g.elapsed_s
-        ),
-        None => println!("scenes already generated; reusing them"),
+    let d = &r.data;
+    println!(
+        "{} demo data in {}: {} labelled (NATIX shard), {} unlabelled pool scenes, {} validator-like crops",
+        if d.generated { "generated" } else { "reusing" },
+        d.dir.display(),
+        d.labelled,
+        d.pool,
+        d.traffic
+    );
+    for (i, night) in r.nights.iter().enumerate() {
+        println!("\n== night {} ==", i + 1);
+        cli::labels::print_nightly(night);
+        if i == 0
+            && let Some(a) = &r.answered
+        {
+            println!("\nthe demo annotator answered the selection from the ground truth:");
+            print!("{a}");
+        }
     }
-    for s in &r.ingests {
-        print!("{s}");
+    if !r.evals.is_empty() {
+        println!("\nheads on the frozen eval set:");
+        for (i, e) in r.evals.iter().enumerate() {
+            let m = &e.eval.metrics;
+            println!(
+                "  night {} {}  n {}  accuracy {:.4}  MCC {:.4}  ROC-AUC {}  eval set {}",
+                i + 1,
+                e.version,
+                m.n,
+                m.accuracy,
+                m.mcc,
+                m.roc_auc.map_or("–".into(), |v| format!("{v:.4}")),
+                &e.eval.eval_set[..12.min(e.eval.eval_set.len())]
+            );
+        }
     }
-    print!("{}", r.embed);
-    println!();
-    cli::train::print_summary(&r.train);
-    cli::train::print_decision(&r.gate);
-    match &r.report {
-        Some(p) => println!("champion report: {}", p.display()),
-        None => println!("no champion report: the eval split is empty"),
-    }
-    println!();
-    cli::mine::print_mine_summary(&r.mine);
     let sv = &r.serve;
     println!(
         "\nserved the champion at {} as axon {}; signed requests from validator {}:",
@@ -609,6 +672,7 @@ async fn demo(cfg: &Config, n: usize, seed: u64) -> Result<()> {
 
 async fn ingest(cfg: &Config, cmd: IngestCmd) -> Result<()> {
     let store = Store::open(&cfg.data.store_uri()).await?;
+    let _lock = cli::labels::writer_lock(cfg, "roadwork ingest")?;
     let ingestor = Ingestor::new(store, cfg.ingest.clone(), cfg.decode);
     let summary = match cmd {
         IngestCmd::Folder {

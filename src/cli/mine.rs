@@ -183,7 +183,8 @@ pub enum MineCmd {
     },
 }
 
-fn champion(cfg: &Config, model: Option<String>) -> Result<Option<String>> {
+/// The named head, else the champion.
+pub fn champion(cfg: &Config, model: Option<String>) -> Result<Option<String>> {
     if model.is_some() {
         return Ok(model);
     }
@@ -194,6 +195,7 @@ fn champion(cfg: &Config, model: Option<String>) -> Result<Option<String>> {
 /// `roadwork mine …`.
 pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
     let store = Store::open(&cfg.data.store_uri()).await?;
+    let _lock = super::labels::writer_lock(&cfg, "roadwork mine")?;
     let miner = Miner::new(store.clone(), cfg.mine.clone())?;
     let c = Compute::<Cpu>::new(Default::default());
     match cmd {
@@ -361,7 +363,12 @@ fn embed_file(
     weights: Option<&std::path::Path>,
     model: &str,
 ) -> Result<Vec<f32>> {
-    let e = roadwork::embed::load_encoder(&cfg.embed, weights)?;
+    let mut ec = cfg.embed.clone();
+    // A store embedded with the weight-free baseline is matched without any flag.
+    if weights.is_none() && model.starts_with("baseline-") {
+        ec.encoder = roadwork::embed::EncoderKind::Baseline;
+    }
+    let e = roadwork::embed::load_encoder(&ec, weights)?;
     anyhow::ensure!(
         e.model_id() == model,
         "the stored vectors are {model}, but the configured encoder is {}; pass the same --weights \

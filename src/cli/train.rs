@@ -185,6 +185,7 @@ pub async fn train(mut cfg: Config, a: TrainArgs) -> Result<()> {
     cfg.validate()?;
     let snapshot = a.snapshot.as_deref().map(SnapshotName::parse).transpose()?;
     let store = Store::open(&cfg.data.store_uri()).await?;
+    let _lock = super::labels::writer_lock(&cfg, "roadwork train")?;
     let reg = registry(&cfg)?;
     let trainer = Trainer::new(store.clone(), reg.clone(), cfg.train.clone())?;
     let s = trainer.train(snapshot).await?;
@@ -276,6 +277,7 @@ pub async fn models(cfg: Config, cmd: ModelsCmd) -> Result<()> {
         }
         ModelsCmd::Promote { version, force } => {
             let store = Store::open(&cfg.data.store_uri()).await?;
+            let _lock = super::labels::writer_lock(&cfg, "roadwork models promote")?;
             let d = promote(
                 &store,
                 &reg,

@@ -24,6 +24,7 @@ pub async fn embed(
     limits: DecodeLimits,
     progress: bool,
 ) -> Result<EmbedSummary, EmbedError> {
+    let weights = weights.or(cfg.weights.as_deref());
     let encoder = load_encoder(cfg, weights)?;
     embed_store(store, encoder, cfg, limits, progress).await
 }

@@ -91,6 +91,9 @@ pub struct EmbedConfig {
     pub precision: Precision,
     /// Threads of the CPU encoder (0: one per core).
     pub cpu_threads: usize,
+    /// DINOv3 weights (safetensors) for jobs that embed without a `--weights` flag (the nightly
+    /// job); without either, the random model runs and says so.
+    pub weights: Option<std::path::PathBuf>,
 }
 
 impl Default for EmbedConfig {
@@ -108,6 +111,7 @@ impl Default for EmbedConfig {
             device: ComputeDevice::Cpu,
             precision: Precision::F32,
             cpu_threads: 0,
+            weights: None,
         }
     }
 }

@@ -1,44 +1,40 @@
-//! `roadwork demo`: the whole loop as far as it is built, offline, on the embedded default store.
+//! `roadwork demo`: the nightly job, offline, for two nights on generated data.
 //!
-//! 1. Generates procedural scenes (reused when already there).
-//! 2. Ingests them as an image folder (source `synthetic`, labels `synthetic`).
-//! 3. Exports a second set as a NATIX-schema parquet shard and ingests it (source `dataset`).
-//! 4. Embeds every sample with DINOv3 (random weights unless the config names a weights file).
-//! 5. Trains, calibrates and evaluates a head, registers it, and promotes it through the gate;
-//!    writes the HTML evaluation report of the champion.
-//!    Validator-like traffic (unlabelled night/rain/fog crops) is ingested beside the data, so
-//!    mining has a distribution shift to find.
-//! 6. Mines the store with the champion's scores: hard cases, clusters, duplicates, drift.
-//! 7. Serves the champion: starts the server on a loopback port, sends it `ImageSynapse` requests
-//!    signed by a demo validator (listed in a demo metagraph snapshot) built from fresh scenes
-//!    plus one corrupt image, reads `/metrics`, stops, and moves the query log into Lance.
-//! 8. Prints what the store holds, through the same SQL a person would type.
+//! 1. Generates the demo's data under `<data>/demo/` (reused when already there): a labelled
+//!    NATIX-schema parquet shard (source `dataset`), an unlabelled pool of street scenes (source
+//!    `upload`) whose true labels only the demo knows, and unlabelled night/rain/fog validator-size
+//!    crops (source `validator`), so mining has a distribution shift to find.
+//! 2. **Night one** runs `pipelines/demo.toml`'s nightly job: ingest, embed (the weight-free
+//!    baseline encoder unless DINOv3 weights are named), mine, select and export a selection for
+//!    labelling, train on the labelled shard, evaluate, promote, housekeeping; writes the run report.
+//! 3. The demo plays the annotator: it fills the exported sheet from the procedural ground truth
+//!    and imports it as `human` labels (author `demo-annotator`), as a person would.
+//! 4. **Night two** trains on those labels too; the gate compares the new head with night one's
+//!    on the same frozen eval set, and the report shows what changed.
+//! 5. Serves the champion: signed `ImageSynapse` requests from a demo validator (listed in a demo
+//!    metagraph snapshot), one corrupt image, `/metrics`, and the query log moved into Lance.
 //!
-//! Re-running it adds no data (every ingest is idempotent); it trains a new challenger, which the
-//! gate promotes only if it is at least as good as the champion.
+//! Re-running it adds no data (every ingest is idempotent) and runs two more nights.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::DataFrame;
 
 use super::PipelineError;
-use crate::config::Config;
-use crate::ingest::{FolderOptions, IngestSummary, Ingestor, NatixOptions};
+use super::nightly::{NightlyOptions, NightlyReport};
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::labels::{ImportOptions, ImportSummary, import_labels};
 use crate::query::{QueryEngine, SAMPLES_BY_SOURCE_AND_LABEL};
-use crate::store::manifest::MANIFEST_FILE;
-use crate::store::{Label, SampleSource, Store};
+use crate::store::{Label, SampleId, SampleSource, Store};
 use crate::synth::scenes::SynthError;
-use crate::synth::scenes::{
-    Daytime, GenerateSummary, SceneSpec, Weather, generate_scenes, scene_jpeg, write_natix_shard,
-};
-use crate::train::{
-    GateDecision, Registry, TrainSummary, Trainer, evaluate_version, promote, write_report,
-};
+use crate::synth::scenes::{Daytime, SceneSpec, Weather, scene_jpeg, write_natix_shard};
+use crate::train::{Evaluation, Registry, evaluate_version};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Scenes for the folder ingest; the NATIX shard gets as many (at least 10).
+    /// Scenes in the unlabelled pool; the labelled shard gets half as many (at least 60).
     pub n: usize,
     pub seed: u64,
     pub progress: bool,
@@ -47,31 +43,47 @@ pub struct DemoOptions {
 impl Default for DemoOptions {
     fn default() -> Self {
         Self {
-            n: 200,
+            n: 300,
             seed: 7,
             progress: true,
         }
     }
 }
 
+/// The demo's generated inputs.
+#[derive(Debug, Clone)]
+pub struct DemoData {
+    pub dir: PathBuf,
+    /// False when an earlier run's data was reused.
+    pub generated: bool,
+    pub labelled: usize,
+    pub pool: usize,
+    pub traffic: usize,
+    /// The pool's true labels, by sample id (what the demo's annotator knows).
+    pub truth: HashMap<String, Label>,
+}
+
+/// One head's metrics on the frozen eval set.
+#[derive(Debug, Clone)]
+pub struct NightEval {
+    pub version: String,
+    pub eval: Evaluation,
+}
+
 /// What the demo did and found.
 pub struct DemoReport {
     pub store_uri: String,
-    /// `None` when the scenes were already there.
-    pub generated: Option<GenerateSummary>,
-    pub ingests: Vec<IngestSummary>,
+    pub data: DemoData,
+    pub nights: Vec<NightlyReport>,
+    /// The demo annotator's labels for night one's selection.
+    pub answered: Option<ImportSummary>,
+    /// The heads of both nights on the same eval set (when both trained).
+    pub evals: Vec<NightEval>,
     /// Samples by source and effective label.
     pub by_source_label: DataFrame,
     /// Samples by era and format.
     pub by_era: DataFrame,
     pub total_samples: usize,
-    pub embed: crate::embed::EmbedSummary,
-    pub train: TrainSummary,
-    pub gate: GateDecision,
-    /// Hard cases, clusters, duplicates and drift of the champion's data.
-    pub mine: crate::mine::MineSummary,
-    /// The champion's evaluation report (`index.html`); none without eval samples.
-    pub report: Option<PathBuf>,
     /// The serving round trip.
     pub serve: ServeDemo,
 }
@@ -182,120 +194,179 @@ async fn serve_round_trip(cfg: &Config, seed: u64) -> Result<ServeDemo, Pipeline
     })
 }
 
+/// The data directory's demo inputs, relative to `data.dir` (also what `pipelines/demo.toml` lists).
+pub const DEMO_NATIX: &str = "demo/natix.parquet";
+pub const DEMO_POOL: &str = "demo/pool";
+pub const DEMO_TRAFFIC: &str = "demo/traffic";
+const DEMO_TRUTH: &str = "demo/pool-truth.csv";
+const DEMO_PARAMS: &str = "demo/PARAMS";
+
+/// The pipeline sources of the demo's data.
+pub fn demo_sources() -> Vec<SourceConfig> {
+    let src = |kind, path: &str, source: Option<SampleSource>, author: Option<&str>| SourceConfig {
+        kind,
+        path: path.into(),
+        source,
+        author: author.map(str::to_string),
+        labels: None,
+        dataset_name: (kind == SourceKind::Natix).then(|| "natix-roadwork-demo".to_string()),
+    };
+    vec![
+        src(SourceKind::Natix, DEMO_NATIX, None, None),
+        src(
+            SourceKind::Folder,
+            DEMO_POOL,
+            Some(SampleSource::Upload),
+            None,
+        ),
+        src(
+            SourceKind::Folder,
+            DEMO_TRAFFIC,
+            Some(SampleSource::Validator),
+            Some("demo-traffic"),
+        ),
+    ]
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SynthError + '_ {
+    move |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the demo's inputs (blocking), or reuses them when the same `n` and `seed` made them.
+fn prepare_data(data_dir: &Path, n: usize, seed: u64) -> Result<DemoData, SynthError> {
+    let dir = data_dir.join("demo");
+    let params = format!("n={n} seed={seed} v=2\n");
+    let params_path = data_dir.join(DEMO_PARAMS);
+    let labelled = (n / 3).max(60);
+    let traffic = (n / 6).max(20);
+    let truth_path = data_dir.join(DEMO_TRUTH);
+    let reuse = std::fs::read_to_string(&params_path).is_ok_and(|p| p == params);
+    if !reuse {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let pool_dir = data_dir.join(DEMO_POOL);
+        std::fs::create_dir_all(&pool_dir).map_err(io_err(&pool_dir))?;
+        let indices: Vec<u64> = (0..labelled as u64).collect();
+        write_natix_shard(&data_dir.join(DEMO_NATIX), seed + 1, &indices)?;
+        let mut truth = String::from("sample_id,label\n");
+        for i in 0..n as u64 {
+            let spec = SceneSpec::draw(seed, i);
+            let jpg = scene_jpeg(&spec)?;
+            let path = pool_dir.join(format!("scene-{i:05}.jpg"));
+            std::fs::write(&path, &jpg).map_err(io_err(&path))?;
+            truth.push_str(&format!(
+                "{},{}\n",
+                SampleId::of_bytes(&jpg),
+                spec.label.as_u8()
+            ));
+        }
+        std::fs::write(&truth_path, truth).map_err(io_err(&truth_path))?;
+        write_shifted_traffic(&data_dir.join(DEMO_TRAFFIC), seed + 2, traffic)?;
+        std::fs::write(&params_path, &params).map_err(io_err(&params_path))?;
+    }
+    let text = std::fs::read_to_string(&truth_path).map_err(io_err(&truth_path))?;
+    let truth = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (id, label) = l.split_once(',')?;
+            Some((id.to_string(), Label::parse_loose(label)?))
+        })
+        .collect::<HashMap<_, _>>();
+    Ok(DemoData {
+        dir,
+        generated: !reuse,
+        labelled,
+        pool: truth.len(),
+        traffic,
+        truth,
+    })
+}
+
+/// The demo's annotator: fills the exported sheet from the ground truth and imports it.
+async fn answer_selection(
+    store: &Store,
+    night: &NightlyReport,
+    truth: &HashMap<String, Label>,
+) -> Result<Option<ImportSummary>, PipelineError> {
+    use crate::config::Stage;
+    let Some(sheet) = night
+        .progress
+        .output(Stage::Select, "sheet")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+    else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(&sheet)
+        .await
+        .map_err(|e| PipelineError::Task(format!("{}: {e}", sheet.display())))?;
+    let mut out = String::from("sample_id,file,label,author\n");
+    for line in text.lines().skip(1) {
+        let mut cols = line.split(',');
+        let (Some(id), Some(file)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if let Some(l) = truth.get(id) {
+            out.push_str(&format!("{id},{file},{},demo-annotator\n", l.as_u8()));
+        }
+    }
+    let answers = sheet.with_file_name("answers.csv");
+    tokio::fs::write(&answers, out)
+        .await
+        .map_err(|e| PipelineError::Task(format!("{}: {e}", answers.display())))?;
+    Ok(Some(
+        import_labels(store, &answers, &ImportOptions::default()).await?,
+    ))
+}
+
 /// Runs the demo on the store and data directory of `cfg`.
 pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, PipelineError> {
+    let mut cfg = cfg.clone();
+    if cfg.pipeline.sources.is_empty() {
+        cfg.pipeline.sources = demo_sources();
+    }
+    if cfg.embed.encoder == crate::embed::EncoderKind::Dinov3 && cfg.embed.weights.is_none() {
+        tracing::warn!(
+            "no DINOv3 weights named: the demo embeds with the baseline encoder (random DINOv3 features carry no signal)"
+        );
+        cfg.embed.encoder = crate::embed::EncoderKind::Baseline;
+    }
+    let (dir, n, seed) = (cfg.data.dir.clone(), opts.n, opts.seed);
+    let data = tokio::task::spawn_blocking(move || prepare_data(&dir, n, seed))
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))??;
+    let night_opts = NightlyOptions {
+        progress: opts.progress,
+        ..NightlyOptions::default()
+    };
+    let first = super::nightly::run(&cfg, &night_opts).await?;
     let store = Store::open(&cfg.data.store_uri()).await?;
-    let scenes_dir: PathBuf = cfg
-        .data
-        .dir
-        .join(format!("scenes/seed{}-n{}", opts.seed, opts.n));
-    let generated = if scenes_dir.join(MANIFEST_FILE).is_file() {
-        None
-    } else {
-        let (dir, n, seed, progress) = (scenes_dir.clone(), opts.n, opts.seed, opts.progress);
-        Some(
-            tokio::task::spawn_blocking(move || generate_scenes(&dir, n, seed, progress))
-                .await
-                .map_err(|e| PipelineError::Task(e.to_string()))??,
-        )
-    };
-    let shard = cfg.data.dir.join(format!(
-        "natix/demo-seed{}-n{}.parquet",
-        opts.seed + 1,
-        opts.n
-    ));
-    if !shard.is_file() {
-        let (path, seed) = (shard.clone(), opts.seed + 1);
-        let indices: Vec<u64> = (0..opts.n.max(10) as u64).collect();
-        tokio::task::spawn_blocking(move || write_natix_shard(&path, seed, &indices))
-            .await
-            .map_err(|e| PipelineError::Task(e.to_string()))??;
-    }
-    let mut ingestor = Ingestor::new(store.clone(), cfg.ingest.clone(), cfg.decode);
-    if !opts.progress {
-        ingestor = ingestor.quiet();
-    }
-    let traffic_dir = cfg
-        .data
-        .dir
-        .join(format!("traffic/seed{}-n{}", opts.seed + 2, opts.n));
-    if !traffic_dir.join(TRAFFIC_DONE).is_file() {
-        let (dir, seed, n) = (traffic_dir.clone(), opts.seed + 2, (opts.n / 4).max(20));
-        tokio::task::spawn_blocking(move || write_shifted_traffic(&dir, seed, n))
-            .await
-            .map_err(|e| PipelineError::Task(e.to_string()))??;
-    }
-    let ingests = vec![
-        ingestor
-            .ingest_folder(&scenes_dir, &FolderOptions::default())
-            .await?,
-        ingestor
-            .ingest_natix(std::slice::from_ref(&shard), &NatixOptions::default())
-            .await?,
-        ingestor
-            .ingest_folder(
-                &traffic_dir,
-                &FolderOptions {
-                    source: SampleSource::Validator,
-                    author: Some("demo-traffic".into()),
-                    ..FolderOptions::default()
-                },
-            )
-            .await?,
-    ];
-    let embed = crate::embed::embed(&store, &cfg.embed, None, cfg.decode, opts.progress).await?;
+    let answered = answer_selection(&store, &first, &data.truth).await?;
+    let second = super::nightly::run(&cfg, &night_opts).await?;
     let registry = Registry::open(cfg.train.registry_dir(&cfg.data.dir))?;
-    let mut trainer = Trainer::new(store.clone(), registry.clone(), cfg.train.clone())?;
-    if !opts.progress {
-        trainer = trainer.quiet();
+    let mut evals = Vec::new();
+    for night in [&first, &second] {
+        if let Some(v) = night
+            .progress
+            .output(crate::config::Stage::Train, "version")
+            .and_then(|v| v.as_str())
+            && !evals.iter().any(|e: &NightEval| e.version == v)
+        {
+            let t = &cfg.train;
+            let eval =
+                evaluate_version(&store, &registry, v, &t.split, t.replay_queries, t.seed).await?;
+            evals.push(NightEval {
+                version: v.to_string(),
+                eval,
+            });
+        }
     }
-    let train = trainer.train(None).await?;
-    let t = &cfg.train;
-    let version = &train.card.model_version;
-    let gate = promote(
-        &store, &registry, version, &t.promote, &t.split, t.seed, false,
-    )
-    .await?;
-    let champion = registry
-        .champion()?
-        .map(|p| p.version)
-        .unwrap_or_else(|| version.clone());
-    let report = match evaluate_version(
-        &store,
-        &registry,
-        &champion,
-        &t.split,
-        t.replay_queries,
-        t.seed,
-    )
-    .await
-    {
-        Ok(evaluation) => {
-            let (card, _) = registry.load(&champion)?;
-            Some(write_report(
-                &cfg.data
-                    .dir
-                    .join("reports")
-                    .join(format!("{champion}-eval")),
-                &evaluation,
-                Some(&card),
-            )?)
-        }
-        Err(crate::train::TrainError::NotEnoughData(why)) => {
-            tracing::warn!("no evaluation report: {why}");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let miner = crate::mine::Miner::new(store.clone(), cfg.mine.clone())?;
-    let mine = miner
-        .run(
-            crate::mine::Compute::<crate::embed::Cpu>::new(Default::default()),
-            Some(&champion),
-            Some(&cfg.data.dir.join("reports")),
-        )
-        .await?;
-    let serve = serve_round_trip(cfg, opts.seed).await?;
+    let serve = serve_round_trip(&cfg, opts.seed).await?;
     let q = QueryEngine::new(store.clone());
     let by_source_label = q.execute(SAMPLES_BY_SOURCE_AND_LABEL).await?;
     let by_era = q
@@ -309,16 +380,13 @@ pub async fn run(cfg: &Config, opts: &DemoOptions) -> Result<DemoReport, Pipelin
         .await?;
     Ok(DemoReport {
         store_uri: store.uri().to_string(),
-        generated,
-        ingests,
+        data,
+        nights: vec![first, second],
+        answered,
+        evals,
         by_source_label,
         by_era,
         total_samples,
-        embed,
-        train,
-        gate,
-        report,
-        mine,
         serve,
     })
 }

@@ -161,6 +161,22 @@ impl Chart {
         self.legend.push((label.to_string(), color));
     }
 
+    /// Dots at the finite points of a series (a scatter plot; `r` in pixels).
+    pub fn points(&mut self, label: &str, xs: &[f64], ys: &[f64], color: &'static str, r: f64) {
+        for (&x, &y) in xs
+            .iter()
+            .zip(ys)
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+        {
+            let (px, py) = self.to_px(x, y);
+            let _ = write!(
+                self.body,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="{r:.1}" fill="{color}" opacity="0.7"/>"#
+            );
+        }
+        self.legend.push((label.to_string(), color));
+    }
+
     /// A dashed grey reference segment (the diagonal of ROC and reliability charts).
     pub fn reference(&mut self, a: (f64, f64), b: (f64, f64)) {
         let (ax, ay) = self.to_px(a.0, a.1);

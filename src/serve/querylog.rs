@@ -10,7 +10,12 @@
 //! <dir>/active-<ns>.jsonl     being written (one per process)
 //! <dir>/seg-<ns>.jsonl        sealed, waiting for ingest
 //! <dir>/done/seg-<ns>.jsonl   ingested
+//! <dir>/.owner.lock           held shared by every server process using the directory
 //! ```
+//!
+//! A process that is not a server (the nightly job) moves sealed segments only when it can take
+//! `.owner.lock` exclusively, i.e. when no server is running: a running server's mover owns its
+//! log, and sealing "left over" active segments must never steal a live server's segment.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,6 +41,18 @@ pub struct QueryLog {
     max_records: usize,
     max_age: Duration,
     active: Mutex<Option<Active>>,
+    /// The directory's owner lock (shared for servers, exclusive for the nightly job).
+    _owner: File,
+}
+
+const OWNER_LOCK: &str = ".owner.lock";
+
+fn owner_file(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(OWNER_LOCK))
 }
 
 fn now_ns() -> u128 {
@@ -65,9 +82,33 @@ fn seal(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 impl QueryLog {
-    /// Opens the log directory, sealing segments a previous process left active.
+    /// Opens the log directory as a server does (several servers may share it), sealing
+    /// segments a previous process left active.
     pub fn open(dir: &Path, max_records: usize, max_age: Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("done"))?;
+        let owner = owner_file(dir)?;
+        owner.lock_shared()?;
+        Self::open_with(dir, max_records, max_age, owner)
+    }
+
+    /// Opens the log directory only if no server is using it (`None` when one is): how the
+    /// nightly job moves sealed segments while no server runs.
+    pub fn open_if_unowned(dir: &Path) -> std::io::Result<Option<Self>> {
+        std::fs::create_dir_all(dir.join("done"))?;
+        let owner = owner_file(dir)?;
+        match owner.try_lock() {
+            Ok(()) => Self::open_with(dir, 1000, Duration::from_secs(60), owner).map(Some),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn open_with(
+        dir: &Path,
+        max_records: usize,
+        max_age: Duration,
+        owner: File,
+    ) -> std::io::Result<Self> {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             if p.file_name()
@@ -83,6 +124,7 @@ impl QueryLog {
             max_records: max_records.max(1),
             max_age,
             active: Mutex::new(None),
+            _owner: owner,
         })
     }
 

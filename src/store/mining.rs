@@ -6,11 +6,16 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, UInt32Array};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 
-use super::schema::{col, finish, micros, opt_str_array, str_array, tables, ts_array, ts_type};
+use super::schema::{
+    col, column, finish, from_micros, micros, opt_str_array, str_array, tables, ts_array, ts_type,
+};
 use super::{Merge, Store, StoreError, WriteResult, arrow};
 
 fn f32_col(v: impl Iterator<Item = Option<f32>>) -> ArrayRef {
@@ -246,7 +251,89 @@ fn selections_to_batch(rows: &[SelectionRow]) -> Result<RecordBatch, ArrowError>
     )
 }
 
+fn selections_from_batch(b: &RecordBatch) -> Result<Vec<SelectionRow>, ArrowError> {
+    let name = column::<StringArray>(b, col::NAME)?;
+    let at = column::<TimestampMicrosecondArray>(b, col::CREATED_AT)?;
+    let id = column::<StringArray>(b, col::SAMPLE_ID)?;
+    let rank = column::<UInt32Array>(b, col::RANK)?;
+    let score = column::<Float32Array>(b, col::SCORE)?;
+    let strategy = column::<StringArray>(b, col::STRATEGY)?;
+    let reasons = column::<StringArray>(b, col::REASONS)?;
+    Ok((0..b.num_rows())
+        .map(|i| SelectionRow {
+            name: name.value(i).to_string(),
+            created_at: from_micros(at.value(i)),
+            sample_id: id.value(i).to_string(),
+            rank: rank.value(i),
+            score: score.value(i),
+            strategy: strategy.value(i).to_string(),
+            reasons: reasons.value(i).to_string(),
+        })
+        .collect())
+}
+
+fn mine_clusters_from_batch(b: &RecordBatch) -> Result<Vec<MineClusterRow>, ArrowError> {
+    let run = column::<StringArray>(b, col::RUN_ID)?;
+    let u = |name| column::<UInt32Array>(b, name);
+    let f = |name| column::<Float32Array>(b, name);
+    let flag = |name| column::<BooleanArray>(b, name);
+    let (cluster, size, n_lab) = (u("cluster")?, u("size")?, u("n_labelled")?);
+    let (pos, err, trs, tfs, ratio, z) = (
+        f("positive_share")?,
+        f("error_rate")?,
+        f("train_share")?,
+        f("traffic_share")?,
+        f("drift_ratio")?,
+        f("drift_z")?,
+    );
+    let under = flag("under_covered")?;
+    let ex = column::<StringArray>(b, "exemplar")?;
+    let opt = |a: &Float32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    Ok((0..b.num_rows())
+        .map(|i| MineClusterRow {
+            run_id: run.value(i).to_string(),
+            cluster: cluster.value(i),
+            size: size.value(i),
+            n_labelled: n_lab.value(i),
+            positive_share: opt(pos, i),
+            error_rate: opt(err, i),
+            train_share: trs.value(i),
+            traffic_share: tfs.value(i),
+            drift_ratio: ratio.value(i),
+            drift_z: z.value(i),
+            under_covered: under.value(i),
+            exemplar: ex.value(i).to_string(),
+        })
+        .collect())
+}
+
 impl Store {
+    /// The clusters of mining run `run_id`, by cluster index.
+    pub async fn mine_clusters(&self, run_id: &str) -> Result<Vec<MineClusterRow>, StoreError> {
+        let filter = format!("{} = '{}'", col::RUN_ID, run_id.replace('\'', "''"));
+        let mut rows = self
+            .rows(
+                tables::MINE_CLUSTERS,
+                Some(&filter),
+                mine_clusters_from_batch,
+            )
+            .await?;
+        rows.sort_by_key(|r| r.cluster);
+        Ok(rows)
+    }
+
+    /// The rows of selection `name`, by rank (empty when there is no such selection). The name
+    /// is matched exactly; a quote in it cannot reach the SQL filter.
+    pub async fn selection(&self, name: &str) -> Result<Vec<SelectionRow>, StoreError> {
+        let filter = format!("{} = '{}'", col::NAME, name.replace('\'', "''"));
+        let mut rows = self
+            .rows(tables::SELECTIONS, Some(&filter), selections_from_batch)
+            .await?;
+        rows.retain(|r| r.name == name);
+        rows.sort_by_key(|r| r.rank);
+        Ok(rows)
+    }
+
     /// Writes a mining run's per-sample scores (one commit; a repeated run id replaces its rows).
     pub async fn put_mine_scores(&self, rows: &[MineScoreRow]) -> Result<WriteResult, StoreError> {
         let b = mine_scores_to_batch(rows).map_err(arrow(tables::MINE_SCORES))?;

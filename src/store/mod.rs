@@ -14,6 +14,8 @@ mod embeddings;
 mod error;
 mod ids;
 mod labels;
+pub mod lock;
+mod maintenance;
 pub mod manifest;
 mod mining;
 mod models;
@@ -37,6 +39,7 @@ pub use embeddings::{
 pub use error::StoreError;
 pub use ids::{BadSampleId, Era, Label, LabelSource, SampleId, SampleSource};
 pub use labels::{EffectiveLabel, effective_labels};
+pub use maintenance::TableHousekeeping;
 pub use mining::{DuplicateRow, MineClusterRow, MineScoreRow, SelectionRow};
 pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
 pub use runs::{RunId, RunKind, RunLedger, RunStatus, TableVersions};
@@ -67,6 +70,9 @@ pub struct Snapshot {
 pub struct Store {
     pub(crate) db: lancedb::Connection,
     uri: String,
+    /// The run (a nightly job) on whose behalf this handle writes; stage runs started through it
+    /// name it as their parent in the ledger.
+    parent: Option<RunId>,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,6 +112,7 @@ impl Store {
         let store = Self {
             db,
             uri: uri.to_string(),
+            parent: None,
         };
         store.check_layout_version().await?;
         store.ensure_tables().await?;
@@ -116,6 +123,20 @@ impl Store {
     /// Where the store lives.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The same store, writing on behalf of run `parent`: every stage run recorded through the
+    /// returned handle names it as its parent (how a nightly job's ledger row finds its stages).
+    pub fn for_run(&self, parent: &RunId) -> Store {
+        Store {
+            parent: Some(parent.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The run this handle writes for, if any.
+    pub fn parent_run(&self) -> Option<&RunId> {
+        self.parent.as_ref()
     }
 
     async fn ensure_tables(&self) -> Result<(), StoreError> {

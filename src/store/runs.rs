@@ -24,17 +24,24 @@ pub enum RunKind {
     Embed,
     Mine,
     Train,
+    LabelsImport,
+    Teach,
+    /// A whole nightly job; its stages' runs name it as their parent.
+    Nightly,
 }
 
 impl RunKind {
     /// Every kind, in loop order.
-    pub const ALL: [RunKind; 6] = [
+    pub const ALL: [RunKind; 9] = [
         RunKind::IngestFolder,
         RunKind::IngestNatix,
         RunKind::IngestQuerylog,
         RunKind::Embed,
         RunKind::Mine,
         RunKind::Train,
+        RunKind::LabelsImport,
+        RunKind::Teach,
+        RunKind::Nightly,
     ];
 
     /// The stored spelling (also the run id's prefix).
@@ -46,6 +53,9 @@ impl RunKind {
             RunKind::Embed => "embed",
             RunKind::Mine => "mine",
             RunKind::Train => "train",
+            RunKind::LabelsImport => "labels-import",
+            RunKind::Teach => "teach",
+            RunKind::Nightly => "nightly",
         }
     }
 }
@@ -182,7 +192,7 @@ impl RunLedger {
             status: RunStatus::Running,
             params: params.to_string(),
             summary: "{}".into(),
-            parent: None,
+            parent: store.parent_run().cloned(),
             reads: TableVersions::new(),
             writes: TableVersions::new(),
         };
@@ -216,6 +226,25 @@ impl RunLedger {
         if w.inserted + w.updated > 0 {
             self.row.writes.insert(table.to_string(), w.version);
         }
+    }
+
+    /// Re-opens a run that did not finish (a killed or failed nightly job) to continue it under
+    /// the same id: the row goes back to `running`, keeping its reads, writes and summary.
+    pub async fn reopen(store: &Store, mut row: RunRow) -> Result<Self, StoreError> {
+        row.status = RunStatus::Running;
+        row.finished_at = None;
+        store.record_run(&row).await?;
+        Ok(Self {
+            store: store.clone(),
+            row,
+        })
+    }
+
+    /// Rewrites the still-running row with the progress so far (a long composite run records
+    /// each finished step, so a crash loses at most the step in flight).
+    pub async fn checkpoint(&mut self, progress: &impl Serialize) -> Result<(), StoreError> {
+        self.row.summary = serde_json::to_string(progress).unwrap_or_else(|_| "{}".into());
+        self.store.record_run(&self.row).await.map(|_| ())
     }
 
     /// Closes the run by its stage's result: `ok` with the report, or `failed` with the error

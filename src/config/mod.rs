@@ -1,6 +1,8 @@
 //! Configuration: embedded defaults, then an optional TOML file, then command-line overrides.
 //! Loading reads the file and validates it; it opens nothing else.
 
+mod pipeline;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -8,9 +10,14 @@ use serde::{Deserialize, Serialize};
 use crate::embed::EmbedConfig;
 use crate::imaging::DecodeLimits;
 pub use crate::ingest::IngestConfig;
+use crate::labels::TeachConfig;
 use crate::mine::MineConfig;
 use crate::serve::ServeConfig;
 use crate::train::TrainConfig;
+pub use pipeline::{
+    HousekeepingConfig, NotifyConfig, PipelineConfig, SelectStageConfig, SourceConfig, SourceKind,
+    Stage,
+};
 
 /// Everything a run of `roadwork` can be configured with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -23,6 +30,8 @@ pub struct Config {
     pub train: TrainConfig,
     pub mine: MineConfig,
     pub serve: ServeConfig,
+    pub teach: TeachConfig,
+    pub pipeline: PipelineConfig,
 }
 
 /// Where things live.
@@ -74,6 +83,10 @@ pub enum ConfigError {
     Mine(String),
     #[error("config: {0}")]
     Serve(String),
+    #[error("config: {0}")]
+    Teach(String),
+    #[error("config: {0}")]
+    Pipeline(String),
     #[error("config value {field} = {value} is out of range: {why}")]
     Invalid {
         field: &'static str,
@@ -135,6 +148,12 @@ impl Config {
         }
         if let Err(why) = self.mine.validate() {
             return Err(ConfigError::Mine(why.to_string()));
+        }
+        if let Err(why) = self.teach.validate() {
+            return Err(ConfigError::Teach(why));
+        }
+        if let Err(why) = self.pipeline.validate() {
+            return Err(ConfigError::Pipeline(why));
         }
         if self.decode.max_side_px < 16 {
             return bad(
