@@ -352,8 +352,18 @@ fn link(from_dir: &Path, data_dir: &Path, target: &Path) -> String {
 }
 
 fn metric_row(h: &mut String, name: &str, a: Option<f64>, b: Option<f64>) {
-    let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.4}"));
+    let count = name.contains("samples");
+    let f = |v: Option<f64>| {
+        v.map_or("–".into(), |v| {
+            if count {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.4}")
+            }
+        })
+    };
     let delta = match (a, b) {
+        (Some(a), Some(b)) if count => format!("{:+.0}", a - b),
         (Some(a), Some(b)) => format!("{:+.4}", a - b),
         _ => "–".into(),
     };
@@ -609,8 +619,13 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
             m(&b, |m| Some(m.ece)),
         );
         let train_n = |c: &Option<crate::train::ModelCard>| {
-            c.as_ref()
-                .and_then(|c| c.data.get("train").map(|n| *n as f64))
+            c.as_ref().map(|c| {
+                c.data
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("train/"))
+                    .map(|(_, n)| *n as f64)
+                    .sum::<f64>()
+            })
         };
         metric_row(&mut h, "training samples", train_n(&a), train_n(&b));
         h.push_str("</table>");

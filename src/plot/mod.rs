@@ -217,6 +217,16 @@ impl Chart {
             t = esc(&self.title),
         );
         s.push_str(&self.body);
+        if !self.legend.is_empty() {
+            // A white box under the legend keeps it readable over dense scatter plots.
+            let _ = write!(
+                s,
+                r#"<rect x="{:.1}" y="{:.1}" width="166" height="{:.1}" fill="white" opacity="0.85"/>"#,
+                self.width - MARGIN_R - 174.0,
+                MARGIN_T + 2.0,
+                18.0 * self.legend.len() as f64 + 4.0
+            );
+        }
         for (i, (label, color)) in self.legend.iter().enumerate() {
             let y = MARGIN_T + 14.0 + 18.0 * i as f64;
             let x = self.width - MARGIN_R - 170.0;

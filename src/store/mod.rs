@@ -24,13 +24,14 @@ mod runs;
 pub mod schema;
 mod snapshot;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchIterator};
 use arrow_schema::SchemaRef;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
+use schema::col;
 
 pub use embeddings::{
     EMBEDDED_AT, IndexOutcome, MODEL_ID, VECTOR, VectorRows, collect_vectors, embeddings_schema,
@@ -302,9 +303,11 @@ impl Store {
     /// Inserts samples not yet present; present ones (same bytes) are left untouched.
     pub async fn insert_samples(&self, rows: &[SampleRow]) -> Result<WriteResult, StoreError> {
         let mut seen = HashSet::new();
+        let ids: Vec<&str> = rows.iter().map(|r| r.sample_id.as_str()).collect();
+        let have = self.present(tables::SAMPLES, col::SAMPLE_ID, &ids).await?;
         let unique: Vec<SampleRow> = rows
             .iter()
-            .filter(|r| seen.insert(r.sample_id.clone()))
+            .filter(|r| !have.contains(r.sample_id.as_str()) && seen.insert(r.sample_id.clone()))
             .cloned()
             .collect();
         let batch = schema::samples_to_batch(&unique).map_err(arrow(tables::SAMPLES))?;
@@ -316,12 +319,21 @@ impl Store {
     pub async fn put_labels(&self, rows: &[LabelRow]) -> Result<WriteResult, StoreError> {
         let mut seen = HashSet::new();
         // The last opinion per key in the input wins.
-        let unique: Vec<LabelRow> = rows
+        let mut unique: Vec<LabelRow> = rows
             .iter()
             .rev()
             .filter(|r| seen.insert(r.label_id()))
             .cloned()
             .collect();
+        // Unchanged opinions are dropped here, so re-sending them makes no commit at all.
+        let keys: Vec<String> = unique.iter().map(LabelRow::label_id).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let stored = self.stored_labels(&keys).await?;
+        unique.retain(|r| {
+            stored
+                .get(&r.label_id())
+                .is_none_or(|&(l, c)| l != r.label.as_u8() || c != r.confidence)
+        });
         let batch = schema::labels_to_batch(&unique).map_err(arrow(tables::LABELS))?;
         self.merge(tables::LABELS, batch, Merge::UpsertChanged(LABEL_CHANGED))
             .await
@@ -333,14 +345,64 @@ impl Store {
         rows: &[PredictionRow],
     ) -> Result<WriteResult, StoreError> {
         let mut seen = HashSet::new();
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        let have = self
+            .present(tables::PREDICTIONS, col::REQUEST_ID, &ids)
+            .await?;
         let unique: Vec<PredictionRow> = rows
             .iter()
-            .filter(|r| seen.insert(r.request_id.clone()))
+            .filter(|r| !have.contains(r.request_id.as_str()) && seen.insert(r.request_id.clone()))
             .cloned()
             .collect();
         let batch = schema::predictions_to_batch(&unique).map_err(arrow(tables::PREDICTIONS))?;
         self.merge(tables::PREDICTIONS, batch, Merge::InsertOnly)
             .await
+    }
+
+    /// Which of `keys` are stored in `table`'s key column `key`.
+    async fn present(
+        &self,
+        table: &str,
+        key: &str,
+        keys: &[&str],
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut out = HashSet::new();
+        for chunk in keys.chunks(KEY_CHUNK) {
+            for b in self
+                .scan(table, Some(&[key]), Some(&in_list(key, chunk)), None)
+                .await?
+            {
+                let c =
+                    schema::column::<arrow_array::StringArray>(&b, key).map_err(arrow(table))?;
+                out.extend(c.iter().flatten().map(str::to_string));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored (label, confidence) of the given label ids.
+    async fn stored_labels(&self, keys: &[&str]) -> Result<HashMap<String, (u8, f32)>, StoreError> {
+        let mut out = HashMap::new();
+        let cols = [col::LABEL_ID, col::LABEL, col::CONFIDENCE];
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let filter = in_list(col::LABEL_ID, chunk);
+            for b in self
+                .scan(tables::LABELS, Some(&cols), Some(&filter), None)
+                .await?
+            {
+                let t = tables::LABELS;
+                let id = schema::column::<arrow_array::StringArray>(&b, col::LABEL_ID)
+                    .map_err(arrow(t))?;
+                let l =
+                    schema::column::<arrow_array::UInt8Array>(&b, col::LABEL).map_err(arrow(t))?;
+                let c = schema::column::<arrow_array::Float32Array>(&b, col::CONFIDENCE)
+                    .map_err(arrow(t))?;
+                for i in 0..b.num_rows() {
+                    out.insert(id.value(i).to_string(), (l.value(i), c.value(i)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Writes or updates one run in the ledger.
@@ -562,6 +624,18 @@ impl Store {
             version,
         })
     }
+}
+
+/// Keys per `IN (…)` filter when checking what is already stored.
+const KEY_CHUNK: usize = 512;
+
+/// `col IN ('a','b',…)`; the values are keys we built (hex ids, label ids), quotes doubled anyway.
+fn in_list(col: &str, values: &[&str]) -> String {
+    let v: Vec<String> = values
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect();
+    format!("{col} IN ({})", v.join(","))
 }
 
 /// The condition under which an incoming label replaces the stored one of the same key.

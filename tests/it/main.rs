@@ -7,6 +7,7 @@ mod cli;
 mod embed;
 mod formats;
 mod ingest;
+mod labels;
 mod layering;
 mod mine;
 mod query;
