@@ -685,9 +685,10 @@ impl Night<'_> {
             .await?;
         let v = self.versions().await?;
         let emb = embeddings_table(&model);
+        // The mining run only names the gate's slices (the card records it); a new mining run
+        // on the same data is no reason to train again.
         let inputs = json!({
             "tables": v.of_all(&[tables::SAMPLES, tables::LABELS, &emb]),
-            "slice_run": self.mine_run().await?,
             "config": self.cfg.train,
         });
         if let Some(o) = self.up_to_date(Stage::Train, inputs.clone()) {

@@ -194,9 +194,13 @@ pub async fn read_vectors(
     if let Some((sample_id, index)) = rows.non_finite.into_iter().next() {
         return Err(TrainError::NonFinite { sample_id, index });
     }
+    // Rows in sample-id order, not storage order: the same snapshot gives the same training run
+    // (and weights) however its fragments happen to be laid out (compaction, crash and resume).
+    let mut order: Vec<usize> = (0..rows.ids.len()).collect();
+    order.sort_by(|&a, &b| rows.ids[a].cmp(&rows.ids[b]));
     let (mut ids, mut x) = (Vec::with_capacity(rows.ids.len()), Vec::new());
-    for (i, sid) in rows.ids.iter().enumerate() {
-        let Ok(sid) = sid.parse::<SampleId>() else {
+    for i in order {
+        let Ok(sid) = rows.ids[i].parse::<SampleId>() else {
             continue;
         };
         ids.push(sid);

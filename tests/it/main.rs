@@ -10,6 +10,7 @@ mod ingest;
 mod labels;
 mod layering;
 mod mine;
+mod nightly;
 mod query;
 mod scenes;
 mod serve;

@@ -1,0 +1,413 @@
+//! The nightly job: the loop end to end, resume after a kill at every stage, a re-run that changes
+//! nothing, the dry run, usage errors before any work, and the writer lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use roadwork::config::{Config, SourceConfig, SourceKind, Stage};
+use roadwork::pipeline::nightly::{self, NightlyOptions, StageStatus};
+use roadwork::store::{Label, LabelSource, RunKind, SampleId, SampleSource, Store, tables};
+use roadwork::train::Registry;
+
+use crate::support;
+
+/// A pipeline over a small labelled NATIX shard and an unlabelled pool of scenes (whose true
+/// labels the test knows), embedded with the weight-free baseline.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    pipeline: PathBuf,
+    truth: HashMap<String, Label>,
+}
+
+fn fixture(seed: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    roadwork::synth::scenes::write_natix_shard(
+        &data.join("src/natix.parquet"),
+        seed + 1,
+        &(0..48).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut truth = HashMap::new();
+    for i in 0..40 {
+        let jpg = support::small_scene(seed, i);
+        let spec = roadwork::synth::scenes::SceneSpec::draw(seed, i);
+        support::put(&data.join("src/pool"), &format!("{i:03}.jpg"), &jpg);
+        truth.insert(SampleId::of_bytes(&jpg).to_string(), spec.label);
+    }
+    let mut cfg = Config::default();
+    cfg.data.dir = data.clone();
+    cfg.embed.encoder = roadwork::embed::EncoderKind::Baseline;
+    cfg.embed.resolution = 112;
+    cfg.pipeline.sources = vec![
+        SourceConfig {
+            kind: SourceKind::Natix,
+            path: "src/natix.parquet".into(),
+            source: None,
+            author: None,
+            labels: None,
+            dataset_name: None,
+        },
+        SourceConfig {
+            kind: SourceKind::Folder,
+            path: "src/pool".into(),
+            source: Some(SampleSource::Upload),
+            author: None,
+            labels: None,
+            dataset_name: None,
+        },
+    ];
+    cfg.pipeline.select.budget = 12;
+    let t = &mut cfg.train;
+    t.folds = 3;
+    t.fit.max_epochs = 12;
+    t.fit.batch_size = 32;
+    t.replay_queries = 200;
+    t.min_per_class = 3;
+    t.min_calibration = 5;
+    t.split.eval_share = 0.3;
+    t.split.calib_share = 0.15;
+    t.promote.min_slice_n = 1000;
+    cfg.validate().unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline, toml::to_string(&cfg).unwrap()).unwrap();
+    Fixture {
+        _dir: dir,
+        cfg,
+        pipeline,
+        truth,
+    }
+}
+
+fn roadwork(f: &Fixture) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roadwork"));
+    c.env_remove("RUST_LOG").env_remove("ROADWORK_CRASH_AT");
+    c.arg("nightly").arg("--pipeline").arg(&f.pipeline);
+    c
+}
+
+fn quiet() -> NightlyOptions {
+    NightlyOptions {
+        progress: false,
+        ..NightlyOptions::default()
+    }
+}
+
+async fn store(f: &Fixture) -> Store {
+    Store::open(&f.cfg.data.store_uri()).await.unwrap()
+}
+
+/// What must be equal between two runs of the same job on the same inputs.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    samples: BTreeSet<String>,
+    labels: BTreeSet<(String, u8, String, String)>,
+    /// sample id → vector bits.
+    vectors: BTreeSet<(String, Vec<u32>)>,
+    selected: BTreeSet<String>,
+    champion_weights: Option<String>,
+}
+
+async fn outcome(f: &Fixture) -> Outcome {
+    let s = store(f).await;
+    let samples = s
+        .samples(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.sample_id.to_string())
+        .collect::<BTreeSet<_>>();
+    let all = s.samples(None).await.unwrap().len();
+    assert_eq!(all, samples.len(), "no duplicate samples");
+    let labels = s
+        .labels()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                l.sample_id.to_string(),
+                l.label.as_u8(),
+                l.source.as_str().to_string(),
+                l.author,
+            )
+        })
+        .collect();
+    let model = roadwork::mine::resolve_embedding_model(&s, None)
+        .await
+        .unwrap();
+    let table = roadwork::store::embeddings_table(&model);
+    let batches = s.scan(&table, None, None, None).await.unwrap();
+    let v = roadwork::store::collect_vectors(&table, &batches).unwrap();
+    let vectors: BTreeSet<(String, Vec<u32>)> = (0..v.ids.len())
+        .map(|i| {
+            let bits = v.data[i * v.dim..(i + 1) * v.dim]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            (v.ids[i].clone(), bits)
+        })
+        .collect();
+    assert_eq!(vectors.len(), v.ids.len(), "no duplicate vectors");
+    let mut selected = BTreeSet::new();
+    for b in s
+        .scan(tables::SELECTIONS, Some(&["sample_id"]), None, None)
+        .await
+        .unwrap()
+    {
+        let c = b
+            .column_by_name("sample_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        selected.extend(c.iter().flatten().map(str::to_string));
+    }
+    let reg = Registry::open(f.cfg.train.registry_dir(&f.cfg.data.dir)).unwrap();
+    let champion_weights = reg
+        .champion()
+        .unwrap()
+        .map(|p| reg.load(&p.version).unwrap().0.weights_sha256);
+    Outcome {
+        samples,
+        labels,
+        vectors,
+        selected,
+        champion_weights,
+    }
+}
+
+#[test]
+fn killed_at_every_stage_and_resumed_equals_an_uninterrupted_run() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (fixture(5), fixture(5));
+    let out = roadwork(&a).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, stage) in Stage::ALL.iter().enumerate() {
+        let at = format!("{stage}:{}", if i % 2 == 0 { "start" } else { "end" });
+        let out = roadwork(&b)
+            .arg("--resume")
+            .env("ROADWORK_CRASH_AT", &at)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && out.status.code().is_none(),
+            "a crash at {at} kills the process: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = roadwork(&b).arg("--resume").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("(resumed)"), "{text}");
+    let (oa, ob) = rt.block_on(async { (outcome(&a).await, outcome(&b).await) });
+    assert!(oa.champion_weights.is_some() && !oa.selected.is_empty());
+    assert_eq!(oa, ob);
+    // One job, resumed eleven times; every stage run it started names it as parent.
+    let runs = rt.block_on(async { store(&b).await.runs().await.unwrap() });
+    let jobs: Vec<_> = runs.iter().filter(|r| r.kind == RunKind::Nightly).collect();
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        runs.iter()
+            .filter(|r| r.kind != RunKind::Nightly)
+            .all(|r| r.parent.as_ref() == Some(&jobs[0].run_id)),
+        "stage runs name their job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_closes_and_a_rerun_on_unchanged_inputs_changes_nothing() {
+    let f = fixture(3);
+    // Night one: up to the export of the selection.
+    let mut o = quiet();
+    o.until = Some(Stage::Select);
+    let r = nightly::run(&f.cfg, &o).await.unwrap();
+    let sheet = PathBuf::from(
+        r.progress
+            .output(Stage::Select, "sheet")
+            .and_then(|v| v.as_str())
+            .unwrap(),
+    );
+    // A person labels the exported sheet.
+    let text = std::fs::read_to_string(&sheet).unwrap();
+    let mut filled = String::from("sample_id,file,label,author\n");
+    let mut given = BTreeSet::new();
+    for line in text.lines().skip(1) {
+        let mut c = line.split(',');
+        let (id, file) = (c.next().unwrap(), c.next().unwrap());
+        let l = f.truth[id].as_u8();
+        filled.push_str(&format!("{id},{file},{l},erin\n"));
+        given.insert((id.to_string(), l));
+    }
+    assert_eq!(given.len(), 12);
+    std::fs::write(&sheet, filled).unwrap();
+    let s = store(&f).await;
+    roadwork::labels::import_labels(&s, &sheet, &Default::default())
+        .await
+        .unwrap();
+    // The rest of the night: train on them, evaluate, decide.
+    let mut o = quiet();
+    o.from = Some(Stage::Train);
+    let r = nightly::run(&f.cfg, &o).await.unwrap();
+    let version = r
+        .progress
+        .output(Stage::Train, "version")
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string();
+    let decision = r.progress.output(Stage::Promote, "decision").unwrap();
+    assert_eq!(decision["challenger"], serde_json::json!(version));
+    assert!(
+        decision["n"].as_u64().unwrap() > 0,
+        "the gate judged on eval samples"
+    );
+    // The head's training snapshot holds exactly those human labels.
+    let reg = Registry::open(f.cfg.train.registry_dir(&f.cfg.data.dir)).unwrap();
+    let (card, _) = reg.load(&version).unwrap();
+    let snap = roadwork::store::SnapshotName::parse(&card.snapshot).unwrap();
+    let batches = s.scan_at(&snap, tables::LABELS, None).await.unwrap();
+    let mut human = BTreeSet::new();
+    for b in &batches {
+        for l in roadwork::store::schema::labels_from_batch(b).unwrap() {
+            if l.source == LabelSource::Human {
+                assert_eq!(l.author, "erin");
+                human.insert((l.sample_id.to_string(), l.label.as_u8()));
+            }
+        }
+    }
+    assert_eq!(human, given);
+    // Every labelled pool sample is in the training split: the card counts them there.
+    let train_n: usize = card
+        .data
+        .iter()
+        .filter(|(k, _)| k.starts_with("train/"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(train_n >= 12, "{:?}", card.data);
+
+    // The next night mines and selects again (labels came in since mining ran) but does not
+    // train again: the data it trains on did not change.
+    let r = nightly::run(&f.cfg, &quiet()).await.unwrap();
+    let status = |r: &nightly::NightlyReport, st: Stage| {
+        r.progress
+            .stages
+            .iter()
+            .find(|x| x.stage == st)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(&r, Stage::Mine), StageStatus::Done);
+    assert_eq!(status(&r, Stage::Train), StageStatus::Skipped);
+    // And again, on unchanged inputs: nothing is trained, mined or selected; no data table
+    // changes.
+    let data_tables = [
+        tables::SAMPLES,
+        tables::LABELS,
+        tables::SELECTIONS,
+        tables::MODELS,
+        tables::HEAD_SCORES,
+        tables::MINE_SCORES,
+        tables::EVALUATIONS,
+    ];
+    let before = s.versions().await.unwrap();
+    let runs_before = s.runs().await.unwrap().len();
+    let r = nightly::run(&f.cfg, &quiet()).await.unwrap();
+    let after = s.versions().await.unwrap();
+    for t in data_tables {
+        assert_eq!(before.get(t), after.get(t), "{t} changed on a re-run");
+    }
+    for st in [
+        Stage::Mine,
+        Stage::Select,
+        Stage::Train,
+        Stage::Eval,
+        Stage::Promote,
+    ] {
+        let rec = r.progress.stages.iter().find(|x| x.stage == st).unwrap();
+        assert_eq!(rec.status, StageStatus::Skipped, "{st}: {:?}", rec.note);
+    }
+    let new_runs: Vec<RunKind> = s.runs().await.unwrap()[runs_before..]
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert!(
+        !new_runs.contains(&RunKind::Train) && !new_runs.contains(&RunKind::Mine),
+        "{new_runs:?}"
+    );
+    assert!(r.progress.report.as_ref().unwrap().is_file());
+}
+
+#[test]
+fn usage_errors_and_a_held_lock_stop_the_job_before_any_work() {
+    let f = fixture(9);
+    let code = |c: &mut Command| {
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (c, e) = code(roadwork(&f).args(["--from", "train", "--until", "mine"]));
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("--from train comes after --until mine"), "{e}");
+    let (c, e) = code(roadwork(&f).args(["--from", "nightly"]));
+    assert_eq!(c, Some(2), "{e}");
+    let bad = f.pipeline.with_file_name("bad.toml");
+    std::fs::write(&bad, "[pipeline]\nstages = [\"ingest\", \"bogus\"]\n").unwrap();
+    let (c, e) = code(
+        Command::new(env!("CARGO_BIN_EXE_roadwork"))
+            .arg("nightly")
+            .arg("--pipeline")
+            .arg(&bad),
+    );
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("bogus"), "{e}");
+    assert!(
+        !f.cfg.data.dir.join("store").exists(),
+        "nothing ran, so no store was created"
+    );
+    // The dry run writes nothing and says what each stage would touch.
+    let o = roadwork(&f).arg("--dry-run").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("dry run") && text.contains("writes: selections"),
+        "{text}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (runs, samples) = rt.block_on(async {
+        let s = store(&f).await;
+        (
+            s.runs().await.unwrap().len(),
+            s.count_rows(tables::SAMPLES, None).await.unwrap(),
+        )
+    });
+    assert_eq!((runs, samples), (0, 0));
+    // Another writer holds the store: exit 75, naming it; `roadwork train` by hand too.
+    let lock_path =
+        roadwork::store::lock::WriterLock::path_for(&f.cfg.data.store_uri(), &f.cfg.data.dir);
+    let held =
+        roadwork::store::lock::WriterLock::acquire(&lock_path, "roadwork nightly (test)").unwrap();
+    let (c, e) = code(&mut roadwork(&f));
+    assert_eq!(c, Some(75), "{e}");
+    assert!(e.contains("roadwork nightly (test)"), "{e}");
+    let (c, e) = code(
+        Command::new(env!("CARGO_BIN_EXE_roadwork"))
+            .arg("--config")
+            .arg(&f.pipeline)
+            .arg("train"),
+    );
+    assert_eq!(c, Some(75), "{e}");
+    drop(held);
+    assert!(Path::new(&lock_path).exists());
+}
