@@ -22,16 +22,20 @@ struct Fixture {
 }
 
 fn fixture(seed: u64) -> Fixture {
+    fixture_with(seed, 48, 40)
+}
+
+fn fixture_with(seed: u64, labelled: u64, pool: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     roadwork::synth::scenes::write_natix_shard(
         &data.join("src/natix.parquet"),
         seed + 1,
-        &(0..48).collect::<Vec<_>>(),
+        &(0..labelled).collect::<Vec<_>>(),
     )
     .unwrap();
     let mut truth = HashMap::new();
-    for i in 0..40 {
+    for i in 0..pool {
         let jpg = support::small_scene(seed, i);
         let spec = roadwork::synth::scenes::SceneSpec::draw(seed, i);
         support::put(&data.join("src/pool"), &format!("{i:03}.jpg"), &jpg);
@@ -410,4 +414,101 @@ fn usage_errors_and_a_held_lock_stop_the_job_before_any_work() {
     assert_eq!(c, Some(75), "{e}");
     drop(held);
     assert!(Path::new(&lock_path).exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Labels bought by the loop's selection train a better head than as many labels bought at
+/// random, on average over seeds (same store, same budget, same frozen eval set).
+#[tokio::test(flavor = "multi_thread")]
+async fn select_label_retrain_beats_a_random_selection_of_the_same_size() {
+    use roadwork::mine::{Compute, Miner, Strategy};
+    use roadwork::train::{Split, Trainer, split_of};
+    // Big enough for labels to matter: 100 frozen eval samples, 30 labelled training samples,
+    // and a pool of 240 to choose 60 from.
+    let mut f = fixture_with(21, 200, 240);
+    f.cfg.train.split.eval_share = 0.5;
+    f.cfg.train.fit.max_epochs = 40;
+    f.cfg.embed.resolution = 224;
+    let mut o = quiet();
+    o.until = Some(Stage::Promote);
+    nightly::run(&f.cfg, &o).await.unwrap();
+    let reg = Registry::open(f.cfg.train.registry_dir(&f.cfg.data.dir)).unwrap();
+    let champion = reg.champion().unwrap().unwrap().version;
+    let night_one = reg.load(&champion).unwrap().0.metrics.unwrap().accuracy;
+    let budget = 60;
+    let mut acc: HashMap<&str, Vec<f64>> = HashMap::new();
+    let scratch = tempfile::tempdir().unwrap();
+    for seed in 0..3u64 {
+        for (arm, strategy) in [("loop", Strategy::Auto), ("random", Strategy::Random)] {
+            let mut cfg = f.cfg.clone();
+            cfg.data.dir = scratch.path().join(format!("{arm}-{seed}"));
+            copy_dir(&f.cfg.data.dir, &cfg.data.dir);
+            cfg.mine.select.seed = seed;
+            let s = Store::open(&cfg.data.store_uri()).await.unwrap();
+            let only: std::collections::HashSet<String> = s
+                .samples(None)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| split_of(&r.sample_id, &r.source, &cfg.train.split) == Split::Train)
+                .map(|r| r.sample_id.to_string())
+                .collect();
+            let miner = Miner::new(s.clone(), cfg.mine.clone()).unwrap();
+            let (_, rows) = miner
+                .select(
+                    Compute::<roadwork::embed::Cpu>::new(Default::default()),
+                    Some(&champion),
+                    arm,
+                    budget,
+                    strategy,
+                    Some(&only),
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), budget);
+            let labels: Vec<roadwork::store::LabelRow> = rows
+                .iter()
+                .map(|r| roadwork::store::LabelRow {
+                    sample_id: r.sample_id.parse().unwrap(),
+                    label: f.truth[&r.sample_id],
+                    source: LabelSource::Human,
+                    confidence: 1.0,
+                    author: "oracle".into(),
+                    ts: chrono::Utc::now(),
+                })
+                .collect();
+            s.put_labels(&labels).await.unwrap();
+            let reg = Registry::open(cfg.train.registry_dir(&cfg.data.dir)).unwrap();
+            let t = Trainer::new(s, reg, cfg.train.clone()).unwrap().quiet();
+            let card = t.train(None).await.unwrap().card;
+            acc.entry(arm)
+                .or_default()
+                .push(card.metrics.unwrap().accuracy);
+        }
+    }
+    let mean = |a: &str| acc[a].iter().sum::<f64>() / acc[a].len() as f64;
+    eprintln!("eval accuracy: night one {night_one:.4}, by arm after {budget} labels: {acc:?}");
+    assert!(
+        mean("loop") > night_one,
+        "the labels improve the head: {night_one:.4} → {:.4}",
+        mean("loop")
+    );
+    assert!(
+        mean("loop") > mean("random"),
+        "loop {:.4} vs random {:.4}: {acc:?}",
+        mean("loop"),
+        mean("random")
+    );
 }
