@@ -967,6 +967,22 @@ async fn plan(
 /// Runs the nightly job on the store and data directory of `cfg`.
 pub async fn run(cfg: &Config, opts: &NightlyOptions) -> Result<NightlyReport, PipelineError> {
     let stages = stages_to_run(cfg, opts)?;
+    if stages.contains(&Stage::Ingest) && !opts.dry_run {
+        let missing: Vec<String> = cfg
+            .pipeline
+            .sources
+            .iter()
+            .map(|s| resolve(cfg, &s.path))
+            .filter(|p| !p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(PipelineError::Usage(format!(
+                "pipeline sources not found: {}",
+                missing.join(", ")
+            )));
+        }
+    }
     let store = Store::open(&cfg.data.store_uri()).await?;
     if opts.dry_run {
         let plan = plan(cfg, &store, &stages).await?;

@@ -537,7 +537,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
                 },
                 esc(d.get("champion").and_then(Value::as_str).unwrap_or("none")),
                 d.get("n").map_or("?".into(), Value::to_string),
-                esc(&d.get("metric").map_or(String::new(), Value::to_string)),
+                esc(d.get("metric").and_then(Value::as_str).unwrap_or("?")),
                 d.get("challenger_score")
                     .and_then(Value::as_f64)
                     .map_or("–".into(), |v| format!("{v:.4}")),
