@@ -535,14 +535,26 @@ impl Night<'_> {
         })
     }
 
-    async fn embedding_model(&self, configured: Option<&str>) -> Result<String, PipelineError> {
-        Ok(crate::mine::resolve_embedding_model(&self.store, configured).await?)
+    /// The embeddings to work on; `None` while the store has none (a first night on an empty
+    /// store has nothing to mine or train on, which is not a failure).
+    async fn embedding_model(
+        &self,
+        configured: Option<&str>,
+    ) -> Result<Option<String>, PipelineError> {
+        match crate::mine::resolve_embedding_model(&self.store, configured).await {
+            Ok(m) => Ok(Some(m)),
+            Err(crate::mine::MineError::Empty(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn mine(&mut self) -> Result<Outcome, PipelineError> {
-        let model = self
+        let Some(model) = self
             .embedding_model(self.cfg.mine.embedding_model.as_deref())
-            .await?;
+            .await?
+        else {
+            return Ok(Outcome::skipped("the store has no embeddings yet"));
+        };
         let v = self.versions().await?;
         let emb = embeddings_table(&model);
         let inputs = json!({
@@ -554,13 +566,18 @@ impl Night<'_> {
         }
         let head = self.champion()?;
         let miner = Miner::new(self.store.clone(), self.cfg.mine.clone())?;
-        let s = miner
+        let s = match miner
             .run(
                 Compute::<crate::embed::Cpu>::new(Default::default()),
                 head.as_deref(),
                 Some(&self.cfg.data.dir.join("reports")),
             )
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            Err(crate::mine::MineError::Empty(why)) => return Ok(Outcome::skipped(why)),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Outcome::done(
             inputs,
             json!({"run_id": s.run_id, "head": head, "n": s.n, "clusters": s.clusters,
@@ -587,6 +604,13 @@ impl Night<'_> {
     }
 
     async fn select(&mut self) -> Result<Outcome, PipelineError> {
+        if self
+            .embedding_model(self.cfg.mine.embedding_model.as_deref())
+            .await?
+            .is_none()
+        {
+            return Ok(Outcome::skipped("the store has no embeddings yet"));
+        }
         let sc = &self.cfg.pipeline.select;
         let v = self.versions().await?;
         let head = self.champion()?;
@@ -606,7 +630,7 @@ impl Night<'_> {
         };
         let name = self.run_id.clone();
         let miner = Miner::new(self.store.clone(), self.cfg.mine.clone())?;
-        let (sel, rows) = miner
+        let (sel, rows) = match miner
             .select(
                 Compute::<crate::embed::Cpu>::new(Default::default()),
                 head.as_deref(),
@@ -615,7 +639,12 @@ impl Night<'_> {
                 sc.strategy,
                 only.as_ref(),
             )
-            .await?;
+            .await
+        {
+            Ok(x) => x,
+            Err(crate::mine::MineError::Empty(why)) => return Ok(Outcome::skipped(why)),
+            Err(e) => return Err(e.into()),
+        };
         if rows.is_empty() {
             return Ok(
                 Outcome::done(inputs, json!({"selection": null, "n": 0}), vec![])
@@ -680,9 +709,12 @@ impl Night<'_> {
     }
 
     async fn train(&mut self) -> Result<Outcome, PipelineError> {
-        let model = self
+        let Some(model) = self
             .embedding_model(self.cfg.train.embedding_model.as_deref())
-            .await?;
+            .await?
+        else {
+            return Ok(Outcome::skipped("the store has no embeddings yet"));
+        };
         let v = self.versions().await?;
         let emb = embeddings_table(&model);
         // The mining run only names the gate's slices (the card records it); a new mining run
