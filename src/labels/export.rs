@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, Float32Array, StringArray};
 use serde_json::json;
 
 use super::{LabelsError, extension, io};
@@ -104,29 +103,10 @@ async fn head_probs(
     let model = model.replace('\'', "''");
     for chunk in ids.chunks(CHUNK) {
         let filter = format!("model_version = '{model}' AND {}", in_filter(chunk));
-        for b in store
-            .scan(
-                tables::HEAD_SCORES,
-                Some(&["sample_id", "prob"]),
-                Some(&filter),
-                None,
-            )
-            .await?
-        {
-            let (Some(id), Some(p)) = (
-                b.column_by_name("sample_id")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-                b.column_by_name("prob")
-                    .and_then(|c| c.as_any().downcast_ref::<Float32Array>()),
-            ) else {
-                continue;
-            };
-            for i in 0..b.num_rows() {
-                if !p.is_null(i) {
-                    out.insert(id.value(i).to_string(), p.value(i));
-                }
-            }
-        }
+        let rows = store
+            .id_values(tables::HEAD_SCORES, "sample_id", "prob", Some(&filter))
+            .await?;
+        out.extend(rows.into_iter().filter_map(|(id, p)| Some((id, p?))));
     }
     Ok(out)
 }

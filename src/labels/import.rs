@@ -12,10 +12,9 @@
 //! label that is not one of those spellings, ways of naming a sample that disagree, and two rows
 //! by one author for one sample that disagree. Agreeing duplicates count once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, StringArray};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -389,27 +388,6 @@ fn resolve_sample(r: &RawLabel, base: &Path) -> Result<SampleId, String> {
     Ok(first)
 }
 
-/// Which of `ids` the store holds.
-async fn present(store: &Store, ids: &[&str]) -> Result<HashSet<String>, LabelsError> {
-    let mut out = HashSet::new();
-    for chunk in ids.chunks(256) {
-        let list: Vec<String> = chunk.iter().map(|i| format!("'{i}'")).collect();
-        let filter = format!("sample_id IN ({})", list.join(","));
-        for b in store
-            .scan(tables::SAMPLES, Some(&["sample_id"]), Some(&filter), None)
-            .await?
-        {
-            if let Some(c) = b
-                .column_by_name("sample_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            {
-                out.extend((0..c.len()).map(|i| c.value(i).to_string()));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Checks raw rows against each other and the store; the labels to write, or every bad row.
 pub(crate) async fn validate(
     store: &Store,
@@ -479,7 +457,7 @@ pub(crate) async fn validate(
         }
     }
     let ids: Vec<&str> = by_key.keys().map(|(s, _)| s.as_str()).collect();
-    let have = present(store, &ids).await?;
+    let have = store.present(tables::SAMPLES, "sample_id", &ids).await?;
     for (label_at, row) in by_key.values().map(|(_, at, row)| (at, row)) {
         if !have.contains(row.sample_id.as_str()) {
             bad.push(BadRow {

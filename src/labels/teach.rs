@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{Array, Float32Array, StringArray};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -283,31 +282,14 @@ impl Teacher {
             .map(|l| l.sample_id.to_string())
             .collect();
         let filter = format!("run_id = '{}'", mine.run_id);
-        let mut scored: Vec<(String, f32)> = Vec::new();
-        for b in self
+        let mut scored: Vec<(String, f32)> = self
             .store
-            .scan(
-                tables::MINE_SCORES,
-                Some(&["sample_id", "hardness"]),
-                Some(&filter),
-                None,
-            )
+            .id_values(tables::MINE_SCORES, "sample_id", "hardness", Some(&filter))
             .await?
-        {
-            let (Some(id), Some(h)) = (
-                b.column_by_name("sample_id")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-                b.column_by_name("hardness")
-                    .and_then(|c| c.as_any().downcast_ref::<Float32Array>()),
-            ) else {
-                continue;
-            };
-            for i in 0..id.len() {
-                if !labelled.contains(id.value(i)) {
-                    scored.push((id.value(i).to_string(), h.value(i)));
-                }
-            }
-        }
+            .into_iter()
+            .filter(|(id, _)| !labelled.contains(id))
+            .map(|(id, h)| (id, h.unwrap_or(0.0)))
+            .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Ok(scored.into_iter().take(n).map(|(id, _)| id).collect())
     }

@@ -94,21 +94,12 @@ async fn read_facts(
     let mut probs = HashMap::new();
     if let Some(ch) = &p.champion_after {
         let filter = format!("model_version = '{}'", ch.replace('\'', "''"));
-        for b in store
-            .scan(
-                tables::HEAD_SCORES,
-                Some(&["sample_id", "prob"]),
-                Some(&filter),
-                None,
-            )
+        probs = store
+            .id_values(tables::HEAD_SCORES, "sample_id", "prob", Some(&filter))
             .await?
-        {
-            if let (Some(id), Some(pr)) = (strings(&b, "sample_id"), floats(&b, "prob")) {
-                for i in 0..id.len() {
-                    probs.insert(id.value(i).to_string(), pr.value(i));
-                }
-            }
-        }
+            .into_iter()
+            .filter_map(|(id, p)| Some((id, p?)))
+            .collect();
     }
     let (mut map_ids, mut map_x, mut map_dim) = (Vec::new(), Vec::new(), 0);
     if let Ok(model) =

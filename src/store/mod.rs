@@ -359,8 +359,36 @@ impl Store {
             .await
     }
 
+    /// `(id, value)` pairs of a string column and an `f32` column of `table`, optionally filtered
+    /// (SQL): the shape of every per-sample score a stage reads back (`head_scores.prob`,
+    /// `mine_scores.hardness`). A null value is `None`.
+    pub async fn id_values(
+        &self,
+        table: &str,
+        id_col: &str,
+        value_col: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<(String, Option<f32>)>, StoreError> {
+        let mut out = Vec::new();
+        for b in self
+            .scan(table, Some(&[id_col, value_col]), filter, None)
+            .await?
+        {
+            use arrow_array::Array;
+            let id =
+                schema::column::<arrow_array::StringArray>(&b, id_col).map_err(arrow(table))?;
+            let v =
+                schema::column::<arrow_array::Float32Array>(&b, value_col).map_err(arrow(table))?;
+            out.extend(
+                (0..b.num_rows())
+                    .map(|i| (id.value(i).to_string(), (!v.is_null(i)).then(|| v.value(i)))),
+            );
+        }
+        Ok(out)
+    }
+
     /// Which of `keys` are stored in `table`'s key column `key`.
-    async fn present(
+    pub async fn present(
         &self,
         table: &str,
         key: &str,
