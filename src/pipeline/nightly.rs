@@ -773,6 +773,17 @@ impl Night<'_> {
             t.seed,
         )
         .await?;
+        // The champion's curves beside the challenger's, for the run report.
+        let mut curves = serde_json::Map::new();
+        curves.insert("challenger".into(), curve_summary(&e));
+        if let Some(ch) = self.champion()?.filter(|c| *c != version) {
+            match evaluate_version(store, registry, &ch, &t.split, t.replay_queries, t.seed).await {
+                Ok(ce) => {
+                    curves.insert("champion".into(), curve_summary(&ce));
+                }
+                Err(err) => tracing::warn!(champion = %ch, "champion not evaluated: {err}"),
+            }
+        }
         let (card, _) = registry.load(&version)?;
         let dir = self
             .cfg
@@ -783,7 +794,11 @@ impl Night<'_> {
         let report = tokio::task::spawn_blocking(move || write_report(&dir, &e, Some(&card)))
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
-        Ok(Outcome::done(inputs, json!({"report": report}), vec![]))
+        Ok(Outcome::done(
+            inputs,
+            json!({"report": report, "curves": curves}),
+            vec![],
+        ))
     }
 
     async fn promote(&mut self) -> Result<Outcome, PipelineError> {
@@ -900,6 +915,35 @@ impl Night<'_> {
             )),
         )
     }
+}
+
+/// At most this many points of a curve are kept in the ledger.
+const CURVE_POINTS: usize = 200;
+
+/// A head's ROC and PR curves (thinned), its eval set and headline metrics.
+fn curve_summary(e: &crate::train::Evaluation) -> Value {
+    let thin = |c: &crate::train::Curve| {
+        let step = c.x.len().div_ceil(CURVE_POINTS).max(1);
+        let mut idx: Vec<usize> = (0..c.x.len()).step_by(step).collect();
+        if let Some(last) = c.x.len().checked_sub(1)
+            && idx.last() != Some(&last)
+        {
+            idx.push(last);
+        }
+        json!({
+            "x": idx.iter().map(|&i| c.x[i]).collect::<Vec<_>>(),
+            "y": idx.iter().map(|&i| c.y[i]).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "version": e.model_version,
+        "eval_set": e.eval_set,
+        "n": e.metrics.n,
+        "roc_auc": e.metrics.roc_auc,
+        "pr_auc": e.metrics.pr_auc,
+        "roc": thin(&e.roc),
+        "pr": thin(&e.pr),
+    })
 }
 
 /// `*.parquet` under `path` (sorted), or `path` itself when it is a file.

@@ -366,6 +366,52 @@ fn metric_row(h: &mut String, name: &str, a: Option<f64>, b: Option<f64>) {
     );
 }
 
+/// ROC and PR curves of the challenger and the previous champion, overlaid.
+fn curve_charts(curves: &serde_json::Map<String, Value>) -> Result<String, PipelineError> {
+    let series = |v: &Value, key: &str| -> (Vec<f64>, Vec<f64>) {
+        let arr = |k: &str| {
+            v.pointer(&format!("/{key}/{k}"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        (arr("x"), arr("y"))
+    };
+    let mut out = String::new();
+    let sets: Vec<&str> = curves
+        .values()
+        .filter_map(|c| c.get("eval_set").and_then(Value::as_str))
+        .collect();
+    if sets.len() == 2 {
+        out.push_str(if sets[0] == sets[1] {
+            "<p>Both heads on the same eval set:</p>"
+        } else {
+            "<p>Each head on its own snapshot's eval set (they differ: labels came into the eval split since the champion was trained):</p>"
+        });
+    }
+    for (key, title, xl, yl) in [
+        ("roc", "ROC", "false positive rate", "true positive rate"),
+        ("pr", "Precision-recall", "recall", "precision"),
+    ] {
+        let mut c = Chart::new(420, 360, title, xl, yl, (0.0, 1.0), (0.0, 1.0)).map_err(task)?;
+        if key == "roc" {
+            c.reference((0.0, 0.0), (1.0, 1.0));
+        }
+        for (i, who) in ["challenger", "champion"].iter().enumerate() {
+            if let Some(v) = curves.get(*who) {
+                let (xs, ys) = series(v, key);
+                let auc = v
+                    .get(if key == "roc" { "roc_auc" } else { "pr_auc" })
+                    .and_then(Value::as_f64)
+                    .map_or(String::new(), |a| format!(" (AUC {a:.3})"));
+                c.line(&format!("{who}{auc}"), &xs, &ys, series_color(i));
+            }
+        }
+        out.push_str(&c.to_svg());
+    }
+    Ok(out)
+}
+
 fn draw(
     cfg: &Config,
     run_id: &str,
@@ -620,6 +666,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
         };
         metric_row(&mut h, "training samples", train_n(&a), train_n(&b));
         h.push_str("</table>");
+    }
+    if let Some(curves) = p.output(Stage::Eval, "curves").and_then(Value::as_object) {
+        h.push_str(&curve_charts(curves)?);
     }
     if let Some(r) = p.output(Stage::Eval, "report").and_then(Value::as_str) {
         let _ = write!(
