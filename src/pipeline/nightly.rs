@@ -993,15 +993,15 @@ async fn train_split_ids(
 }
 
 /// The dry run: what each stage would read and write, and whether it would run.
-async fn plan(
+fn plan(
     cfg: &Config,
-    store: &Store,
+    runs: &[RunRow],
+    versions: BTreeMap<String, u64>,
     stages: &[Stage],
-) -> Result<Vec<PlannedStage>, PipelineError> {
-    let runs = store.runs().await?;
-    let past = history(&runs);
+) -> Vec<PlannedStage> {
+    let past = history(runs);
     let jobs: Vec<&NightlyProgress> = past.iter().collect();
-    let v = Versions::new(store.versions().await?, &jobs);
+    let v = Versions::new(versions, &jobs);
     let last = |stage: Stage| {
         past.iter()
             .rev()
@@ -1037,7 +1037,7 @@ async fn plan(
             action,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Runs the nightly job on the store and data directory of `cfg`.
@@ -1059,18 +1059,25 @@ pub async fn run(cfg: &Config, opts: &NightlyOptions) -> Result<NightlyReport, P
             )));
         }
     }
-    let store = Store::open(&cfg.data.store_uri()).await?;
     if opts.dry_run {
-        let plan = plan(cfg, &store, &stages).await?;
+        // A dry run opens an existing store only: it must not even create an empty one.
+        let uri = cfg.data.store_uri();
+        let (runs, versions) = if uri.contains("://") || Path::new(&uri).exists() {
+            let store = Store::open(&uri).await?;
+            (store.runs().await?, store.versions().await?)
+        } else {
+            (Vec::new(), BTreeMap::new())
+        };
         return Ok(NightlyReport {
             run_id: String::new(),
             resumed: false,
             progress: NightlyProgress::default(),
-            plan,
-            versions: store.versions().await?,
+            plan: plan(cfg, &runs, versions.clone(), &stages),
+            versions,
             took_over_lock: None,
         });
     }
+    let store = Store::open(&cfg.data.store_uri()).await?;
     let lock = WriterLock::acquire(
         &WriterLock::path_for(store.uri(), &cfg.data.dir),
         "roadwork nightly",

@@ -388,6 +388,10 @@ fn usage_errors_and_a_held_lock_stop_the_job_before_any_work() {
         text.contains("dry run") && text.contains("writes: selections"),
         "{text}"
     );
+    assert!(
+        !f.cfg.data.dir.join("store").exists(),
+        "a dry run does not even create an empty store"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (runs, samples) = rt.block_on(async {
         let s = store(&f).await;
