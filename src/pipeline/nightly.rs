@@ -548,19 +548,31 @@ impl Night<'_> {
         }
     }
 
+    /// Canonical versions of `data` and of the embeddings table a stage works on (the JSON its
+    /// inputs compare); `None` while the store has no embeddings.
+    async fn data_versions(
+        &self,
+        configured: Option<&str>,
+        data: &[&str],
+    ) -> Result<Option<Value>, PipelineError> {
+        let Some(model) = self.embedding_model(configured).await? else {
+            return Ok(None);
+        };
+        let emb = embeddings_table(&model);
+        let mut names = data.to_vec();
+        names.push(&emb);
+        Ok(Some(self.versions().await?.of_all(&names)))
+    }
+
     async fn mine(&mut self) -> Result<Outcome, PipelineError> {
-        let Some(model) = self
-            .embedding_model(self.cfg.mine.embedding_model.as_deref())
+        let data = [tables::SAMPLES, tables::LABELS, tables::PREDICTIONS];
+        let Some(t) = self
+            .data_versions(self.cfg.mine.embedding_model.as_deref(), &data)
             .await?
         else {
             return Ok(Outcome::skipped("the store has no embeddings yet"));
         };
-        let v = self.versions().await?;
-        let emb = embeddings_table(&model);
-        let inputs = json!({
-            "tables": v.of_all(&[tables::SAMPLES, tables::LABELS, tables::PREDICTIONS, &emb]),
-            "config": self.cfg.mine,
-        });
+        let inputs = json!({"tables": t, "config": self.cfg.mine});
         if let Some(o) = self.up_to_date(Stage::Mine, inputs.clone()) {
             return Ok(o);
         }
@@ -709,20 +721,16 @@ impl Night<'_> {
     }
 
     async fn train(&mut self) -> Result<Outcome, PipelineError> {
-        let Some(model) = self
-            .embedding_model(self.cfg.train.embedding_model.as_deref())
+        let data = [tables::SAMPLES, tables::LABELS];
+        let Some(t) = self
+            .data_versions(self.cfg.train.embedding_model.as_deref(), &data)
             .await?
         else {
             return Ok(Outcome::skipped("the store has no embeddings yet"));
         };
-        let v = self.versions().await?;
-        let emb = embeddings_table(&model);
         // The mining run only names the gate's slices (the card records it); a new mining run
         // on the same data is no reason to train again.
-        let inputs = json!({
-            "tables": v.of_all(&[tables::SAMPLES, tables::LABELS, &emb]),
-            "config": self.cfg.train,
-        });
+        let inputs = json!({"tables": t, "config": self.cfg.train});
         if let Some(o) = self.up_to_date(Stage::Train, inputs.clone()) {
             return Ok(o);
         }
