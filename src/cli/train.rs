@@ -9,7 +9,7 @@ use roadwork::config::Config;
 use roadwork::embed::ComputeDevice;
 use roadwork::store::{SnapshotName, Store};
 use roadwork::train::{
-    Evaluation, GateDecision, Metrics, ModelCard, Registry, TrainSummary, Trainer,
+    Evaluation, GateDecision, Metrics, ModelCard, Registry, ShadowStats, TrainSummary, Trainer,
     evaluate_version, promote, write_report,
 };
 
@@ -69,6 +69,17 @@ pub enum ModelsCmd {
     /// Prints the champion pointer.
     #[command(after_help = "Example:\n  roadwork models champion")]
     Champion,
+    /// Names the head servers score in shadow beside the champion (CHALLENGER.json), clears it,
+    /// or, with no argument, prints it and its shadow agreement so far.
+    #[command(
+        after_help = "A running `roadwork serve` picks the pointer up within serve.watch_ms and logs the\nchallenger's score after each answer; the answer itself never changes.\n\nExamples:\n  roadwork models challenger head-20261125T101530-3fa2c1\n  roadwork models challenger\n  roadwork models challenger --clear"
+    )]
+    Challenger {
+        version: Option<String>,
+        /// Stop shadow scoring.
+        #[arg(long, conflicts_with = "version")]
+        clear: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -257,9 +268,13 @@ pub async fn models(cfg: Config, cmd: ModelsCmd) -> Result<()> {
     match cmd {
         ModelsCmd::List => {
             let champ = reg.champion()?.map(|c| c.version);
+            let challenger = reg.challenger()?.map(|c| c.version);
             for c in reg.list()? {
-                let mark = if champ.as_deref() == Some(c.model_version.as_str()) {
+                let v = Some(c.model_version.as_str());
+                let mark = if champ.as_deref() == v {
                     "*"
+                } else if challenger.as_deref() == v {
+                    "~"
                 } else {
                     " "
                 };
@@ -304,6 +319,35 @@ pub async fn models(cfg: Config, cmd: ModelsCmd) -> Result<()> {
         ModelsCmd::Champion => match reg.champion()? {
             Some(p) => println!("{}", serde_json::to_string_pretty(&p)?),
             None => println!("no champion promoted yet"),
+        },
+        ModelsCmd::Challenger { clear: true, .. } => match reg.clear_challenger()? {
+            Some(c) => println!("shadow scoring of {} stopped", c.version),
+            None => println!("no challenger was named"),
+        },
+        ModelsCmd::Challenger {
+            version: Some(v), ..
+        } => {
+            let c = reg.set_challenger(&v, "manual (roadwork models challenger)")?;
+            println!(
+                "{} is the challenger (pointer {}); servers score it in shadow",
+                c.version,
+                reg.challenger_path().display()
+            );
+        }
+        ModelsCmd::Challenger { version: None, .. } => match reg.challenger()? {
+            Some(c) => {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+                let champion = reg.champion()?.map(|p| p.version);
+                let store = Store::open(&cfg.data.store_uri()).await?;
+                let rows = store
+                    .shadow_scores(Some(&c.version), champion.as_deref())
+                    .await?;
+                match ShadowStats::of(&rows) {
+                    Some(s) => println!("against {}: {}", s.champion, s.summary()),
+                    None => println!("no shadow answers in the store yet"),
+                }
+            }
+            None => println!("no challenger named"),
         },
     }
     Ok(())

@@ -206,7 +206,9 @@ pub struct PipelineConfig {
     /// Teach the `hard` hardest unlabelled samples of the night's mining run instead of the
     /// night's selection (0: the selection).
     pub teach_hard: usize,
-    /// Promote only after the server logged this many shadow answers of the challenger (0: off).
+    /// With N > 0 a head that passes the gate is first named the challenger, scored in shadow by
+    /// the server, and promoted on a later night once the store holds N of its shadow answers
+    /// (0: promote on the gate alone). Keep it below one day's traffic.
     pub min_shadow: usize,
     pub select: SelectStageConfig,
     pub notify: NotifyConfig,

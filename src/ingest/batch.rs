@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use super::IngestConfig;
 use super::{IngestError, IngestSummary, Skipped};
-use crate::store::{LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, Store, tables};
+use crate::store::{
+    LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, ShadowRow, Store, tables,
+};
 
 /// What one input item contributes.
 #[derive(Debug, Default)]
@@ -12,6 +14,8 @@ pub(crate) struct Item {
     pub sample: Option<SampleRow>,
     pub label: Option<LabelRow>,
     pub prediction: Option<PredictionRow>,
+    /// A challenger's shadow score (query logs).
+    pub shadow: Option<ShadowRow>,
 }
 
 /// Accumulates items and commits them in batches; owns the run's summary and ledger row.
@@ -21,6 +25,7 @@ pub(crate) struct Writer {
     samples: Vec<SampleRow>,
     labels: Vec<LabelRow>,
     predictions: Vec<PredictionRow>,
+    shadows: Vec<ShadowRow>,
     pending_bytes: usize,
     offered_samples: usize,
     run: RunLedger,
@@ -45,6 +50,7 @@ impl Writer {
             samples: Vec::new(),
             labels: Vec::new(),
             predictions: Vec::new(),
+            shadows: Vec::new(),
             pending_bytes: 0,
             offered_samples: 0,
             run,
@@ -75,11 +81,13 @@ impl Writer {
         }
         self.labels.extend(item.label);
         self.predictions.extend(item.prediction);
+        self.shadows.extend(item.shadow);
         let rows = self
             .samples
             .len()
             .max(self.labels.len())
-            .max(self.predictions.len());
+            .max(self.predictions.len())
+            .max(self.shadows.len());
         if rows >= self.cfg.batch_rows || self.pending_bytes >= self.cfg.batch_mib << 20 {
             self.flush().await?;
         }
@@ -108,6 +116,13 @@ impl Writer {
             self.summary.predictions_written += r.inserted;
             self.summary.commits += 1;
             self.predictions.clear();
+        }
+        if !self.shadows.is_empty() {
+            let r = self.store.put_shadow_scores(&self.shadows).await?;
+            self.run.wrote(tables::SHADOW_SCORES, &r);
+            self.summary.shadow_scores_written += r.inserted;
+            self.summary.commits += 1;
+            self.shadows.clear();
         }
         self.pending_bytes = 0;
         tracing::debug!(

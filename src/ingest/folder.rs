@@ -296,6 +296,7 @@ impl Ingestor {
                     sample: Some(sample),
                     label: label_row,
                     prediction: None,
+                    shadow: None,
                 };
                 if let Err(e) = w.push(item).await {
                     return Err(w.fail(e).await);

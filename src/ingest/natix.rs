@@ -337,6 +337,7 @@ impl Ingestor {
                     sample: Some(sample),
                     label,
                     prediction: None,
+                    shadow: None,
                 })
                 .await?;
             }

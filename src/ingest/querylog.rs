@@ -1,6 +1,7 @@
-//! Query-log ingest: the server's JSONL ([`crate::store::querylog::QueryLogRecord`]). Each line
-//! becomes a `validator` sample (when the image decodes) and a prediction row. Malformed lines are
-//! skipped with their line number; a record whose bytes do not match its hash is never stored.
+//! Query-log ingest: the server's JSONL ([`crate::store::querylog::LogLine`]). Each answer line
+//! becomes a `validator` sample (when the image decodes) and a prediction row; each shadow line a
+//! `shadow_scores` row. Malformed lines are skipped with their line number; a record whose bytes do
+//! not match its hash is never stored.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,8 +11,8 @@ use rayon::prelude::*;
 use super::batch::{Item, Writer};
 use super::{IngestError, IngestSummary, Ingestor, image_facts};
 use crate::store::RunKind;
-use crate::store::querylog::QueryLogRecord;
-use crate::store::{Era, PredictionRow, SampleId, SampleRow, SampleSource};
+use crate::store::querylog::{LogLine, ShadowRecord};
+use crate::store::{Era, PredictionRow, SampleId, SampleRow, SampleSource, ShadowRow};
 
 /// Lines parsed and decoded per parallel step.
 const CHUNK: usize = 32;
@@ -61,9 +62,12 @@ impl Ingestor {
                 chunk
                     .into_par_iter()
                     .map(|(n, line)| {
-                        let parsed = QueryLogRecord::parse_line(&line).map(|(rec, bytes)| {
-                            let facts = image_facts(&bytes, &limits);
-                            (rec, bytes, facts)
+                        let parsed = LogLine::parse(&line).map(|l| match l {
+                            LogLine::Answer(rec, bytes) => {
+                                let facts = image_facts(&bytes, &limits);
+                                Ok((rec, bytes, facts))
+                            }
+                            LogLine::Shadow(s) => Err(Box::new(s)),
                         });
                         (n, parsed)
                     })
@@ -78,7 +82,17 @@ impl Ingestor {
                 w.summary.scanned += 1;
                 bar.inc(1);
                 let (rec, bytes, facts) = match parsed {
-                    Ok(x) => x,
+                    Ok(Ok(x)) => x,
+                    Ok(Err(shadow)) => {
+                        let item = Item {
+                            shadow: Some(shadow_row(*shadow)),
+                            ..Default::default()
+                        };
+                        if let Err(e) = w.push(item).await {
+                            return Err(w.fail(e).await);
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         w.skip(format!("{}:{n}", path.display()), e.to_string());
                         continue;
@@ -115,8 +129,8 @@ impl Ingestor {
                 });
                 let item = Item {
                     sample,
-                    label: None,
                     prediction: Some(prediction),
+                    ..Default::default()
                 };
                 if let Err(e) = w.push(item).await {
                     return Err(w.fail(e).await);
@@ -125,5 +139,21 @@ impl Ingestor {
         }
         bar.finish_and_clear();
         w.finish().await
+    }
+}
+
+fn shadow_row(s: ShadowRecord) -> ShadowRow {
+    ShadowRow {
+        request_id: s.request_id,
+        sample_id: s.image_sha256,
+        champion_version: s.champion_version,
+        champion_score: s.champion_score,
+        challenger_version: s.challenger_version,
+        challenger_score: s.challenger_score,
+        tier1_ms: s.tier1_ms,
+        champion_head_ms: s.champion_head_ms,
+        challenger_head_ms: s.challenger_head_ms,
+        ts: s.scored_at,
+        validator: s.validator_hotkey,
     }
 }

@@ -31,6 +31,9 @@ pub struct IngestSummary {
     pub labels_written: u64,
     /// Prediction rows inserted (query logs).
     pub predictions_written: u64,
+    /// Challenger shadow scores inserted (query logs).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shadow_scores_written: u64,
     /// Lance commits made.
     pub commits: usize,
     pub skipped: Vec<Skipped>,
@@ -54,6 +57,9 @@ impl fmt::Display for IngestSummary {
             self.labels_written,
             self.predictions_written
         )?;
+        if self.shadow_scores_written > 0 {
+            writeln!(f, "  shadow scores {}", self.shadow_scores_written)?;
+        }
         let rate = if self.elapsed_s > 0.0 {
             self.accepted as f64 / self.elapsed_s
         } else {
@@ -72,4 +78,8 @@ impl fmt::Display for IngestSummary {
         }
         Ok(())
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -36,7 +36,10 @@ use crate::store::lock::WriterLock;
 use crate::store::{
     RunKind, RunLedger, RunRow, RunStatus, SampleId, SampleSource, Store, embeddings_table, tables,
 };
-use crate::train::{Registry, Split, TrainError, Trainer, evaluate_version, promote, write_report};
+use crate::train::{
+    Registry, ShadowStats, Split, TrainError, Trainer, evaluate_version, judge, promote,
+    write_report,
+};
 
 /// How a stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -565,7 +568,12 @@ impl Night<'_> {
     }
 
     async fn mine(&mut self) -> Result<Outcome, PipelineError> {
-        let data = [tables::SAMPLES, tables::LABELS, tables::PREDICTIONS];
+        let data = [
+            tables::SAMPLES,
+            tables::LABELS,
+            tables::PREDICTIONS,
+            tables::SHADOW_SCORES,
+        ];
         let Some(t) = self
             .data_versions(self.cfg.mine.embedding_model.as_deref(), &data)
             .await?
@@ -810,6 +818,11 @@ impl Night<'_> {
     }
 
     async fn promote(&mut self) -> Result<Outcome, PipelineError> {
+        // Without a champion nothing serves, so nothing can be compared in shadow: the first head
+        // is promoted on the gate alone.
+        if self.cfg.pipeline.min_shadow > 0 && self.champion()?.is_some() {
+            return self.promote_after_shadow().await;
+        }
         let Some(version) = self.challenger() else {
             return Ok(Outcome::skipped("no challenger tonight"));
         };
@@ -845,6 +858,105 @@ impl Night<'_> {
             vec![],
         )
         .with_note(note))
+    }
+
+    /// Promotion with `pipeline.min_shadow`: a head that passes the gate is first named the
+    /// challenger (`CHALLENGER.json`), which servers score in shadow; it is promoted on a later
+    /// night, once the store holds `min_shadow` of its shadow answers beside the current champion
+    /// and it still passes the gate. While one challenger collects answers, a newer head waits
+    /// (replacing it would restart the count and could starve promotion for good).
+    async fn promote_after_shadow(&mut self) -> Result<Outcome, PipelineError> {
+        let min_shadow = self.cfg.pipeline.min_shadow;
+        let tonight = self.challenger();
+        let champion = self.champion()?;
+        let pending = self
+            .registry
+            .challenger()?
+            .map(|c| c.version)
+            .filter(|v| Some(v) != champion.as_ref());
+        let rows = match &pending {
+            Some(p) => {
+                self.store
+                    .shadow_scores(Some(p), champion.as_deref())
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let stats = ShadowStats::of(&rows);
+        let fresh = tonight
+            .clone()
+            .filter(|v| Some(v) != champion.as_ref() && Some(v) != pending.as_ref());
+        if fresh.is_none() && pending.is_none() {
+            return Ok(Outcome::skipped(match tonight {
+                Some(v) => format!("{v} is already the champion"),
+                None => "no challenger tonight".into(),
+            }));
+        }
+        let inputs = json!({"challenger": tonight, "champion": champion, "pending": pending,
+                            "shadow_n": rows.len(), "min_shadow": min_shadow});
+        if let Some(o) = self.up_to_date(Stage::Promote, inputs.clone()) {
+            return Ok(o);
+        }
+        let t = &self.cfg.train;
+        let (store, registry) = (&self.store, &self.registry);
+        let mut notes = Vec::new();
+        let (mut decision, mut promoted, mut waiting) = (None, false, false);
+        if let Some(p) = &pending {
+            let shadow = stats
+                .as_ref()
+                .map_or("no shadow answers".into(), ShadowStats::summary);
+            if rows.len() >= min_shadow {
+                let d = promote(store, registry, p, &t.promote, &t.split, t.seed, false).await?;
+                promoted = d.promoted;
+                if d.promoted {
+                    notes.push(format!("{p} promoted after {shadow}"));
+                } else {
+                    registry.clear_challenger()?;
+                    notes.push(format!(
+                        "{p} refused after {shadow}: {}",
+                        d.reasons.join("; ")
+                    ));
+                }
+                decision = Some(d);
+            } else {
+                waiting = true;
+                notes.push(format!(
+                    "{p} stays in shadow: {} of {min_shadow} shadow answers",
+                    rows.len()
+                ));
+            }
+        }
+        let mut gate = None;
+        let mut named = None;
+        if let Some(v) = fresh {
+            if waiting {
+                notes.push(format!(
+                    "{v} waits: challenger {} is still collecting shadow answers",
+                    pending.as_deref().unwrap_or("?")
+                ));
+            } else {
+                let d = judge(store, registry, &v, &t.promote, &t.split, t.seed).await?;
+                if d.promoted {
+                    let why = format!("nightly {}: passed the gate", self.run_id);
+                    registry.set_challenger(&v, &why)?;
+                    notes.push(format!(
+                        "{v} passed the gate and is the challenger: served in shadow until it has {min_shadow} shadow answers"
+                    ));
+                    named = Some(v);
+                } else {
+                    notes.push(format!("{v} refused: {}", d.reasons.join("; ")));
+                }
+                gate = Some(d);
+            }
+        }
+        Ok(Outcome::done(
+            inputs,
+            json!({"decision": decision, "promoted": promoted, "champion_before": champion,
+                   "shadow": stats, "shadow_required": min_shadow, "shadowed": pending,
+                   "gate": gate, "named_challenger": named}),
+            vec![],
+        )
+        .with_note(notes.join("; ")))
     }
 
     async fn notify(&mut self) -> Result<Outcome, PipelineError> {

@@ -16,7 +16,7 @@ use crate::config::{Config, Stage};
 use crate::imaging::{DecodeLimits, decode};
 use crate::plot::{Chart, esc, series_color};
 use crate::store::{MineClusterRow, RunKind, Store, collect_vectors, embeddings_table, tables};
-use crate::train::Registry;
+use crate::train::{Registry, ShadowStats};
 
 /// Points drawn in the cluster map at most.
 const MAP_POINTS: usize = 800;
@@ -559,48 +559,38 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 
     // Promotion.
     h.push_str("<h2>Promotion</h2>");
-    match p.output(Stage::Promote, "decision") {
-        Some(d) => {
-            let promoted = d.get("promoted").and_then(Value::as_bool) == Some(true);
-            let _ = write!(
-                h,
-                "<p class=\"{}\">Challenger <code>{}</code> {} against champion <code>{}</code> on {} shared eval samples ({}: {} vs {}).</p>",
-                if promoted { "ok" } else { "bad" },
-                esc(d.get("challenger").and_then(Value::as_str).unwrap_or("?")),
-                if promoted {
-                    "was promoted"
-                } else {
-                    "was refused"
-                },
-                esc(d.get("champion").and_then(Value::as_str).unwrap_or("none")),
-                d.get("n").map_or("?".into(), Value::to_string),
-                esc(d.get("metric").and_then(Value::as_str).unwrap_or("?")),
-                d.get("challenger_score")
-                    .and_then(Value::as_f64)
-                    .map_or("–".into(), |v| format!("{v:.4}")),
-                d.get("champion_score")
-                    .and_then(Value::as_f64)
-                    .map_or("–".into(), |v| format!("{v:.4}")),
-            );
-            if let Some(r) = d.get("reasons").and_then(Value::as_array)
-                && !r.is_empty()
-            {
-                h.push_str("<ul>");
-                for x in r {
-                    let _ = write!(h, "<li>{}</li>", esc(x.as_str().unwrap_or("")));
-                }
-                h.push_str("</ul>");
-            }
-        }
-        None => {
-            let note = p
-                .stages
-                .iter()
-                .find(|s| s.stage == Stage::Promote)
-                .and_then(|s| s.note.clone())
-                .unwrap_or_else(|| "the promote stage did not run".into());
-            let _ = write!(h, "<p class=skip>{}</p>", esc(&note));
-        }
+    let decision = p.output(Stage::Promote, "decision");
+    let gate = p.output(Stage::Promote, "gate");
+    if let Some(d) = decision {
+        let promoted = d.get("promoted").and_then(Value::as_bool) == Some(true);
+        gate_paragraph(
+            &mut h,
+            d,
+            if promoted {
+                "was promoted"
+            } else {
+                "was refused"
+            },
+            promoted,
+        );
+    }
+    if let Some(g) = gate {
+        let passed = g.get("promoted").and_then(Value::as_bool) == Some(true);
+        let verb = if passed {
+            "passed the gate and was named the challenger (scored in shadow before it may serve)"
+        } else {
+            "was refused"
+        };
+        gate_paragraph(&mut h, g, verb, passed);
+    }
+    if decision.is_none() && gate.is_none() {
+        let note = p
+            .stages
+            .iter()
+            .find(|s| s.stage == Stage::Promote)
+            .and_then(|s| s.note.clone())
+            .unwrap_or_else(|| "the promote stage did not run".into());
+        let _ = write!(h, "<p class=skip>{}</p>", esc(&note));
     }
     let registry = Registry::open(cfg.train.registry_dir(&cfg.data.dir)).ok();
     let challenger = p.output(Stage::Train, "version").and_then(Value::as_str);
@@ -677,9 +667,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
             esc(&link(dir, &cfg.data.dir, Path::new(r)))
         );
     }
-    h.push_str(
-        "<p class=skip>Shadow scoring: no challenger was served in shadow for this run.</p>",
-    );
+    shadow_section(&mut h, p, cfg.pipeline.min_shadow);
 
     // Cluster map.
     let n = f.map_ids.len();
@@ -824,4 +812,95 @@ pub async fn write_run_report(
         .await
         .map_err(|e| task(format!("{}: {e}", index.display())))?;
     Ok(index)
+}
+
+/// One gate decision: who against whom, on how many samples, the scores, and why it was refused.
+fn gate_paragraph(h: &mut String, d: &Value, verb: &str, ok: bool) {
+    let score = |k: &str| {
+        d.get(k)
+            .and_then(Value::as_f64)
+            .map_or("–".into(), |v| format!("{v:.4}"))
+    };
+    let _ = write!(
+        h,
+        "<p class=\"{}\">Challenger <code>{}</code> {verb} against champion <code>{}</code> on {} shared eval samples ({}: {} vs {}).</p>",
+        if ok { "ok" } else { "bad" },
+        esc(d.get("challenger").and_then(Value::as_str).unwrap_or("?")),
+        esc(d.get("champion").and_then(Value::as_str).unwrap_or("none")),
+        d.get("n").map_or("?".into(), Value::to_string),
+        esc(d.get("metric").and_then(Value::as_str).unwrap_or("?")),
+        score("challenger_score"),
+        score("champion_score"),
+    );
+    if let Some(r) = d.get("reasons").and_then(Value::as_array)
+        && !r.is_empty()
+    {
+        h.push_str("<ul>");
+        for x in r {
+            let _ = write!(h, "<li>{}</li>", esc(x.as_str().unwrap_or("")));
+        }
+        h.push_str("</ul>");
+    }
+}
+
+/// Shadow agreement of the challenger the promote stage judged: how often it agreed with the
+/// champion on live traffic, its flips at 0.5 and both latencies.
+fn shadow_section(h: &mut String, p: &NightlyProgress, min_shadow: usize) {
+    h.push_str("<h3>Shadow scoring</h3>");
+    let stats: Option<ShadowStats> = p
+        .output(Stage::Promote, "shadow")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let Some(s) = stats else {
+        let line = match (
+            p.output(Stage::Promote, "shadowed").and_then(Value::as_str),
+            p.output(Stage::Promote, "named_challenger")
+                .and_then(Value::as_str),
+        ) {
+            (Some(v), _) => format!("<code>{}</code> is in shadow: no shadow answers logged yet.", esc(v)),
+            (None, Some(v)) => format!(
+                "<code>{}</code> was named the challenger tonight: servers score it in shadow from now on.",
+                esc(v)
+            ),
+            _ if min_shadow == 0 => {
+                "Shadow scoring is off (<code>pipeline.min_shadow = 0</code>): a challenger is promoted on the gate alone.".into()
+            }
+            _ => "No challenger was in shadow for this run.".into(),
+        };
+        let _ = write!(h, "<p class=skip>{line}</p>");
+        return;
+    };
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let ms = |m: &crate::train::Millis| format!("{:.1} / {:.1}", m.p50, m.p95);
+    let _ = write!(
+        h,
+        "<p>Challenger <code>{}</code> beside champion <code>{}</code> on live traffic, {} to {} ({} required).</p>\
+         <table><tr><th></th><th>value</th></tr>\
+         <tr><td>shadow answers (distinct images)</td><td>{} ({})</td></tr>\
+         <tr><td>agreement at 0.5</td><td>{}</td></tr>\
+         <tr><td>flip rate at 0.5</td><td>{} ({} to roadwork, {} to clean)</td></tr>\
+         <tr><td>mean |Δp|</td><td>{:.3}</td></tr>\
+         <tr><td>mean P(roadwork): champion / challenger</td><td>{:.3} / {:.3}</td></tr>\
+         <tr><td>tier-1 ms p50 / p95, champion</td><td>{}</td></tr>\
+         <tr><td>tier-1 ms p50 / p95, challenger (same decode and encoder)</td><td>{}</td></tr>\
+         <tr><td>head ms p50 / p95: champion | challenger</td><td>{} | {}</td></tr></table>\
+         <p>Images where they disagree are hard cases for the next mining run (reason <code>shadow</code>).</p>",
+        esc(&s.challenger),
+        esc(&s.champion),
+        s.first.format("%Y-%m-%d %H:%M"),
+        s.last.format("%Y-%m-%d %H:%M"),
+        min_shadow,
+        s.n,
+        s.images,
+        pct(s.agreement),
+        pct(s.flip_rate),
+        s.flips_to_roadwork,
+        s.flips_to_clean,
+        s.mean_abs_diff,
+        s.champion_mean,
+        s.challenger_mean,
+        ms(&s.champion_tier1_ms),
+        ms(&s.challenger_tier1_ms),
+        ms(&s.champion_head_ms),
+        ms(&s.challenger_head_ms),
+    );
 }

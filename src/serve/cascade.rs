@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 
 use super::server::{AppState, Clock};
+use super::shadow::ShadowJob;
 use super::tier1::Tier1Error;
 use crate::store::SampleId;
 use crate::store::querylog::{QUERY_LOG_VERSION, QueryLogRecord, TierOutput};
@@ -26,6 +27,9 @@ pub(super) struct Outcome {
     pub decided_by: u8,
     pub decode_error: Option<String>,
     pub model_version: String,
+    /// Tier 1's features and head time, for a challenger scored in shadow.
+    pub features: Option<Vec<f32>>,
+    pub head_ms: f32,
 }
 
 impl Outcome {
@@ -41,6 +45,8 @@ impl Outcome {
             decided_by: 1,
             decode_error: Some(why),
             model_version: s.tier1.model_version(),
+            features: None,
+            head_ms: 0.0,
         }
     }
 
@@ -91,6 +97,8 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
         decided_by: 1,
         decode_error: None,
         model_version: s.tier1.model_version(),
+        features: None,
+        head_ms: 0.0,
     };
     let r = tokio::time::timeout(left, job).await;
     o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
@@ -98,6 +106,7 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
         Ok(Ok(Ok(a))) => {
             s.metrics.tier1_latency(t.elapsed());
             (o.prob, o.tier1, o.model_version) = (a.prob, Some(a.prob), a.model_version);
+            (o.features, o.head_ms) = (Some(a.features), a.head_ms);
         }
         Ok(Ok(Err(Tier1Error::Undecodable(e)))) => {
             let mut u = Outcome::undecodable(s, format!("image cannot be decoded: {e}"));
@@ -211,6 +220,46 @@ pub(super) async fn log_answer(
             s.metrics.querylog_error();
             tracing::error!("query log task failed: {e}");
         }
+    }
+}
+
+/// Offers the answered image to the shadow scorer, if one runs and a challenger is named. Called
+/// with the answer already final; it never waits: under load (more than half the in-flight
+/// limit busy) or with a full queue the job is dropped and counted.
+pub(super) fn offer_shadow(
+    s: &AppState,
+    request_id: &str,
+    validator: Option<String>,
+    image: &Bytes,
+    o: &mut Outcome,
+) {
+    let Some(shadow) = &s.shadow else {
+        return;
+    };
+    if s.tier1.challenger().is_none() {
+        return;
+    }
+    let (Some(features), Some(score)) = (o.features.take(), o.tier1) else {
+        s.metrics.shadow_outcome("no_features");
+        return;
+    };
+    if s.metrics.inflight.load(Ordering::Relaxed) > s.max_inflight / 2 {
+        s.metrics.shadow_outcome("dropped_load");
+        return;
+    }
+    let job = ShadowJob {
+        request_id: request_id.to_string(),
+        image: image.clone(),
+        validator,
+        champion_version: o.model_version.clone(),
+        champion_score: score,
+        tier1_ms: o.tier1_ms,
+        champion_head_ms: o.head_ms,
+        features,
+        counts: s.metrics.shadow_counts(),
+    };
+    if !shadow.offer(job) {
+        s.metrics.shadow_outcome("dropped_queue_full");
     }
 }
 

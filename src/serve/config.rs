@@ -71,6 +71,11 @@ pub struct ServeConfig {
     pub querylog_segment_s: u64,
     /// How often sealed segments are moved into Lance, seconds.
     pub ingest_every_s: u64,
+    /// Score the registry's challenger (`CHALLENGER.json`) in shadow after each answer and log it
+    /// beside the champion's (what `pipeline.min_shadow` counts).
+    pub shadow: bool,
+    /// Answered images waiting for the challenger at most; more are dropped (and counted).
+    pub shadow_queue: usize,
     /// The VLM that profiles with `tier2 = true` escalate to.
     pub tier2: Option<Tier2Config>,
     pub profiles: Vec<ProfileConfig>,
@@ -95,6 +100,8 @@ impl Default for ServeConfig {
             querylog_segment_records: 1000,
             querylog_segment_s: 60,
             ingest_every_s: 30,
+            shadow: true,
+            shadow_queue: 256,
             tier2: None,
             profiles: vec![ProfileConfig {
                 name: "speed".into(),
@@ -121,6 +128,11 @@ impl ServeConfig {
         }
         if self.max_batch == 0 || self.tier1_workers == 0 {
             return Err("serve.max_batch and serve.tier1_workers must be at least 1".into());
+        }
+        if self.shadow && self.shadow_queue == 0 {
+            return Err(
+                "serve.shadow_queue must be at least 1 (or set serve.shadow = false)".into(),
+            );
         }
         if self.profiles.is_empty() {
             return Err("serve.profiles needs at least one profile".into());
@@ -191,6 +203,10 @@ mod tests {
             },
             ServeConfig {
                 profiles: vec![],
+                ..Default::default()
+            },
+            ServeConfig {
+                shadow_queue: 0,
                 ..Default::default()
             },
             ServeConfig {

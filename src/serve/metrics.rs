@@ -30,8 +30,8 @@ struct Tier {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
+pub(super) struct Outcome {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +53,7 @@ pub struct Metrics {
     answered: Counter,
     early_exit_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
     tier2: Family<Outcome, Counter>,
+    shadow: Family<Outcome, Counter>,
     undecodable: Counter,
     shed: Counter,
     querylog_errors: Counter,
@@ -75,6 +76,7 @@ impl Metrics {
             answered: Counter::default(),
             early_exit_ratio: Gauge::default(),
             tier2: Family::default(),
+            shadow: Family::default(),
             undecodable: Counter::default(),
             shed: Counter::default(),
             querylog_errors: Counter::default(),
@@ -112,6 +114,11 @@ impl Metrics {
             "roadwork_tier2",
             "Escalations to tier 2, by outcome",
             m.tier2.clone(),
+        );
+        r.register(
+            "roadwork_shadow",
+            "Challenger shadow scores, by outcome (scored, dropped_load, dropped_queue_full, no_features, no_challenger, failed, log_error)",
+            m.shadow.clone(),
         );
         r.register(
             "roadwork_undecodable",
@@ -173,6 +180,15 @@ impl Metrics {
 
     pub(super) fn tier2_outcome(&self, outcome: &'static str) {
         self.tier2.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(super) fn shadow_outcome(&self, outcome: &'static str) {
+        self.shadow.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// The shadow counters, for the scorer thread to count what it did with a job.
+    pub(super) fn shadow_counts(&self) -> Family<Outcome, Counter> {
+        self.shadow.clone()
     }
 
     pub(super) fn undecodable(&self) {

@@ -23,6 +23,9 @@
 //! - [`querylog`]: every answer appended and fsync'd before its reply; sealed segments are moved
 //!   into Lance by `pipeline::serve`.
 //!
+//! - [`Shadow`]: the registry's challenger scored after each answer on the champion's features,
+//!   logged beside it (never sent, dropped first under load).
+//!
 //! - [`tier2`]: a VLM over an OpenAI-compatible chat-completions endpoint, asked only when tier 1
 //!   is unsure and only within the deadline.
 
@@ -38,6 +41,7 @@ pub mod querylog;
 mod routes;
 mod run;
 pub mod server;
+mod shadow;
 pub mod tier1;
 pub mod tier2;
 
@@ -51,6 +55,7 @@ pub use payload::{PayloadError, decode_base64_image};
 pub use querylog::QueryLog;
 pub use run::{Running, start};
 pub use server::{AppState, Clock, router, serve_with_peers};
+pub use shadow::Shadow;
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
 pub use tier2::{Tier2, Tier2Answer, Tier2Config, Tier2Error};
 

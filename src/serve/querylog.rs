@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::store::querylog::QueryLogRecord;
+use crate::store::querylog::{QueryLogRecord, ShadowRecord};
 
 const ACTIVE: &str = "active-";
 const SEALED: &str = "seg-";
@@ -137,6 +137,27 @@ impl QueryLog {
     pub fn append(&self, rec: &QueryLogRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
         line.push(b'\n');
+        self.write_lines(&line, 1, true)
+    }
+
+    /// Appends shadow records without waiting for the disk: they are best effort (the next
+    /// answer's fsync or the seal flushes them), so a shadow write never holds the segment for
+    /// an fsync while an answer waits to be logged. Blocking: call from a blocking thread.
+    pub fn append_shadow(&self, recs: &[ShadowRecord]) -> std::io::Result<()> {
+        let mut lines = Vec::with_capacity(recs.len() * 512);
+        for r in recs {
+            serde_json::to_writer(&mut lines, r).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
+        self.write_lines(&lines, recs.len(), false)
+    }
+
+    /// Writes whole lines to the active segment (opening one if needed), `sync`ing them if
+    /// asked, and seals the segment when it is full or old.
+    fn write_lines(&self, lines: &[u8], records: usize, sync: bool) -> std::io::Result<()> {
+        if records == 0 {
+            return Ok(());
+        }
         let mut guard = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let path = self.dir.join(format!("{ACTIVE}{}.jsonl", now_ns()));
@@ -155,12 +176,15 @@ impl QueryLog {
         let Some(a) = guard.as_mut() else {
             return Err(std::io::Error::other("no active segment"));
         };
-        a.file.write_all(&line)?;
-        a.file.sync_data()?;
-        a.records += 1;
+        a.file.write_all(lines)?;
+        if sync {
+            a.file.sync_data()?;
+        }
+        a.records += records;
         if a.records >= self.max_records || a.opened.elapsed() >= self.max_age {
             let done = guard.take();
             if let Some(a) = done {
+                a.file.sync_data()?;
                 drop(a.file);
                 seal(&a.path)?;
             }
@@ -173,6 +197,7 @@ impl QueryLog {
     pub fn seal_active(&self) -> std::io::Result<()> {
         let mut guard = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = guard.take() {
+            a.file.sync_data()?;
             drop(a.file);
             seal(&a.path)?;
         }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::auth::{AuthError, SignedRequest, body_hash, parse_nonce};
-use super::cascade::{Outcome, answer, local_request_id, log_answer};
+use super::cascade::{Outcome, answer, local_request_id, log_answer, offer_shadow};
 use super::error::ApiError;
 use super::payload::decode_base64_image;
 use super::server::AppState;
@@ -137,7 +137,7 @@ async fn synapse_reply(
     };
     let received_at = chrono::Utc::now();
     let image = synapse.get("image").and_then(Value::as_str).unwrap_or("");
-    let (bytes, o) = match decode_base64_image(image, s.body_limit_bytes) {
+    let (bytes, mut o) = match decode_base64_image(image, s.body_limit_bytes) {
         Ok(bytes) => {
             let bytes = Bytes::from(bytes);
             let o = answer(s, bytes.clone(), started).await;
@@ -148,7 +148,7 @@ async fn synapse_reply(
     let prediction = o.prob;
     log_answer(
         s,
-        request_id,
+        request_id.clone(),
         Some(validator.clone()),
         received_at,
         started,
@@ -157,6 +157,7 @@ async fn synapse_reply(
     )
     .await;
     synapse["prediction"] = json!(prediction);
+    offer_shadow(s, &request_id, Some(validator.clone()), &bytes, &mut o);
     tracing::debug!(%validator, prediction, ms = started.elapsed().as_millis() as u64, "answered");
     Ok((
         StatusCode::OK,
@@ -209,7 +210,7 @@ async fn predict_reply(
         Ok(body)
     };
     let received_at = chrono::Utc::now();
-    let (bytes, o) = match bytes {
+    let (bytes, mut o) = match bytes {
         Ok(b) => {
             let o = answer(s, b.clone(), started).await;
             (b, o)
@@ -227,6 +228,7 @@ async fn predict_reply(
         &o,
     )
     .await;
+    offer_shadow(s, &request_id, None, &bytes, &mut o);
     let tiers: Vec<Value> = o
         .tiers()
         .iter()

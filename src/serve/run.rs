@@ -15,6 +15,7 @@ use super::config::ServeConfig;
 use super::metagraph::Metagraph;
 use super::querylog::QueryLog;
 use super::server::{AppState, router, serve_with_peers};
+use super::shadow::Shadow;
 use super::tier1::Tier1;
 use super::tier2::Tier2;
 use crate::embed::{ComputeDevice, Cpu, EmbedConfig, load_encoder};
@@ -101,6 +102,18 @@ pub async fn start(
         .await
         .map_err(|e| ServeError::Head(e.to_string()))?;
     tracing::info!(%version, ?sizes, secs, "tier 1 ready (warmed up)");
+    let shadow = if cfg.shadow {
+        if let Some(c) = registry.challenger().ok().flatten() {
+            install_challenger(&registry, &tier1, Some(&c.version)).await;
+        }
+        Some(Arc::new(Shadow::start(
+            tier1.clone(),
+            querylog.clone(),
+            cfg.shadow_queue,
+        )?))
+    } else {
+        None
+    };
     let metagraph = cfg
         .metagraph
         .as_ref()
@@ -126,6 +139,7 @@ pub async fn start(
             max_inflight: cfg.max_inflight,
             predict_local_only: cfg.predict_local_only,
             querylog: Some(querylog.clone()),
+            shadow: shadow.clone(),
             ..AppState::new(&p.name, tier1.clone())
         });
         let listener = tokio::net::TcpListener::bind((p.bind.as_str(), p.port))
@@ -152,10 +166,14 @@ pub async fn start(
             }
         }));
     }
-    if cfg.model.is_none() {
-        tasks.push(tokio::spawn(follow_champion(
+    if cfg.model.is_none() || cfg.shadow {
+        tasks.push(tokio::spawn(follow_pointers(
             registry,
             tier1.clone(),
+            Follow {
+                champion: cfg.model.is_none(),
+                challenger: cfg.shadow,
+            },
             Duration::from_millis(cfg.watch_ms.max(50)),
             rx.clone(),
         )));
@@ -169,15 +187,59 @@ pub async fn start(
     })
 }
 
-/// Polls the champion pointer (and reacts to SIGHUP at once); loads a new champion off the
-/// async workers and swaps it in. A failed load is logged and retried only when the pointer
+/// Which registry pointers a server follows.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    champion: bool,
+    challenger: bool,
+}
+
+/// Loads the challenger `version` (or removes it with `None`) off the async workers; a head that
+/// fails to load or does not fit the encoder is logged and leaves no challenger. Returns whether
+/// it is installed.
+async fn install_challenger(
+    registry: &Registry,
+    tier1: &Arc<Tier1>,
+    version: Option<&str>,
+) -> bool {
+    let Some(v) = version else {
+        if let Ok(Some(old)) = tier1.set_challenger(None) {
+            tracing::info!(version = %old, "shadow scoring stopped");
+        }
+        return true;
+    };
+    let (reg, v2) = (registry.clone(), v.to_string());
+    let loaded = tokio::task::spawn_blocking(move || load_head(&reg, &v2)).await;
+    let r = match loaded {
+        Ok(Ok(head)) => tier1.set_challenger(Some(head)),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ServeError::Head(e.to_string())),
+    };
+    match r {
+        Ok(_) => {
+            tracing::info!(version = %v, "scoring the challenger in shadow");
+            true
+        }
+        Err(e) => {
+            tracing::error!("refusing challenger {v}: {e}");
+            let _ = tier1.set_challenger(None);
+            false
+        }
+    }
+}
+
+/// Polls the champion and challenger pointers (and reacts to SIGHUP at once); loads a new head off
+/// the async workers and swaps it in. A failed load is logged and retried only when the pointer
 /// changes again.
-async fn follow_champion(
+async fn follow_pointers(
     registry: Registry,
     tier1: Arc<Tier1>,
+    follow: Follow,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut challenger_seen: Option<String> =
+        tier1.challenger().map(|h| h.card.model_version.clone());
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut refused: Option<String> = None;
@@ -195,8 +257,23 @@ async fn follow_champion(
         let hup_fut = std::future::pending::<()>();
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = hup_fut => tracing::info!("SIGHUP: checking the champion pointer"),
+            _ = hup_fut => tracing::info!("SIGHUP: checking the registry pointers"),
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if follow.challenger {
+            match registry.challenger() {
+                Ok(c) => {
+                    let want = c.map(|c| c.version);
+                    if want != challenger_seen {
+                        install_challenger(&registry, &tier1, want.as_deref()).await;
+                        challenger_seen = want;
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read the challenger pointer: {e}"),
+            }
+        }
+        if !follow.champion {
+            continue;
         }
         let Ok(Some(p)) = registry.champion() else {
             continue;

@@ -19,6 +19,7 @@ use super::metagraph::Metagraph;
 use super::metrics::Metrics;
 use super::querylog::QueryLog;
 use super::routes;
+use super::shadow::Shadow;
 use super::tier1::Tier1;
 use super::tier2::Tier2;
 
@@ -63,6 +64,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Where answered requests are logged (fsync'd before the reply); `None` logs nothing.
     pub querylog: Option<Arc<QueryLog>>,
+    /// Scores the registry's challenger after each answer (`None`: no shadow scoring).
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 impl AppState {
@@ -84,6 +87,7 @@ impl AppState {
             predict_local_only: d.predict_local_only,
             metrics: Metrics::new(profile),
             querylog: None,
+            shadow: None,
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Tier1Answer {
     /// Calibrated, finite, in [0, 1], never exactly 0.5.
     pub prob: f32,
     pub model_version: String,
+    /// The encoder's features of the image (a challenger scored in shadow reuses them).
+    pub features: Vec<f32>,
+    /// The head's forward alone, milliseconds.
+    pub head_ms: f32,
 }
 
 /// Why an image got no tier-1 answer.
@@ -153,10 +157,11 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
     }
 }
 
-/// The encoder and the current head.
+/// The encoder, the current head, and the challenger scored in shadow.
 pub struct Tier1 {
     encoder: Arc<dyn ImageEncoder>,
     head: RwLock<Arc<TrainedHead<Cpu>>>,
+    challenger: RwLock<Option<Arc<TrainedHead<Cpu>>>>,
     limits: DecodeLimits,
     batcher: Option<Batcher>,
 }
@@ -183,6 +188,7 @@ impl Tier1 {
         Ok(Self {
             encoder,
             head: RwLock::new(Arc::new(head)),
+            challenger: RwLock::new(None),
             limits,
             batcher: None,
         })
@@ -282,6 +288,29 @@ impl Tier1 {
         Ok(version)
     }
 
+    /// The head scored in shadow, if one is installed.
+    pub fn challenger(&self) -> Option<Arc<TrainedHead<Cpu>>> {
+        self.challenger
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Installs (or with `None` removes) the challenger; refused, leaving the old one, if it does
+    /// not fit the encoder (it scores the champion's features).
+    pub fn set_challenger(
+        &self,
+        head: Option<TrainedHead<Cpu>>,
+    ) -> Result<Option<String>, ServeError> {
+        if let Some(h) = &head {
+            check_pair(self.encoder.as_ref(), h)?;
+        }
+        let version = head.as_ref().map(|h| h.card.model_version.clone());
+        let mut slot = self.challenger.write().unwrap_or_else(|p| p.into_inner());
+        *slot = head.map(Arc::new);
+        Ok(version)
+    }
+
     /// Decodes and scores one image. CPU-bound: call from a blocking thread.
     pub fn predict(&self, bytes: &[u8]) -> Result<Tier1Answer, Tier1Error> {
         self.predict_before(bytes, Instant::now() + std::time::Duration::from_secs(3600))
@@ -298,23 +327,33 @@ impl Tier1 {
             decode(bytes, &self.limits).map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
         let features = self.features(img.image, deadline)?;
         let head = self.head();
-        let prob = head
-            .predict(&features)
-            .ok()
-            .and_then(|p| p.first().copied())
-            .filter(|p| p.is_finite() && (0.0..=1.0).contains(p))
-            .unwrap_or_else(|| {
-                tracing::error!(
-                    version = %head.card.model_version,
-                    "head produced no finite probability; answering undecided"
-                );
-                UNDECIDED
-            });
+        let t = Instant::now();
+        let prob = head_prob(&head, &features);
         Ok(Tier1Answer {
-            prob: if prob == 0.5 { UNDECIDED } else { prob },
+            prob,
             model_version: head.card.model_version.clone(),
+            head_ms: t.elapsed().as_secs_f32() * 1000.0,
+            features,
         })
     }
+}
+
+/// A head's probability for one feature vector: finite, in [0, 1], never exactly 0.5 (a head that
+/// produces no finite probability answers undecided).
+pub fn head_prob(head: &TrainedHead<Cpu>, features: &[f32]) -> f32 {
+    let prob = head
+        .predict(features)
+        .ok()
+        .and_then(|p| p.first().copied())
+        .filter(|p| p.is_finite() && (0.0..=1.0).contains(p))
+        .unwrap_or_else(|| {
+            tracing::error!(
+                version = %head.card.model_version,
+                "head produced no finite probability; answering undecided"
+            );
+            UNDECIDED
+        });
+    if prob == 0.5 { UNDECIDED } else { prob }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod models;
 pub mod querylog;
 mod runs;
 pub mod schema;
+mod shadow;
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +46,7 @@ pub use mining::{DuplicateRow, MineClusterRow, MineScoreRow, SelectionRow};
 pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
 pub use runs::{RunId, RunKind, RunLedger, RunStatus, TableVersions};
 pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
+pub use shadow::ShadowRow;
 pub use snapshot::SnapshotName;
 
 /// What one write did.

@@ -1,5 +1,7 @@
-//! The query-log record: one JSON object per line, written by the serving cascade for every answered
-//! request and read back by `roadwork ingest querylog`. This struct is the format; both sides use it.
+//! The query-log records: one JSON object per line, written by the serving cascade for every
+//! answered request ([`QueryLogRecord`]) and, when a challenger is scored in shadow, one
+//! [`ShadowRecord`] per shadow score (`"kind": "shadow"`), read back by `roadwork ingest querylog`.
+//! These structs are the format; both sides use them.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -57,6 +59,79 @@ pub struct TierOutput {
     pub error: Option<String>,
 }
 
+/// The `kind` of a shadow line.
+pub const SHADOW_KIND: &str = "shadow";
+
+/// A challenger head's score for an answered request, written after the reply went out. It never
+/// changed the answer; it is what the promote stage compares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRecord {
+    /// [`QUERY_LOG_VERSION`] of the writer.
+    pub v: u32,
+    /// Always [`SHADOW_KIND`].
+    pub kind: String,
+    /// The answered request ([`QueryLogRecord::request_id`]).
+    pub request_id: String,
+    pub image_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_hotkey: Option<String>,
+    /// The head that answered, and its tier-1 probability.
+    pub champion_version: String,
+    pub champion_score: f32,
+    /// The head scored in shadow on the same features.
+    pub challenger_version: String,
+    pub challenger_score: f32,
+    /// The champion's whole tier-1 time (decode, encode, head), milliseconds.
+    pub tier1_ms: f32,
+    pub champion_head_ms: f32,
+    pub challenger_head_ms: f32,
+    pub scored_at: DateTime<Utc>,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogLine {
+    /// An answered request and its decoded image bytes.
+    Answer(Box<QueryLogRecord>, Vec<u8>),
+    Shadow(ShadowRecord),
+}
+
+impl LogLine {
+    /// Parses and checks a line of either kind.
+    pub fn parse(line: &str) -> Result<Self, QueryLogError> {
+        #[derive(Deserialize)]
+        struct Probe<'a> {
+            #[serde(default, borrow)]
+            kind: Option<&'a str>,
+        }
+        let probe: Probe = serde_json::from_str(line)?;
+        match probe.kind {
+            None => {
+                let (rec, bytes) = QueryLogRecord::parse_line(line)?;
+                Ok(Self::Answer(Box::new(rec), bytes))
+            }
+            Some(SHADOW_KIND) => {
+                let mut rec: ShadowRecord = serde_json::from_str(line)?;
+                if rec.v > QUERY_LOG_VERSION {
+                    return Err(QueryLogError::TooNew { found: rec.v });
+                }
+                for s in [rec.champion_score, rec.challenger_score] {
+                    if !(s.is_finite() && (0.0..=1.0).contains(&s)) {
+                        return Err(QueryLogError::BadScore(s));
+                    }
+                }
+                match rec.image_sha256.parse::<super::SampleId>() {
+                    Ok(id) => rec.image_sha256 = id.to_string(),
+                    Err(_) => return Err(QueryLogError::BadId(rec.image_sha256)),
+                }
+                Ok(Self::Shadow(rec))
+            }
+            Some(other) => Err(QueryLogError::UnknownKind(other.chars().take(40).collect())),
+        }
+    }
+}
+
 /// Why a log line cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryLogError {
@@ -68,8 +143,12 @@ pub enum QueryLogError {
     Base64(#[from] base64::DecodeError),
     #[error("image_sha256 {claimed} does not match the image bytes ({actual})")]
     HashMismatch { claimed: String, actual: String },
-    #[error("final_score {0} is neither in [0,1] nor -1")]
+    #[error("score {0} is neither in [0,1] nor -1")]
     BadScore(f32),
+    #[error("image_sha256 {0:?} is not a sample id")]
+    BadId(String),
+    #[error("unknown line kind {0:?}")]
+    UnknownKind(String),
 }
 
 impl QueryLogRecord {

@@ -23,7 +23,7 @@ use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Table names.
 pub mod tables {
@@ -51,8 +51,10 @@ pub mod tables {
     pub const DUPLICATES: &str = "duplicates";
     /// Named selections for labelling.
     pub const SELECTIONS: &str = "selections";
+    /// A challenger's shadow scores beside the champion's, per served request (layout 5).
+    pub const SHADOW_SCORES: &str = "shadow_scores";
     /// Every table the store creates on open, in a stable order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SAMPLES,
         LABELS,
         PREDICTIONS,
@@ -65,6 +67,7 @@ pub mod tables {
         MINE_CLUSTERS,
         DUPLICATES,
         SELECTIONS,
+        SHADOW_SCORES,
     ];
 }
 
@@ -155,6 +158,14 @@ pub mod col {
     pub const RANK: &str = "rank";
     pub const SCORE: &str = "score";
     pub const STRATEGY: &str = "strategy";
+    pub const SHADOW_ID: &str = "shadow_id";
+    pub const CHAMPION_VERSION: &str = "champion_version";
+    pub const CHAMPION_SCORE: &str = "champion_score";
+    pub const CHALLENGER_VERSION: &str = "challenger_version";
+    pub const CHALLENGER_SCORE: &str = "challenger_score";
+    pub const TIER1_MS: &str = "tier1_ms";
+    pub const CHAMPION_HEAD_MS: &str = "champion_head_ms";
+    pub const CHALLENGER_HEAD_MS: &str = "challenger_head_ms";
 }
 
 pub(crate) fn ts_type() -> DataType {
@@ -264,6 +275,7 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
         tables::MINE_CLUSTERS => Some(super::mining::mine_clusters_schema()),
         tables::DUPLICATES => Some(super::mining::duplicates_schema()),
         tables::SELECTIONS => Some(super::mining::selections_schema()),
+        tables::SHADOW_SCORES => Some(super::shadow::shadow_scores_schema()),
         _ => None,
     }
 }
@@ -285,6 +297,7 @@ pub fn key_of(table: &str) -> &'static str {
         tables::MINE_CLUSTERS => col::CLUSTER_ID,
         tables::DUPLICATES => col::PAIR_ID,
         tables::SELECTIONS => col::SELECTION_ROW,
+        tables::SHADOW_SCORES => col::SHADOW_ID,
         _ => col::KEY,
     }
 }

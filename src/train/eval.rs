@@ -326,6 +326,30 @@ pub async fn promote(
     seed: u64,
     force: bool,
 ) -> Result<GateDecision, TrainError> {
+    let mut d = judge(store, registry, version, cfg, split, seed).await?;
+    d.promoted = force || d.promoted;
+    if d.promoted {
+        let (registry, v) = (registry.clone(), version.to_string());
+        d.pointer = Some(
+            tokio::task::spawn_blocking(move || registry.set_champion(&v))
+                .await
+                .map_err(|e| TrainError::Task(e.to_string()))??,
+        );
+    }
+    Ok(d)
+}
+
+/// The gate alone: whether `version` beats the champion, as [`promote`] decides it, without
+/// changing the champion (`pointer` is `None`; `promoted` says whether it passed). The nightly job
+/// uses it to name a challenger for shadow scoring.
+pub async fn judge(
+    store: &Store,
+    registry: &Registry,
+    version: &str,
+    cfg: &PromoteConfig,
+    split: &SplitConfig,
+    seed: u64,
+) -> Result<GateDecision, TrainError> {
     let challenger = load_head(registry, version)?;
     let champion = match registry.champion()? {
         Some(p) if p.version != version => Some(load_head(registry, &p.version)?),
@@ -419,26 +443,15 @@ pub async fn promote(
     if ce.is_none() && champion.is_none() {
         reasons.clear();
     }
-    let promoted = force || reasons.is_empty();
-    let pointer = if promoted {
-        let (registry, v) = (registry.clone(), version.to_string());
-        Some(
-            tokio::task::spawn_blocking(move || registry.set_champion(&v))
-                .await
-                .map_err(|e| TrainError::Task(e.to_string()))??,
-        )
-    } else {
-        None
-    };
     Ok(GateDecision {
         challenger: version.to_string(),
         champion: champion.map(|k| k.card.model_version),
-        promoted,
+        promoted: reasons.is_empty(),
         metric: cfg.metric,
         challenger_score: score,
         champion_score: ke.as_ref().map(|e| cfg.metric.of(e)),
         n: ce.as_ref().map_or(0, |e| e.metrics.n),
         reasons,
-        pointer,
+        pointer: None,
     })
 }

@@ -27,6 +27,7 @@ mod model;
 mod registry;
 mod report;
 mod reward;
+mod shadow;
 mod trainer;
 
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ pub use calibrate::{Temperature, UNDECIDED};
 pub use data::{Dataset, Split, SplitConfig, fold_of, split_of};
 pub use eval::{
     Evaluation, GateDecision, GateMetric, PromoteConfig, SliceMetrics, evaluate, evaluate_version,
-    promote,
+    judge, promote,
 };
 pub use fit::{EpochLog, FitConfig, Fitted, Xy, fit, lr_at};
 pub use head::{Head, HeadConfig};
@@ -46,9 +47,13 @@ pub use metrics::{
     roc_auc, roc_curve,
 };
 pub use model::{CalibrationReport, ModelCard, TrainedHead, decode_head, encode_head, head_values};
-pub use registry::{CHAMPION_FILE, ChampionPointer, Registry, read_pointer};
+pub use registry::{
+    CHALLENGER_FILE, CHAMPION_FILE, ChallengerPointer, ChampionPointer, Registry, read_challenger,
+    read_pointer,
+};
 pub use report::write_report;
 pub use reward::{Replay, ValidatorTracker, numpy_round, replay};
+pub use shadow::{Millis, ShadowStats, flips};
 pub use trainer::{TrainSummary, Trainer, bench_fit};
 
 use crate::backend::ComputeDevice;

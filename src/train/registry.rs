@@ -6,6 +6,7 @@
 //! ```text
 //! <registry>/
 //!   CHAMPION.json                 {"version", "previous": [...], "updated_at"}  (atomic rename)
+//!   CHALLENGER.json               {"version", "named_at", "reason"}: scored in shadow by servers
 //!   .registry.lock                held while staging directories are created, renamed or swept
 //!   .champion.lock                held across every read-modify-write of CHAMPION.json
 //!   head-20261125T101530-3fa2c1/
@@ -34,6 +35,8 @@ use super::model::{CARD_FORMAT, ModelCard, sha256_hex};
 
 /// Name of the champion pointer file.
 pub const CHAMPION_FILE: &str = "CHAMPION.json";
+/// Name of the challenger pointer file (the head servers score in shadow).
+pub const CHALLENGER_FILE: &str = "CHALLENGER.json";
 const WEIGHTS_FILE: &str = "head.safetensors";
 const CARD_FILE: &str = "card.json";
 const STAGING_PREFIX: &str = ".staging-";
@@ -106,6 +109,16 @@ pub struct ChampionPointer {
     /// Earlier champions, most recent last.
     pub previous: Vec<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The head a server scores in shadow beside the champion: its scores are logged, never sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengerPointer {
+    pub version: String,
+    pub named_at: DateTime<Utc>,
+    /// Who named it and why (`nightly <run id>: passed the gate`, `manual`).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// The registry directory.
@@ -268,23 +281,86 @@ impl Registry {
         read_pointer(&self.champion_path())
     }
 
-    fn write_pointer(&self, p: &ChampionPointer) -> Result<(), TrainError> {
-        let path = self.champion_path();
+    /// Writes a pointer file by write-fsync-rename (readers see the old or the new one).
+    fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), TrainError> {
+        let path = self.root.join(name);
         let tmp = self.root.join(format!(
-            ".{CHAMPION_FILE}.tmp-{}-{}",
+            ".{name}.tmp-{}-{}",
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let json = serde_json::to_vec_pretty(p).map_err(|e| TrainError::Card(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Card(e.to_string()))?;
         write_synced(&tmp, &json)?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&self.root)
     }
 
+    fn write_pointer(&self, p: &ChampionPointer) -> Result<(), TrainError> {
+        self.write_json(CHAMPION_FILE, p)
+    }
+
+    /// The pointer file servers read to score a challenger in shadow.
+    pub fn challenger_path(&self) -> PathBuf {
+        self.root.join(CHALLENGER_FILE)
+    }
+
+    /// The head named for shadow scoring, if any.
+    pub fn challenger(&self) -> Result<Option<ChallengerPointer>, TrainError> {
+        read_challenger(&self.challenger_path())
+    }
+
+    /// Names `version` (registered, not the champion) as the challenger servers score in shadow,
+    /// replacing any other.
+    pub fn set_challenger(
+        &self,
+        version: &str,
+        reason: &str,
+    ) -> Result<ChallengerPointer, TrainError> {
+        self.load(version)?;
+        let _guard = FileLock::acquire(&self.root.join(CHAMPION_LOCK))?;
+        if self.champion()?.is_some_and(|c| c.version == version) {
+            return Err(TrainError::Card(format!(
+                "{version} is the champion; a challenger must be another head"
+            )));
+        }
+        if let Some(c) = self.challenger()?.filter(|c| c.version == version) {
+            return Ok(c);
+        }
+        let p = ChallengerPointer {
+            version: version.to_string(),
+            named_at: Utc::now(),
+            reason: reason.to_string(),
+        };
+        self.write_json(CHALLENGER_FILE, &p)?;
+        Ok(p)
+    }
+
+    /// Stops shadow scoring; returns the challenger that was named.
+    pub fn clear_challenger(&self) -> Result<Option<ChallengerPointer>, TrainError> {
+        let _guard = FileLock::acquire(&self.root.join(CHAMPION_LOCK))?;
+        self.remove_challenger()
+    }
+
+    /// Removes the challenger pointer; the caller holds the champion lock.
+    fn remove_challenger(&self) -> Result<Option<ChallengerPointer>, TrainError> {
+        let old = self.challenger()?;
+        let path = self.challenger_path();
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        Ok(old)
+    }
+
     /// Makes `version` the champion (it must be registered), remembering the one it replaces.
+    /// A challenger pointer naming `version` is removed: it serves now.
     pub fn set_champion(&self, version: &str) -> Result<ChampionPointer, TrainError> {
         self.load(version)?;
         let _guard = FileLock::acquire(&self.root.join(CHAMPION_LOCK))?;
+        if self.challenger()?.is_some_and(|c| c.version == version) {
+            self.remove_challenger()?;
+        }
         let mut previous = Vec::new();
         if let Some(old) = self.champion()? {
             if old.version == version {
@@ -318,23 +394,39 @@ impl Registry {
     }
 }
 
-/// Reads a champion pointer file (`None` when absent). A pointer naming a version that is not a
-/// plain name of the registry (`../x`, `/abs`) is refused.
-pub fn read_pointer(path: &Path) -> Result<Option<ChampionPointer>, TrainError> {
+/// Reads a pointer file (`None` when absent).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, TrainError> {
     match fs::read(path) {
-        Ok(bytes) => {
-            let p: ChampionPointer = serde_json::from_slice(&bytes)
-                .map_err(|e| TrainError::Card(format!("{}: {e}", path.display())))?;
-            validate_version(&p.version)?;
-            p.previous.iter().try_for_each(|v| validate_version(v))?;
-            Ok(Some(p))
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TrainError::Card(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(TrainError::Io {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// Reads a champion pointer file (`None` when absent). A pointer naming a version that is not a
+/// plain name of the registry (`../x`, `/abs`) is refused.
+pub fn read_pointer(path: &Path) -> Result<Option<ChampionPointer>, TrainError> {
+    let p: Option<ChampionPointer> = read_json(path)?;
+    if let Some(p) = &p {
+        validate_version(&p.version)?;
+        p.previous.iter().try_for_each(|v| validate_version(v))?;
+    }
+    Ok(p)
+}
+
+/// Reads a challenger pointer file (`None` when absent), refusing a version that is not a plain
+/// name of the registry.
+pub fn read_challenger(path: &Path) -> Result<Option<ChallengerPointer>, TrainError> {
+    let p: Option<ChallengerPointer> = read_json(path)?;
+    if let Some(p) = &p {
+        validate_version(&p.version)?;
+    }
+    Ok(p)
 }
 
 fn read_card(path: &Path) -> Result<ModelCard, TrainError> {

@@ -516,3 +516,196 @@ async fn select_label_retrain_beats_a_random_selection_of_the_same_size() {
         mean("random")
     );
 }
+
+/// Waits until the query log under `dir` holds `n` shadow lines (the scorer runs after replies).
+async fn wait_for_shadow_lines(dir: &Path, n: usize) {
+    for _ in 0..400 {
+        let count: usize = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.contains("\"kind\":\"shadow\""))
+                    .count()
+            })
+            .sum();
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("fewer than {n} shadow lines in {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenger_is_scored_in_shadow_on_live_traffic_before_it_is_promoted() {
+    use roadwork::serve::{ProfileConfig, QueryLog, ServeConfig, start};
+    let mut f = fixture(9);
+    // Every head passes the gate: this test is about what happens after it.
+    f.cfg.train.promote.min_gain = -2.0;
+    f.cfg.pipeline.min_shadow = 6;
+    let reg = Registry::open(f.cfg.train.registry_dir(&f.cfg.data.dir)).unwrap();
+    let promote_out = |r: &nightly::NightlyReport, key: &str| {
+        r.progress
+            .output(Stage::Promote, key)
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    // Night one: nothing serves yet, so the first head becomes champion on the gate alone.
+    let r = nightly::run(&f.cfg, &quiet()).await.unwrap();
+    assert_eq!(promote_out(&r, "promoted"), serde_json::json!(true));
+    let first = reg.champion().unwrap().unwrap().version;
+    assert!(reg.challenger().unwrap().is_none());
+
+    // Labels come in; night two trains a second head, which passes the gate and is named the
+    // challenger, not the champion.
+    let s = store(&f).await;
+    let labels: Vec<roadwork::store::LabelRow> = s
+        .samples(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.source == SampleSource::Upload.as_str())
+        .take(12)
+        .map(|r| roadwork::store::LabelRow {
+            label: f.truth[r.sample_id.as_str()],
+            sample_id: r.sample_id,
+            source: LabelSource::Human,
+            confidence: 1.0,
+            author: "erin".into(),
+            ts: chrono::Utc::now(),
+        })
+        .collect();
+    s.put_labels(&labels).await.unwrap();
+    let r = nightly::run(&f.cfg, &quiet()).await.unwrap();
+    let second = reg.challenger().unwrap().expect("a challenger").version;
+    assert_ne!(second, first);
+    assert_eq!(reg.champion().unwrap().unwrap().version, first);
+    assert_eq!(
+        promote_out(&r, "named_challenger"),
+        serde_json::json!(second)
+    );
+    assert_eq!(promote_out(&r, "promoted"), serde_json::json!(false));
+
+    // Live traffic: the server answers with the champion and scores the challenger in shadow.
+    let ql = f.cfg.data.dir.join("querylog");
+    let serve = ServeConfig {
+        watch_ms: 50,
+        profiles: vec![ProfileConfig {
+            name: "speed".into(),
+            bind: "127.0.0.1".into(),
+            port: 0,
+            axon_hotkey: None,
+            tier2: false,
+        }],
+        ..Default::default()
+    };
+    let running = start(
+        &serve,
+        &f.cfg.embed,
+        roadwork::imaging::DecodeLimits::default(),
+        reg.clone(),
+        &ql,
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/v1/predict", running.addrs[0].1);
+    let c = reqwest::Client::new();
+    let served: Vec<Vec<u8>> = (100..108).map(|i| support::small_scene(9, i)).collect();
+    for img in &served {
+        let v: serde_json::Value = c
+            .post(&url)
+            .body(img.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["model_version"], serde_json::json!(first));
+    }
+    wait_for_shadow_lines(&ql, served.len()).await;
+    running.shutdown().await;
+    // The nightly job moves the log only once no server owns it.
+    for _ in 0..200 {
+        if QueryLog::open_if_unowned(&ql).unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+
+    // Night three ingests the log: the challenger has its shadow answers and is promoted; the
+    // head trained tonight becomes the next challenger.
+    let r = nightly::run(&f.cfg, &quiet()).await.unwrap();
+    assert_eq!(
+        promote_out(&r, "promoted"),
+        serde_json::json!(true),
+        "{:?}",
+        r.progress.stages
+    );
+    assert_eq!(reg.champion().unwrap().unwrap().version, second);
+    let stats: roadwork::train::ShadowStats =
+        serde_json::from_value(promote_out(&r, "shadow")).unwrap();
+    assert_eq!((stats.n, stats.images), (served.len(), served.len()));
+    assert_eq!(
+        (stats.challenger.as_str(), stats.champion.as_str()),
+        (second.as_str(), first.as_str())
+    );
+    assert!((0.0..=1.0).contains(&stats.agreement));
+    assert!(stats.champion_tier1_ms.p50 > 0.0 && stats.challenger_tier1_ms.p50 > 0.0);
+    let third = reg.challenger().unwrap().map(|c| c.version);
+    assert!(third.is_some() && third.as_deref() != Some(second.as_str()));
+    let html = std::fs::read_to_string(r.progress.report.as_ref().unwrap()).unwrap();
+    assert!(
+        html.contains("agreement at 0.5") && html.contains(&second),
+        "report shows shadow"
+    );
+
+    // Images where the two heads disagreed at 0.5 are hard cases of the night's mining run.
+    let run = r
+        .progress
+        .output(Stage::Mine, "run_id")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rows = s.shadow_scores(Some(&second), Some(&first)).await.unwrap();
+    let flipped: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| roadwork::train::flips(r))
+        .map(|r| r.sample_id.clone())
+        .collect();
+    let batches = s
+        .scan(
+            tables::MINE_SCORES,
+            Some(&["sample_id", "reasons"]),
+            Some(&format!("run_id = '{run}'")),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut reasons: HashMap<String, String> = HashMap::new();
+    for b in &batches {
+        use arrow_array::cast::AsArray;
+        let (id, why) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            reasons.insert(id.value(i).to_string(), why.value(i).to_string());
+        }
+    }
+    for id in &flipped {
+        assert!(reasons[id].contains("shadow"), "{id}: {}", reasons[id]);
+    }
+    eprintln!(
+        "{} of {} shadow answers flipped at 0.5: {}",
+        flipped.len(),
+        rows.len(),
+        stats.summary()
+    );
+}

@@ -49,7 +49,7 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 4);
+    assert_eq!(schema::SCHEMA_VERSION, 5);
     assert_eq!(
         show(schema::runs_schema()),
         "run_id:Utf8,kind:Utf8,started_at:Timestamp(µs, \"UTC\"),finished_at:Timestamp(µs, \"UTC\"),\
@@ -103,6 +103,12 @@ under_covered:Boolean,exemplar:Utf8"
         "selection_row:Utf8,name:Utf8,created_at:Timestamp(µs, \"UTC\"),sample_id:Utf8,rank:UInt32,\
 score:Float32,strategy:Utf8,reasons:Utf8"
     );
+    assert_eq!(
+        show(schema::schema_of(tables::SHADOW_SCORES).unwrap()),
+        "shadow_id:Utf8,request_id:Utf8,sample_id:Utf8,champion_version:Utf8,champion_score:Float32,\
+challenger_version:Utf8,challenger_score:Float32,tier1_ms:Float32,champion_head_ms:Float32,\
+challenger_head_ms:Float32,ts:Timestamp(µs, \"UTC\"),validator:Utf8"
+    );
 }
 
 /// A layout-1 store (before the training tables) opens: the tables are added and the version
@@ -122,6 +128,7 @@ async fn a_layout_1_store_is_upgraded_in_place() {
         tables::MINE_CLUSTERS,
         tables::DUPLICATES,
         tables::SELECTIONS,
+        tables::SHADOW_SCORES,
     ] {
         db.drop_table(t, &[]).await.unwrap();
     }

@@ -139,6 +139,7 @@ pub(super) fn analyse<B: Backend>(
                     prob: inp.prob[i],
                     ensemble_mi: inp.mi[i],
                     tier_gap: inp.tier_gap[i],
+                    shadow: inp.shadow[i],
                     label_issue: issue_quality.get(&i).copied(),
                     outlier: out.is_outlier[i].then_some((out.knn_mean[i] as f64, out.fence)),
                 },

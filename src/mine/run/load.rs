@@ -27,6 +27,8 @@ pub(super) struct Inputs {
     pub oof: Vec<Option<f64>>,
     pub mi: Vec<Option<f64>>,
     pub tier_gap: Vec<Option<f64>>,
+    /// Champion vs shadow challenger, see [`crate::mine::hardness::shadow_signal`].
+    pub shadow: Vec<Option<f64>>,
     /// Seen in validator traffic within the recent window.
     pub recent_traffic: Vec<bool>,
     pub traffic: Vec<bool>,
@@ -91,6 +93,7 @@ pub(super) async fn load(
         oof: vec![None; n],
         mi: vec![None; n],
         tier_gap: vec![None; n],
+        shadow: vec![None; n],
         recent_traffic: vec![false; n],
         traffic: vec![false; n],
         ids: Vec::new(),
@@ -153,6 +156,17 @@ pub(super) async fn load(
     }
     for (r, (s, c)) in gaps {
         inp.tier_gap[r] = Some(s / c as f64);
+    }
+    let mut shadow: HashMap<usize, (f64, usize)> = HashMap::new();
+    for row in store.shadow_scores(None, None).await? {
+        if let Some(&r) = index.get(row.sample_id.as_str()) {
+            let e = shadow.entry(r).or_default();
+            e.0 += crate::mine::hardness::shadow_signal(row.champion_score, row.challenger_score);
+            e.1 += 1;
+        }
+    }
+    for (r, (s, c)) in shadow {
+        inp.shadow[r] = Some(s / c as f64);
     }
     if let Some(v) = head {
         for h in store.head_scores(v).await? {

@@ -76,6 +76,74 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn serve_follows_the_challenger_pointer_and_promotion_retires_it() {
+    use roadwork::serve::{ProfileConfig, ServeConfig, start};
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, embed) = registry_with_heads(dir.path());
+    // The pointer refuses the champion, unknown heads and names outside the registry.
+    assert!(reg.set_challenger("head-1", "t").is_err());
+    assert!(reg.set_challenger("head-9", "t").is_err());
+    assert!(reg.set_challenger("../head-2", "t").is_err());
+    reg.set_challenger("head-2", "t").unwrap();
+    let cfg = ServeConfig {
+        watch_ms: 50,
+        profiles: vec![ProfileConfig {
+            name: "speed".into(),
+            bind: "127.0.0.1".into(),
+            port: 0,
+            axon_hotkey: None,
+            tier2: false,
+        }],
+        ..Default::default()
+    };
+    let running = start(
+        &cfg,
+        &embed,
+        DecodeLimits::default(),
+        reg.clone(),
+        &dir.path().join("ql"),
+    )
+    .await
+    .unwrap();
+    let challenger = |t: &Tier1| t.challenger().map(|h| h.card.model_version.clone());
+    assert_eq!(challenger(&running.tier1).as_deref(), Some("head-2"));
+    let until = |want: Option<&'static str>| {
+        let t = running.tier1.clone();
+        async move {
+            for _ in 0..100 {
+                if challenger(&t).as_deref() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("challenger is {:?}, want {want:?}", challenger(&t));
+        }
+    };
+    // A head for other features is refused: no challenger rather than a wrong one.
+    reg.set_challenger("head-bad", "t").unwrap();
+    until(None).await;
+    reg.set_challenger("head-2", "t").unwrap();
+    until(Some("head-2")).await;
+    reg.clear_challenger().unwrap();
+    until(None).await;
+    // Promoting the challenger retires its pointer: it serves now.
+    reg.set_challenger("head-2", "t").unwrap();
+    until(Some("head-2")).await;
+    reg.set_champion("head-2").unwrap();
+    assert!(reg.challenger().unwrap().is_none());
+    until(None).await;
+    let url = format!("http://{}", running.addrs[0].1);
+    for _ in 0..100 {
+        if healthz_of(&url).await["model_version"] == "head-2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(running.tier1.model_version(), "head-2");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hot_swaps_under_load_fail_no_request() {
     use roadwork::serve::{Dendrite, ProfileConfig, ServeConfig, start};
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@ mod cascade;
 mod heads;
 mod images;
 mod querylog;
+mod shadow;
 
 use crate::support;
 
