@@ -489,7 +489,9 @@ impl Night<'_> {
                 match crate::serve::QueryLog::open_if_unowned(&dir) {
                     Ok(Some(log)) => {
                         let m = super::serve::move_querylog(&log, &ingestor).await?;
-                        out.push(json!({"input": dir, "kind": "querylog", "segments": m.segments, "records": m.records}));
+                        out.push(json!({"input": dir, "kind": "querylog", "segments": m.segments,
+                                       "scanned": m.records, "new_samples": m.new_samples,
+                                       "predictions": m.predictions, "shadow_scores": m.shadow_scores}));
                     }
                     Ok(None) => {
                         note = Some(format!(

@@ -593,7 +593,17 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
         let _ = write!(h, "<p class=skip>{}</p>", esc(&note));
     }
     let registry = Registry::open(cfg.train.registry_dir(&cfg.data.dir)).ok();
-    let challenger = p.output(Stage::Train, "version").and_then(Value::as_str);
+    // The head judged against the previous champion: the shadowed challenger when it was
+    // promoted tonight, else tonight's head.
+    let promoted = p
+        .output(Stage::Promote, "promoted")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let challenger = p
+        .output(Stage::Promote, "shadowed")
+        .filter(|_| promoted)
+        .or_else(|| p.output(Stage::Train, "version"))
+        .and_then(Value::as_str);
     let card = |v: Option<&str>| {
         v.and_then(|v| registry.as_ref().and_then(|r| r.load(v).ok()))
             .map(|(c, _)| c)

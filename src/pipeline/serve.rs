@@ -16,7 +16,12 @@ use crate::train::Registry;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MoveSummary {
     pub segments: usize,
+    /// Lines accepted (answers and shadow lines).
     pub records: usize,
+    /// Images not in the store before.
+    pub new_samples: u64,
+    pub predictions: u64,
+    pub shadow_scores: u64,
 }
 
 /// Seals the active segment and ingests every sealed one; a segment is marked done only after
@@ -35,6 +40,9 @@ pub async fn move_querylog(
         let r = ingestor.ingest_querylog(&seg).await?;
         s.segments += 1;
         s.records += r.accepted;
+        s.new_samples += r.new_samples;
+        s.predictions += r.predictions_written;
+        s.shadow_scores += r.shadow_scores_written;
         log.mark_done(&seg)
             .map_err(|e| PipelineError::Task(format!("retiring {}: {e}", seg.display())))?;
     }

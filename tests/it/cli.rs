@@ -173,6 +173,33 @@ fn demo_then_query_then_demo_again_adds_nothing() {
     );
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 6);
 
+    // models challenger: name the other head for shadow scoring, show it, clear it.
+    let run = |args: &[&str]| {
+        let o = roadwork(d.path()).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let list = run(&["models", "list"]);
+    let other = list
+        .lines()
+        .find(|l| l.starts_with(' '))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the demo's two nights leave two heads:\n{list}"))
+        .to_string();
+    assert!(run(&["models", "challenger", &other]).contains("is the challenger"));
+    assert!(run(&["models", "list"]).contains(&format!("~ {other}")));
+    let shown = run(&["models", "challenger"]);
+    assert!(
+        shown.contains(&other) && shown.contains("no shadow answers"),
+        "{shown}"
+    );
+    assert!(run(&["models", "challenger", "--clear"]).contains("stopped"));
+    assert!(run(&["models", "challenger"]).contains("no challenger named"));
+
     let bad = roadwork(d.path())
         .args(["query", "SELECT nope FROM samples"])
         .output()
