@@ -24,8 +24,12 @@ pub async fn embed(
     limits: DecodeLimits,
     progress: bool,
 ) -> Result<EmbedSummary, EmbedError> {
-    let weights = weights.or(cfg.weights.as_deref());
-    let encoder = load_encoder(cfg, weights)?;
+    let weights = weights.or(cfg.weights.as_deref()).map(Path::to_path_buf);
+    // Reading (and converting) weights is blocking work: off the async workers.
+    let c = cfg.clone();
+    let encoder = tokio::task::spawn_blocking(move || load_encoder(&c, weights.as_deref()))
+        .await
+        .map_err(|e| EmbedError::Task(e.to_string()))??;
     embed_store(store, encoder, cfg, limits, progress).await
 }
 
