@@ -313,6 +313,7 @@ fn log_cost(dir: &Path, image_b64: &str, n: usize) -> Result<LogCost, String> {
     let mut bytes = 0;
     for i in 0..n {
         let rec = QueryLogRecord {
+            unverified: false,
             v: QUERY_LOG_VERSION,
             request_id: format!("bench-{i}"),
             received_at: now,

@@ -155,11 +155,25 @@ impl Config {
         if let Err(why) = self.pipeline.validate() {
             return Err(ConfigError::Pipeline(why));
         }
-        if self.decode.max_side_px < 16 {
+        if !(16..=65_535).contains(&self.decode.max_side_px) {
             return bad(
                 "decode.max_side_px",
                 self.decode.max_side_px as usize,
-                "must be at least 16",
+                "must be in 16..=65535",
+            );
+        }
+        if !(256..=1_000_000_000).contains(&self.decode.max_pixels) {
+            return bad(
+                "decode.max_pixels",
+                self.decode.max_pixels as usize,
+                "must be in 256..=1000000000",
+            );
+        }
+        if !((1 << 20)..=(16 << 30)).contains(&self.decode.max_alloc_bytes) {
+            return bad(
+                "decode.max_alloc_bytes",
+                self.decode.max_alloc_bytes as usize,
+                "must be between 1 MiB and 16 GiB",
             );
         }
         Ok(())

@@ -19,7 +19,9 @@ pub use phash::{hamming, phash};
 pub struct DecodeLimits {
     /// Largest accepted width or height, pixels.
     pub max_side_px: u32,
-    /// Largest decoder allocation, bytes.
+    /// Largest accepted width × height (phone photos are ~12 MP; 50 MP refuses nothing real).
+    pub max_pixels: u64,
+    /// Largest decoded buffer and decoder allocation, bytes.
     pub max_alloc_bytes: u64,
     /// Refuse a JPEG without its end-of-image marker. Decoders fill a truncated file with grey and
     /// call it fine; the store must not learn from half an image. (Serving may answer on it anyway.)
@@ -30,7 +32,8 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_side_px: 16_384,
-            max_alloc_bytes: 1 << 30,
+            max_pixels: 50_000_000,
+            max_alloc_bytes: 512 << 20,
             reject_truncated: true,
         }
     }
@@ -96,7 +99,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     l.max_image_width = Some(limits.max_side_px);
     l.max_image_height = Some(limits.max_side_px);
     l.max_alloc = Some(limits.max_alloc_bytes);
-    reader.limits(l);
+    reader.limits(l.clone());
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => DecodeError::TooLarge(l.to_string()),
         other => DecodeError::Corrupt {
@@ -105,6 +108,31 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
         },
     };
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // The image crate charges its allocation limit in `ImageReader::decode` but not on this path,
+    // so every cap is checked here, from the header, before a pixel is decoded.
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if w > limits.max_side_px || h > limits.max_side_px {
+        return Err(DecodeError::TooLarge(format!(
+            "{w}×{h} exceeds the largest side of {} px",
+            limits.max_side_px
+        )));
+    }
+    if pixels > limits.max_pixels {
+        return Err(DecodeError::TooLarge(format!(
+            "{w}×{h} = {:.1} MP exceeds {:.1} MP",
+            pixels as f64 / 1e6,
+            limits.max_pixels as f64 / 1e6
+        )));
+    }
+    if decoder.total_bytes() > limits.max_alloc_bytes {
+        return Err(DecodeError::TooLarge(format!(
+            "{w}×{h} decodes to {} MiB, over {} MiB",
+            decoder.total_bytes() >> 20,
+            limits.max_alloc_bytes >> 20
+        )));
+    }
+    decoder.set_limits(l).map_err(corrupt)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);

@@ -116,7 +116,13 @@ impl Ingestor {
                     width: f.width,
                     height: f.height,
                     format: f.format.into(),
-                    source: SampleSource::Validator.as_str().into(),
+                    source: if rec.unverified {
+                        SampleSource::Unverified
+                    } else {
+                        SampleSource::Validator
+                    }
+                    .as_str()
+                    .into(),
                     source_ref: rec
                         .validator_hotkey
                         .clone()

@@ -10,6 +10,12 @@
 //! 4. nonces: the first request of a `hotkey:uuid` endpoint must be newer than
 //!    `now − (4 s + timeout)`; later ones must strictly increase (no replay).
 //!
+//! Hardening beyond bittensor: the `timeout` header is not signed, so it is clamped to
+//! [`MAX_TIMEOUT_S`] (a caller cannot widen the first-contact window to replay a request captured
+//! long ago), the uuid is bounded to [`MAX_UUID_LEN`] URL-safe characters, and the nonce memory
+//! forgets endpoints whose last nonce is older than the widest window: a replay of anything it
+//! forgot is stale by the first-contact rule, so memory stays bounded by traffic × window.
+//!
 //! SS58: base58 of `prefix ‖ 32-byte public key ‖ checksum`, where the checksum is the first two
 //! bytes of BLAKE2b-512(`"SS58PRE" ‖ prefix ‖ key`).
 
@@ -21,6 +27,36 @@ use sha3::Sha3_256;
 
 /// Tolerance bittensor adds to the request timeout for a first nonce, nanoseconds.
 pub const ALLOWED_DELTA_NS: u128 = 4_000_000_000;
+/// Largest `timeout` header honoured, seconds (bittensor's dendrite default is 12 s; subnet-72
+/// validators send 9 s). Larger, negative or non-finite values count as this.
+pub const MAX_TIMEOUT_S: f64 = 12.0;
+/// Longest dendrite uuid accepted (bittensor sends a 36-character UUID).
+pub const MAX_UUID_LEN: usize = 64;
+/// The widest first-contact window, nanoseconds.
+pub const MAX_WINDOW_NS: u128 = ALLOWED_DELTA_NS + (MAX_TIMEOUT_S as u128) * 1_000_000_000;
+
+/// The `timeout` header as the nonce window uses it: finite, in `[0, MAX_TIMEOUT_S]`; absent,
+/// unparsable or non-finite reads as the maximum.
+pub fn clamp_timeout(header: Option<&str>) -> f64 {
+    match header.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(t) if t.is_finite() => t.clamp(0.0, MAX_TIMEOUT_S),
+        _ => MAX_TIMEOUT_S,
+    }
+}
+
+/// A uuid the nonce memory may key on: 1..=64 characters of `[A-Za-z0-9-_]`.
+pub fn check_uuid(uuid: &str) -> Result<(), AuthError> {
+    let ok = !uuid.is_empty()
+        && uuid.len() <= MAX_UUID_LEN
+        && uuid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadUuid(uuid.chars().take(80).collect()))
+    }
+}
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +79,8 @@ pub enum AuthError {
     ReplayedNonce { nonce: u128, last: u128 },
     #[error("bad nonce {0:?}")]
     BadNonce(String),
+    #[error("bad dendrite uuid {0:?} (1 to 64 characters of A-Z a-z 0-9 - _)")]
+    BadUuid(String),
 }
 
 /// The 32-byte public key inside an SS58 address (any network prefix).
@@ -119,16 +157,28 @@ impl SignedRequest<'_> {
     }
 }
 
-/// Per-endpoint nonce memory (`hotkey:uuid` → last nonce).
+/// Sweep the nonce memory at most this often, nanoseconds.
+const SWEEP_EVERY_NS: u128 = 1_000_000_000;
+
+#[derive(Debug, Default)]
+struct Nonces {
+    /// `hotkey:uuid` → last nonce accepted.
+    last: HashMap<String, u128>,
+    /// When the map was last swept of forgotten endpoints.
+    swept_at: u128,
+}
+
+/// Per-endpoint nonce memory (`hotkey:uuid` → last nonce), forgetting endpoints whose last nonce
+/// is older than [`MAX_WINDOW_NS`].
 #[derive(Debug, Default)]
 pub struct NonceTracker {
-    last: Mutex<HashMap<String, u128>>,
+    inner: Mutex<Nonces>,
 }
 
 impl NonceTracker {
     /// Applies the nonce rules at time `now_ns` and records the nonce when it passes. Checking
     /// and recording happen under one lock, so two concurrent copies of a request cannot both
-    /// pass.
+    /// pass. `timeout_s` is clamped to `[0, MAX_TIMEOUT_S]`.
     pub fn check(
         &self,
         endpoint: &str,
@@ -136,24 +186,48 @@ impl NonceTracker {
         timeout_s: f64,
         now_ns: u128,
     ) -> Result<(), AuthError> {
-        let mut last = self
-            .last
+        let mut n = self
+            .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match last.get(endpoint) {
+        if now_ns.saturating_sub(n.swept_at) >= SWEEP_EVERY_NS {
+            // Anything older than the widest window would be refused as stale anyway.
+            n.last
+                .retain(|_, last| last.saturating_add(MAX_WINDOW_NS) >= now_ns);
+            n.swept_at = now_ns;
+        }
+        match n.last.get(endpoint) {
             Some(&prev) if nonce <= prev => {
                 return Err(AuthError::ReplayedNonce { nonce, last: prev });
             }
             Some(_) => {}
             None => {
-                let window = ALLOWED_DELTA_NS + (timeout_s.max(0.0) * 1e9) as u128;
+                let t = if timeout_s.is_finite() {
+                    timeout_s.clamp(0.0, MAX_TIMEOUT_S)
+                } else {
+                    MAX_TIMEOUT_S
+                };
+                let window = ALLOWED_DELTA_NS.saturating_add((t * 1e9) as u128);
                 if nonce.saturating_add(window) < now_ns {
                     return Err(AuthError::StaleNonce { nonce });
                 }
             }
         }
-        last.insert(endpoint.to_string(), nonce);
+        n.last.insert(endpoint.to_string(), nonce);
         Ok(())
+    }
+
+    /// Endpoints remembered now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -289,5 +363,52 @@ mod tests {
             Err(AuthError::StaleNonce { .. })
         ));
         assert!(parse_nonce("12a").is_err());
+    }
+
+    #[test]
+    fn a_caller_chosen_timeout_cannot_widen_the_window_or_overflow_it() {
+        let t = NonceTracker::default();
+        let nonce = 1_000_000_000_000_000_000u128;
+        // 60 s old: stale whatever the header says.
+        let now = nonce + 60_000_000_000;
+        for timeout in [1e12, 1e30, f64::INFINITY, f64::NAN, -5.0] {
+            assert!(matches!(
+                t.check("k:u", nonce, timeout, now),
+                Err(AuthError::StaleNonce { .. })
+            ));
+        }
+        for (h, want) in [
+            (Some("9"), 9.0),
+            (Some("1e12"), MAX_TIMEOUT_S),
+            (Some("1e30"), MAX_TIMEOUT_S),
+            (Some("inf"), MAX_TIMEOUT_S),
+            (Some("-3"), 0.0),
+            (Some("x"), MAX_TIMEOUT_S),
+            (None, MAX_TIMEOUT_S),
+        ] {
+            assert_eq!(clamp_timeout(h), want, "{h:?}");
+        }
+        assert!(check_uuid("6f1b2c3d-0000-4000-8000-1234567890ab").is_ok());
+        assert!(check_uuid(&"a".repeat(65)).is_err());
+        assert!(check_uuid("").is_err() && check_uuid("a:b").is_err());
+    }
+
+    #[test]
+    fn the_nonce_memory_forgets_what_the_window_refuses_anyway() {
+        let t = NonceTracker::default();
+        let start = 1_000_000_000_000_000_000u128;
+        for i in 0..10_000u128 {
+            let now = start + i * 10_000_000; // 100 requests per second
+            t.check(&format!("k:{i}"), now, 9.0, now).unwrap();
+        }
+        // 100 s of traffic, but only the last window's endpoints are remembered.
+        assert!(t.len() <= 100 * 17 + 100, "{} endpoints", t.len());
+        // A forgotten endpoint's old nonce is still refused, as stale.
+        let later = start + 200_000_000_000;
+        t.check("k:x", later, 9.0, later).unwrap();
+        assert!(matches!(
+            t.check("k:0", start, 9.0, later),
+            Err(AuthError::StaleNonce { .. })
+        ));
     }
 }

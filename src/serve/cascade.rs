@@ -178,13 +178,21 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
     o
 }
 
+/// Who asked.
+pub(super) struct Asker {
+    pub request_id: String,
+    /// The validator hotkey (`/ImageSynapse`); `None` for a local client.
+    pub validator: Option<String>,
+    /// False when no allow-list vouched for the hotkey (`serve.allow_any_validator`).
+    pub allow_listed: bool,
+}
+
 /// Logs an answered request durably before its reply goes out. A failed append is counted and
 /// logged; the answer is still sent (a validator's reward is lost for good, a log line can be
 /// recovered from the reply logs).
 pub(super) async fn log_answer(
     s: &Arc<AppState>,
-    request_id: String,
-    validator: Option<String>,
+    asker: Asker,
     received_at: chrono::DateTime<chrono::Utc>,
     started: Instant,
     bytes: &[u8],
@@ -196,10 +204,11 @@ pub(super) async fn log_answer(
     use base64::Engine as _;
     let rec = QueryLogRecord {
         v: QUERY_LOG_VERSION,
-        request_id,
+        request_id: asker.request_id,
         received_at,
         answered_at: chrono::Utc::now(),
-        validator_hotkey: validator,
+        validator_hotkey: asker.validator,
+        unverified: !asker.allow_listed,
         profile: s.profile.clone(),
         image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
         image_sha256: SampleId::of_bytes(bytes).to_string(),

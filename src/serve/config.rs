@@ -37,17 +37,30 @@ pub struct ServeConfig {
     /// Our hotkey (SS58). Requests signed for another axon are refused; without it
     /// `/ImageSynapse` answers 503 (local `/v1/predict` still works).
     pub axon_hotkey: Option<String>,
-    /// Metagraph snapshot (JSON list of `{hotkey, stake, validator_permit}`); without it any
-    /// correctly signed hotkey is answered.
+    /// Metagraph snapshot (JSON list of `{hotkey, stake, validator_permit}`): the validators that
+    /// may ask. An axon profile refuses to start without it unless `allow_any_validator`.
     pub metagraph: Option<PathBuf>,
+    /// Answer any hotkey that signs for us when no metagraph is configured. Its traffic is logged
+    /// and ingested as source `unverified`, never `validator` (anyone can sign).
+    pub allow_any_validator: bool,
     /// Minimum validator stake, TAO.
     pub min_stake: f64,
+    /// A metagraph snapshot older than this (file modification time) stops answering validators
+    /// (403) until a fresh one arrives; `/healthz` says so. 0 disables the check.
+    pub metagraph_max_age_s: u64,
     /// Largest request body, MiB (full-resolution images arrive as several MB of base64).
     pub body_limit_mib: usize,
     /// Answer within this many milliseconds of receipt (the validator times out at 9 s).
     pub deadline_ms: u64,
     /// Requests in flight per profile before answering 503.
     pub max_inflight: usize,
+    /// Open connections per profile; more are closed at once.
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this long (also the idle timeout
+    /// between requests of a kept-alive connection), milliseconds.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this long after its headers were accepted.
+    pub body_timeout_ms: u64,
     /// `/v1/predict` (no authentication) answers loopback clients only; turn off when the
     /// Python miner calling it runs on another host of a private network.
     pub predict_local_only: bool,
@@ -86,10 +99,15 @@ impl Default for ServeConfig {
         Self {
             axon_hotkey: None,
             metagraph: None,
+            allow_any_validator: false,
             min_stake: 1000.0,
+            metagraph_max_age_s: 6 * 3600,
             body_limit_mib: 64,
             deadline_ms: 7000,
             max_inflight: 64,
+            max_connections: 512,
+            header_timeout_ms: 5000,
+            body_timeout_ms: 5000,
             predict_local_only: true,
             max_batch: 16,
             tier1_workers: 1,
@@ -117,8 +135,39 @@ impl Default for ServeConfig {
 impl ServeConfig {
     /// Range checks serde cannot do.
     pub fn validate(&self) -> Result<(), String> {
-        if self.body_limit_mib < 32 {
-            return Err("serve.body_limit_mib must be at least 32 (full-resolution images)".into());
+        if !(32..=1024).contains(&self.body_limit_mib) {
+            return Err(
+                "serve.body_limit_mib must be in 32..=1024 (full-resolution images arrive as several MB)"
+                    .into(),
+            );
+        }
+        if !(self.min_stake.is_finite() && self.min_stake >= 0.0) {
+            return Err(format!(
+                "serve.min_stake must be a finite number ≥ 0, not {}",
+                self.min_stake
+            ));
+        }
+        if self.max_inflight > 100_000
+            || self.max_connections == 0
+            || self.max_connections > 100_000
+        {
+            return Err(
+                "serve.max_inflight must be ≤ 100000 and serve.max_connections in 1..=100000"
+                    .into(),
+            );
+        }
+        if !(100..=60_000).contains(&self.header_timeout_ms)
+            || !(100..=60_000).contains(&self.body_timeout_ms)
+        {
+            return Err(
+                "serve.header_timeout_ms and serve.body_timeout_ms must be in 100..=60000".into(),
+            );
+        }
+        if self.max_batch > 4096 || self.tier1_workers > 256 || self.shadow_queue > 1_000_000 {
+            return Err(
+                "serve.max_batch ≤ 4096, serve.tier1_workers ≤ 256, serve.shadow_queue ≤ 1000000"
+                    .into(),
+            );
         }
         if self.deadline_ms == 0 || self.deadline_ms >= 9000 {
             return Err("serve.deadline_ms must be in 1..9000 (validators time out at 9 s)".into());
@@ -207,6 +256,22 @@ mod tests {
             },
             ServeConfig {
                 shadow_queue: 0,
+                ..Default::default()
+            },
+            ServeConfig {
+                min_stake: f64::NAN,
+                ..Default::default()
+            },
+            ServeConfig {
+                min_stake: -1.0,
+                ..Default::default()
+            },
+            ServeConfig {
+                body_limit_mib: usize::MAX >> 10,
+                ..Default::default()
+            },
+            ServeConfig {
+                header_timeout_ms: 0,
                 ..Default::default()
             },
             ServeConfig {

@@ -20,6 +20,12 @@ pub enum ApiError {
     /// 400: the body is not what the route takes.
     #[error("{0}")]
     BadRequest(String),
+    /// 413: the body is larger than `serve.body_limit_mib`.
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    /// 408: the body did not arrive within `serve.body_timeout_ms`.
+    #[error("body not received in time")]
+    BodyTimeout,
     /// 503: `serve.max_inflight` requests are in flight.
     #[error("overloaded")]
     Overloaded,
@@ -34,6 +40,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded | ApiError::NoAxonHotkey => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

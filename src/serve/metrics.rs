@@ -58,6 +58,9 @@ pub struct Metrics {
     shed: Counter,
     querylog_errors: Counter,
     queue_depth: Gauge,
+    metagraph_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    metagraph_neurons: Gauge,
+    metagraph_stale: Gauge,
     model_info: Family<Version, Gauge>,
     /// Requests in flight (the admission counter; exported as `roadwork_queue_depth`).
     pub(super) inflight: AtomicUsize,
@@ -81,6 +84,9 @@ impl Metrics {
             shed: Counter::default(),
             querylog_errors: Counter::default(),
             queue_depth: Gauge::default(),
+            metagraph_age: Gauge::default(),
+            metagraph_neurons: Gauge::default(),
+            metagraph_stale: Gauge::default(),
             model_info: Family::default(),
             inflight: AtomicUsize::new(0),
         };
@@ -139,6 +145,21 @@ impl Metrics {
             "roadwork_queue_depth",
             "Requests in flight",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "roadwork_metagraph_age_seconds",
+            "Age of the metagraph snapshot in force (file modification time)",
+            m.metagraph_age.clone(),
+        );
+        r.register(
+            "roadwork_metagraph_neurons",
+            "Neurons in the metagraph snapshot in force",
+            m.metagraph_neurons.clone(),
+        );
+        r.register(
+            "roadwork_metagraph_stale",
+            "1 while the allow-list refuses everyone (past serve.metagraph_max_age_s, or never loaded)",
+            m.metagraph_stale.clone(),
         );
         r.register(
             "roadwork_model_info",
@@ -204,7 +225,16 @@ impl Metrics {
     }
 
     /// The exposition text, with the derived values brought up to date first.
-    pub(super) fn render(&self, model_version: &str) -> Result<String, std::fmt::Error> {
+    pub(super) fn render(
+        &self,
+        model_version: &str,
+        metagraph: Option<&super::metagraph::MetagraphStatus>,
+    ) -> Result<String, std::fmt::Error> {
+        if let Some(m) = metagraph {
+            self.metagraph_age.set(m.age_s.unwrap_or(-1.0));
+            self.metagraph_neurons.set(m.neurons as i64);
+            self.metagraph_stale.set(i64::from(m.stale));
+        }
         let answered = self.answered.get();
         let ratio = if answered == 0 {
             0.0

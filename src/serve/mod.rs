@@ -54,7 +54,7 @@ pub use metrics::Metrics;
 pub use payload::{PayloadError, decode_base64_image};
 pub use querylog::QueryLog;
 pub use run::{Running, start};
-pub use server::{AppState, Clock, router, serve_with_peers};
+pub use server::{AppState, Clock, ConnLimits, router, serve_with_limits, serve_with_peers};
 pub use shadow::Shadow;
 pub use tier1::{Tier1, Tier1Answer, Tier1Error};
 pub use tier2::{Tier2, Tier2Answer, Tier2Config, Tier2Error};

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::auth::{AuthError, SignedRequest, body_hash, parse_nonce};
-use super::cascade::{Outcome, answer, local_request_id, log_answer, offer_shadow};
+use super::auth::{AuthError, SignedRequest, body_hash, check_uuid, clamp_timeout, parse_nonce};
+use super::cascade::{Asker, Outcome, answer, local_request_id, log_answer, offer_shadow};
 use super::error::ApiError;
 use super::payload::decode_base64_image;
 use super::server::AppState;
@@ -50,6 +50,8 @@ fn admit(s: &AppState) -> Result<InFlight<'_>, ApiError> {
 struct Verified {
     validator: String,
     request_id: String,
+    /// The metagraph allowed the hotkey (false: answered under `serve.allow_any_validator`).
+    allow_listed: bool,
 }
 
 /// Verifies the axon headers.
@@ -86,17 +88,22 @@ fn verify(s: &AppState, h: &HeaderMap) -> Result<Verified, ApiError> {
         }));
     }
     let nonce = parse_nonce(req.nonce).map_err(ApiError::Unauthorized)?;
+    check_uuid(req.uuid).map_err(ApiError::Unauthorized)?;
     req.verify_signature().map_err(ApiError::Unauthorized)?;
-    if let Some(m) = &s.metagraph
-        && let Err(why) = m.check(req.dendrite_hotkey)
-    {
-        return Err(ApiError::Forbidden(why.to_string()));
-    }
-    let timeout = h
-        .get("timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(12.0);
+    let allow_listed = match &s.metagraph {
+        Some(m) => {
+            m.check(req.dendrite_hotkey)
+                .map_err(|why| ApiError::Forbidden(why.to_string()))?;
+            true
+        }
+        None if s.allow_any_validator => false,
+        None => {
+            return Err(ApiError::Forbidden(
+                "no validator allow-list (serve.metagraph) is configured".into(),
+            ));
+        }
+    };
+    let timeout = clamp_timeout(h.get("timeout").and_then(|v| v.to_str().ok()));
     let endpoint = format!("{}:{}", req.dendrite_hotkey, req.uuid);
     s.nonces
         .check(&endpoint, nonce, timeout, s.clock.now_ns())
@@ -104,30 +111,50 @@ fn verify(s: &AppState, h: &HeaderMap) -> Result<Verified, ApiError> {
     Ok(Verified {
         validator: req.dendrite_hotkey.to_string(),
         request_id: format!("{}:{}:{}", req.dendrite_hotkey, req.uuid, req.nonce),
+        allow_listed,
     })
 }
 
 pub(super) async fn image_synapse(
     State(s): State<Arc<AppState>>,
     h: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let r = synapse_reply(&s, &h, &body).await;
+    let r = synapse_reply(&s, &h, body).await;
     counted(&s, "/ImageSynapse", r)
 }
 
-async fn synapse_reply(
-    s: &Arc<AppState>,
-    h: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+/// Reads the body once the headers have been accepted: at most `serve.body_limit_mib`, within
+/// `serve.body_timeout_ms` (a client that stalls mid-body holds its slot no longer than that).
+async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.body_limit_bytes;
+    match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // `to_bytes` fails for a length over the limit and for a broken stream alike.
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::TooLarge(limit))
+            } else {
+                Err(ApiError::BadRequest(format!("body could not be read: {e}")))
+            }
+        }
+        Err(_) => Err(ApiError::BodyTimeout),
+    }
+}
+
+async fn synapse_reply(s: &Arc<AppState>, h: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let started = Instant::now();
     let _slot = admit(s)?;
+    // The headers alone authenticate: nothing of the body is read for a stranger.
     let Verified {
         validator,
         request_id,
+        allow_listed,
     } = verify(s, h)?;
-    let mut synapse: Value = match serde_json::from_slice(body) {
+    let body = read_body(s, body).await?;
+    let mut synapse: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
             return Err(ApiError::BadRequest(
@@ -146,16 +173,12 @@ async fn synapse_reply(
         Err(e) => (Bytes::new(), Outcome::undecodable(s, e.to_string())),
     };
     let prediction = o.prob;
-    log_answer(
-        s,
-        request_id.clone(),
-        Some(validator.clone()),
-        received_at,
-        started,
-        &bytes,
-        &o,
-    )
-    .await;
+    let asker = Asker {
+        request_id: request_id.clone(),
+        validator: Some(validator.clone()),
+        allow_listed,
+    };
+    log_answer(s, asker, received_at, started, &bytes, &o).await;
     synapse["prediction"] = json!(prediction);
     offer_shadow(s, &request_id, Some(validator.clone()), &bytes, &mut o);
     tracing::debug!(%validator, prediction, ms = started.elapsed().as_millis() as u64, "answered");
@@ -171,7 +194,7 @@ pub(super) async fn predict(
     State(s): State<Arc<AppState>>,
     ext: axum::http::Extensions,
     h: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = predict_reply(&s, &ext, &h, body).await;
     counted(&s, "/v1/predict", r)
@@ -181,7 +204,7 @@ async fn predict_reply(
     s: &Arc<AppState>,
     ext: &axum::http::Extensions,
     h: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let peer = ext
@@ -193,6 +216,7 @@ async fn predict_reply(
         ));
     }
     let _slot = admit(s)?;
+    let body = read_body(s, body).await?;
     let is_json = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -218,16 +242,12 @@ async fn predict_reply(
         Err(e) => (Bytes::new(), Outcome::undecodable(s, e)),
     };
     let request_id = local_request_id();
-    log_answer(
-        s,
-        request_id.clone(),
-        None,
-        received_at,
-        started,
-        &bytes,
-        &o,
-    )
-    .await;
+    let asker = Asker {
+        request_id: request_id.clone(),
+        validator: None,
+        allow_listed: true,
+    };
+    log_answer(s, asker, received_at, started, &bytes, &o).await;
     offer_shadow(s, &request_id, None, &bytes, &mut o);
     let tiers: Vec<Value> = o
         .tiers()
@@ -247,16 +267,23 @@ async fn predict_reply(
 }
 
 pub(super) async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let metagraph = s.metagraph.as_ref().map(|m| m.status());
+    // A stale or missing allow-list refuses every validator: not "ok", though the process runs.
+    let degraded = metagraph.as_ref().is_some_and(|m| m.stale);
     axum::Json(json!({
-        "status": "ok",
+        "status": if degraded { "degraded" } else { "ok" },
         "profile": s.profile,
         "model_version": s.tier1.model_version(),
+        "challenger": s.tier1.challenger().map(|h| h.card.model_version.clone()),
+        "metagraph": metagraph,
+        "allow_any_validator": s.metagraph.is_none() && s.allow_any_validator,
     }))
     .into_response()
 }
 
 pub(super) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    match s.metrics.render(&s.tier1.model_version()) {
+    let mg = s.metagraph.as_ref().map(|m| m.status());
+    match s.metrics.render(&s.tier1.model_version(), mg.as_ref()) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

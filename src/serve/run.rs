@@ -14,7 +14,7 @@ use super::ServeError;
 use super::config::ServeConfig;
 use super::metagraph::Metagraph;
 use super::querylog::QueryLog;
-use super::server::{AppState, router, serve_with_peers};
+use super::server::{AppState, ConnLimits, router, serve_with_limits};
 use super::shadow::Shadow;
 use super::tier1::Tier1;
 use super::tier2::Tier2;
@@ -60,6 +60,24 @@ pub async fn start(
     querylog_dir: &std::path::Path,
 ) -> Result<Running, ServeError> {
     cfg.validate().map_err(ServeError::Config)?;
+    let axon = cfg
+        .profiles
+        .iter()
+        .any(|p| p.axon_hotkey.is_some() || cfg.axon_hotkey.is_some());
+    if axon && cfg.metagraph.is_none() {
+        if !cfg.allow_any_validator {
+            return Err(ServeError::Config(
+                "an axon profile needs a validator allow-list: set serve.metagraph (a metagraph \
+                 snapshot), or serve.allow_any_validator = true to answer any key that signs \
+                 (its traffic is stored as `unverified`)"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            "serve.allow_any_validator: ANY sr25519 key that signs for our hotkey is answered; \
+             its traffic is logged and ingested as `unverified`, never as `validator`"
+        );
+    }
     let querylog = Arc::new(
         QueryLog::open(
             querylog_dir,
@@ -114,10 +132,20 @@ pub async fn start(
     } else {
         None
     };
-    let metagraph = cfg
-        .metagraph
-        .as_ref()
-        .map(|p| Arc::new(Metagraph::open(p, cfg.min_stake)));
+    let metagraph = match &cfg.metagraph {
+        Some(p) => {
+            let (p, min, max) = (
+                p.clone(),
+                cfg.min_stake,
+                Some(Duration::from_secs(cfg.metagraph_max_age_s)),
+            );
+            let m = tokio::task::spawn_blocking(move || Metagraph::open(&p, min).with_max_age(max))
+                .await
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
     let tier2 = match &cfg.tier2 {
         Some(t) if cfg.profiles.iter().any(|p| p.tier2) => {
             let t2 = Tier2::new(t.clone()).map_err(ServeError::Config)?;
@@ -134,6 +162,8 @@ pub async fn start(
             tier2: tier2.clone().filter(|_| p.tier2),
             axon_hotkey: p.axon_hotkey.clone().or_else(|| cfg.axon_hotkey.clone()),
             metagraph: metagraph.clone(),
+            allow_any_validator: cfg.allow_any_validator,
+            body_timeout: Duration::from_millis(cfg.body_timeout_ms),
             deadline: Duration::from_millis(cfg.deadline_ms),
             body_limit_bytes: cfg.body_limit_mib << 20,
             max_inflight: cfg.max_inflight,
@@ -155,16 +185,24 @@ pub async fn start(
         tracing::info!(profile = %p.name, %addr, "listening");
         addrs.push((p.name.clone(), addr));
         let mut stop = rx.clone();
+        let limits = ConnLimits::of(cfg);
         tasks.push(tokio::spawn(async move {
             let app = router(state);
-            let r = serve_with_peers(listener, app, async move {
+            let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+            };
+            let r = serve_with_limits(listener, app, stopped, limits).await;
             if let Err(e) = r {
                 tracing::error!("server stopped: {e}");
             }
         }));
+    }
+    if let Some(m) = &metagraph {
+        tasks.push(tokio::spawn(refresh_metagraph(
+            m.clone(),
+            Duration::from_millis(cfg.watch_ms.max(50)),
+            rx.clone(),
+        )));
     }
     if cfg.model.is_none() || cfg.shadow {
         tasks.push(tokio::spawn(follow_pointers(
@@ -185,6 +223,20 @@ pub async fn start(
         shutdown: tx,
         tasks,
     })
+}
+
+/// Re-reads the metagraph file off the async workers, so requests never touch the disk for it.
+async fn refresh_metagraph(m: Arc<Metagraph>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m = m.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || m.refresh()).await {
+            tracing::error!("metagraph refresh failed: {e}");
+        }
+    }
 }
 
 /// Which registry pointers a server follows.

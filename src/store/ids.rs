@@ -160,6 +160,9 @@ pub enum SampleSource {
     Synthetic,
     /// Brought in by a person (an image folder).
     Upload,
+    /// A signed query from a key no allow-list vouched for (`serve.allow_any_validator`): anyone
+    /// can produce these, so they are kept apart from `validator` traffic (layout 5).
+    Unverified,
 }
 
 impl SampleSource {
@@ -170,6 +173,7 @@ impl SampleSource {
             SampleSource::Dataset => "dataset",
             SampleSource::Synthetic => "synthetic",
             SampleSource::Upload => "upload",
+            SampleSource::Unverified => "unverified",
         }
     }
 }
@@ -182,8 +186,9 @@ impl FromStr for SampleSource {
             "dataset" => Ok(SampleSource::Dataset),
             "synthetic" => Ok(SampleSource::Synthetic),
             "upload" => Ok(SampleSource::Upload),
+            "unverified" => Ok(SampleSource::Unverified),
             other => Err(format!(
-                "unknown sample source {other:?} (validator|dataset|synthetic|upload)"
+                "unknown sample source {other:?} (validator|dataset|synthetic|upload|unverified)"
             )),
         }
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Format version written in every record, so a reader can refuse lines from a future writer.
-pub const QUERY_LOG_VERSION: u32 = 1;
+pub const QUERY_LOG_VERSION: u32 = 2;
 
 /// One answered request, complete enough to rebuild the sample and the prediction from it alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,10 @@ pub struct QueryLogRecord {
     /// Validator hotkey (ss58) for `/ImageSynapse` traffic; absent for local clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_hotkey: Option<String>,
+    /// No allow-list vouched for the hotkey (answered under `serve.allow_any_validator`): ingested
+    /// as source `unverified`, never `validator` (since version 2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
     /// The serving profile that answered (`speed`, `accuracy`, …).
     pub profile: String,
     /// The image bytes exactly as received after transport decoding, standard base64.

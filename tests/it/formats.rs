@@ -4,6 +4,7 @@
 //! by the training test that produces a real card. A change to any of them is a migration: bump the
 //! format's version and keep the old fixture readable.
 
+use crate::support;
 use burn::backend::Autodiff;
 use chrono::{DateTime, Utc};
 use roadwork::embed::Cpu;
@@ -73,6 +74,7 @@ fn one_query_log_line_is_pinned() {
         received_at: at("2026-12-01T10:15:30.123456Z"),
         answered_at: at("2026-12-01T10:15:30.173456Z"),
         validator_hotkey: Some("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into()),
+        unverified: true,
         profile: "speed".into(),
         image_b64: "/9j/4AAQ".into(),
         image_sha256: "ab".repeat(32),
@@ -97,7 +99,36 @@ fn one_query_log_line_is_pinned() {
         decode_error: None,
     };
     let line = serde_json::to_string(&r).unwrap() + "\n";
-    golden("querylog.line.jsonl", &line);
+    golden("querylog.v2.line.jsonl", &line);
     let back: QueryLogRecord = serde_json::from_str(line.trim_end()).unwrap();
     assert_eq!(back, r);
+    // A version-1 line (no `unverified`) still reads, as verified traffic.
+    let v1 = std::fs::read_to_string(
+        support::root().join("tests/fixtures/golden/querylog.v1.line.jsonl"),
+    )
+    .unwrap();
+    let old: QueryLogRecord = serde_json::from_str(v1.trim_end()).unwrap();
+    assert_eq!((old.v, old.unverified), (1, false));
+    // The shadow line beside it.
+    let sh = roadwork::store::querylog::ShadowRecord {
+        v: QUERY_LOG_VERSION,
+        kind: roadwork::store::querylog::SHADOW_KIND.into(),
+        request_id: r.request_id.clone(),
+        image_sha256: r.image_sha256.clone(),
+        validator_hotkey: r.validator_hotkey.clone(),
+        champion_version: r.model_version.clone(),
+        champion_score: 0.75,
+        challenger_version: "head-20261202T101530-9ab0c2".into(),
+        challenger_score: 0.25,
+        tier1_ms: 48.5,
+        champion_head_ms: 0.5,
+        challenger_head_ms: 0.75,
+        scored_at: at("2026-12-01T10:15:30.180000Z"),
+    };
+    let line = serde_json::to_string(&sh).unwrap() + "\n";
+    golden("querylog.shadow.line.jsonl", &line);
+    match roadwork::store::querylog::LogLine::parse(line.trim_end()).unwrap() {
+        roadwork::store::querylog::LogLine::Shadow(back) => assert_eq!(back, sh),
+        other => panic!("{other:?}"),
+    }
 }

@@ -269,6 +269,7 @@ fn record(i: u64, bytes: &[u8], score: f32) -> QueryLogRecord {
         received_at: Utc::now(),
         answered_at: Utc::now(),
         validator_hotkey: Some("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into()),
+        unverified: false,
         profile: "speed".into(),
         image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
         image_sha256: SampleId::of_bytes(bytes).to_string(),

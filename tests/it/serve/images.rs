@@ -150,12 +150,17 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, bool)> {
         e.encode(&px, 96, 64, color).unwrap();
         out
     };
-    // A genuine decompression bomb: 8000×8000 of zeros, 64 MB decoded from a file 200× smaller.
+    // A genuine decompression bomb: 7000×7000 of zeros, 49 MB decoded from a file 150× smaller,
+    // just under the 50 MP cap (answered); 8000×8000 is over it (refused from the header).
     let bomb = enc(
+        &DynamicImage::ImageLuma8(image::GrayImage::new(7000, 7000)),
+        ImageFormat::Png,
+    );
+    assert!(bomb.len() < 49_000_000 / 150, "{}", bomb.len());
+    let over = enc(
         &DynamicImage::ImageLuma8(image::GrayImage::new(8000, 8000)),
         ImageFormat::Png,
     );
-    assert!(bomb.len() < 64_000_000 / 200, "{}", bomb.len());
     let big = enc(
         &DynamicImage::ImageRgb8(image::imageops::resize(
             &rgb,
@@ -219,7 +224,8 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, bool)> {
             enc(&DynamicImage::ImageRgba8(img.to_rgba8()), ImageFormat::Gif),
             true,
         ),
-        ("8000x8000 png bomb", bomb, true),
+        ("7000x7000 png bomb", bomb, true),
+        ("8000x8000 png over the pixel cap", over, false),
         ("3000x2000 jpeg", big, true),
         (
             "png claiming 40000x40000",
@@ -333,4 +339,104 @@ async fn every_bad_image_gets_a_finite_answer_or_minus_one() {
     // Not a base64 string at all: -1 through the JSON route.
     let v = predict_field(&c, &s.url, "%%% not base64 %%%").await;
     assert_eq!(v["prediction"], -1.0);
+}
+
+/// `img` encoded as `format` with its header patched by `patch` to declare a huge size: what an
+/// attacker sends (a few KB that decode to gigabytes).
+fn header_bomb(format: image::ImageFormat, patch: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 16, |x, y| {
+        image::Rgb([x as u8 * 9, y as u8 * 9, 90])
+    }));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), format)
+        .unwrap();
+    patch(&mut out);
+    out
+}
+
+/// Offset of the first `marker` segment (FF xx) of a JPEG.
+fn jpeg_segment(j: &[u8], marker: u8) -> usize {
+    j.windows(2).position(|w| w == [0xFF, marker]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_bombs_of_every_format_are_refused_before_decoding() {
+    use image::ImageFormat;
+    let set_sof = |progressive: bool| {
+        move |j: &mut Vec<u8>| {
+            let at = jpeg_segment(j, 0xC0);
+            if progressive {
+                j[at + 1] = 0xC2;
+            }
+            // FF C0, length (2), precision (1), height (2), width (2).
+            j[at + 5..at + 7].copy_from_slice(&16_384u16.to_be_bytes());
+            j[at + 7..at + 9].copy_from_slice(&16_384u16.to_be_bytes());
+        }
+    };
+    let bombs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "baseline jpeg 16384²",
+            header_bomb(ImageFormat::Jpeg, set_sof(false)),
+        ),
+        (
+            "progressive jpeg 16384²",
+            header_bomb(ImageFormat::Jpeg, set_sof(true)),
+        ),
+        (
+            "lossless webp 16383²",
+            header_bomb(ImageFormat::WebP, |w| {
+                let at = w.windows(4).position(|x| x == b"VP8L").unwrap() + 8;
+                assert_eq!(w[at], 0x2f, "VP8L signature");
+                let bits: u32 = 16_382 | (16_382 << 14) | (1 << 28);
+                w[at + 1..at + 5].copy_from_slice(&bits.to_le_bytes());
+            }),
+        ),
+        (
+            "bmp 10000²",
+            header_bomb(ImageFormat::Bmp, |b| {
+                b[18..22].copy_from_slice(&10_000i32.to_le_bytes());
+                b[22..26].copy_from_slice(&10_000i32.to_le_bytes());
+            }),
+        ),
+        (
+            "gif 10000²",
+            header_bomb(ImageFormat::Gif, |g| {
+                g[6..8].copy_from_slice(&10_000u16.to_le_bytes());
+                g[8..10].copy_from_slice(&10_000u16.to_le_bytes());
+                let d = g.iter().position(|&b| b == 0x2C).unwrap();
+                g[d + 5..d + 7].copy_from_slice(&10_000u16.to_le_bytes());
+                g[d + 7..d + 9].copy_from_slice(&10_000u16.to_le_bytes());
+            }),
+        ),
+    ];
+    // Every format decodes normally below the caps, so the patch alone is what is refused.
+    for f in [
+        ImageFormat::Jpeg,
+        ImageFormat::WebP,
+        ImageFormat::Bmp,
+        ImageFormat::Gif,
+    ] {
+        assert!(
+            roadwork::imaging::decode(&header_bomb(f, |_| {}), &DecodeLimits::default()).is_ok(),
+            "{f:?}"
+        );
+    }
+    let s = start(&[], Clock::System).await;
+    let c = reqwest::Client::new();
+    for (name, bytes) in bombs {
+        assert!(bytes.len() < 4096, "{name}: {} bytes", bytes.len());
+        let t = std::time::Instant::now();
+        let v = predict_json(&c, &s.url, &bytes).await;
+        assert_eq!(v["prediction"], -1.0, "{name}: {v}");
+        let why = v["error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("exceeds") || why.contains("decode limits"),
+            "{name}: {why}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+    }
 }

@@ -3,6 +3,7 @@
 mod axon;
 mod cascade;
 mod heads;
+mod hostile;
 mod images;
 mod querylog;
 mod shadow;
