@@ -35,13 +35,17 @@ impl Ingestor {
         )
         .await?;
         let bar = self.bar(0, "querylog");
-        let mut lines = BufReader::new(file).lines().enumerate();
+        // Lines as bytes: one line that is not UTF-8 is skipped like any malformed line, and
+        // never stops the lines after it.
+        let mut lines = BufReader::new(file).split(b'\n').enumerate();
+        let mut not_text = Vec::new();
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             for (i, line) in lines.by_ref() {
-                match line {
-                    Ok(l) if l.trim().is_empty() => continue,
-                    Ok(l) => chunk.push((i + 1, l)),
+                match line.map(String::from_utf8) {
+                    Ok(Ok(l)) if l.trim().is_empty() => continue,
+                    Ok(Ok(l)) => chunk.push((i + 1, l)),
+                    Ok(Err(_)) => not_text.push(i + 1),
                     Err(e) => {
                         let err = IngestError::Io {
                             path: path.into(),
@@ -53,6 +57,10 @@ impl Ingestor {
                 if chunk.len() == CHUNK {
                     break;
                 }
+            }
+            for n in not_text.drain(..) {
+                w.summary.scanned += 1;
+                w.skip(format!("{}:{n}", path.display()), "line is not UTF-8 text");
             }
             if chunk.is_empty() {
                 break;

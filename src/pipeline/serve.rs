@@ -22,10 +22,24 @@ pub struct MoveSummary {
     pub new_samples: u64,
     pub predictions: u64,
     pub shadow_scores: u64,
+    /// Lines that could not be used, kept in `bad/` beside the log.
+    pub quarantined: usize,
+    /// Segments whose ingest failed (left sealed, retried on the next pass).
+    pub failed: usize,
+}
+
+/// The 1-based line numbers an ingest skipped, from its `path:line` items.
+fn skipped_lines(r: &crate::ingest::IngestSummary) -> std::collections::BTreeSet<usize> {
+    r.skipped
+        .iter()
+        .filter_map(|s| s.item.rsplit(':').next()?.parse().ok())
+        .collect()
 }
 
 /// Seals the active segment and ingests every sealed one; a segment is marked done only after
-/// its ingest committed, so a crash in between re-ingests it (adding nothing).
+/// its ingest committed, so a crash in between re-ingests it (adding nothing). Lines that cannot
+/// be used are copied to `bad/` and the segment still moves; a segment whose ingest fails (the
+/// store unreachable, say) stays sealed for the next pass and the segments after it still move.
 pub async fn move_querylog(
     log: &QueryLog,
     ingestor: &Ingestor,
@@ -36,8 +50,33 @@ pub async fn move_querylog(
     let segments = log
         .sealed()
         .map_err(|e| PipelineError::Task(format!("listing the query log: {e}")))?;
+    let mut first_error = None;
     for seg in segments {
-        let r = ingestor.ingest_querylog(&seg).await?;
+        let r = match ingestor.ingest_querylog(&seg).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(segment = %seg.display(), "query-log segment not moved: {e}");
+                s.failed += 1;
+                first_error.get_or_insert(e.to_string());
+                continue;
+            }
+        };
+        let bad = skipped_lines(&r);
+        if !bad.is_empty() {
+            let bytes = std::fs::read(&seg)
+                .map_err(|e| PipelineError::Task(format!("{}: {e}", seg.display())))?;
+            let lines: Vec<Vec<u8>> = bytes
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(i, _)| bad.contains(&(i + 1)))
+                .map(|(_, l)| l.to_vec())
+                .collect();
+            let to = log
+                .quarantine(&seg, &lines)
+                .map_err(|e| PipelineError::Task(format!("quarantining {}: {e}", seg.display())))?;
+            tracing::warn!(segment = %seg.display(), lines = lines.len(), kept = %to.display(), "query-log lines quarantined");
+            s.quarantined += lines.len();
+        }
         s.segments += 1;
         s.records += r.accepted;
         s.new_samples += r.new_samples;
@@ -45,6 +84,13 @@ pub async fn move_querylog(
         s.shadow_scores += r.shadow_scores_written;
         log.mark_done(&seg)
             .map_err(|e| PipelineError::Task(format!("retiring {}: {e}", seg.display())))?;
+    }
+    if s.segments == 0
+        && let Some(e) = first_error
+    {
+        return Err(PipelineError::Task(format!(
+            "no query-log segment moved: {e}"
+        )));
     }
     Ok(s)
 }

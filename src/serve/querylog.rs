@@ -10,12 +10,16 @@
 //! <dir>/active-<ns>.jsonl     being written (one per process)
 //! <dir>/seg-<ns>.jsonl        sealed, waiting for ingest
 //! <dir>/done/seg-<ns>.jsonl   ingested
-//! <dir>/.owner.lock           held shared by every server process using the directory
+//! <dir>/bad/seg-<ns>.jsonl    lines of that segment that could not be used (kept, not ingested)
+//! <dir>/.owner.lock           held exclusively by the one process using the directory
 //! ```
 //!
-//! A process that is not a server (the nightly job) moves sealed segments only when it can take
-//! `.owner.lock` exclusively, i.e. when no server is running: a running server's mover owns its
-//! log, and sealing "left over" active segments must never steal a live server's segment.
+//! One process owns a directory: a second server on it is refused at start (it would seal the
+//! first one's live segment), and the nightly job moves sealed segments only when it can take
+//! `.owner.lock`, i.e. when no server is running (a running server's mover owns its log).
+//!
+//! A failed write (disk full, I/O error) is cut back to the last whole record, so a torn
+//! fragment never glues onto the next record; the answer is still sent and the failure counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -32,6 +36,8 @@ struct Active {
     file: File,
     path: PathBuf,
     records: usize,
+    /// Bytes of whole records written (where a failed write is cut back to).
+    len: u64,
     opened: Instant,
 }
 
@@ -41,8 +47,10 @@ pub struct QueryLog {
     max_records: usize,
     max_age: Duration,
     active: Mutex<Option<Active>>,
-    /// The directory's owner lock (shared for servers, exclusive for the nightly job).
+    /// The directory's owner lock, held exclusively.
     _owner: File,
+    /// Test seam: the next write stops after this many bytes and fails, as a full disk does.
+    fault: Mutex<Option<usize>>,
 }
 
 const OWNER_LOCK: &str = ".owner.lock";
@@ -82,13 +90,20 @@ fn seal(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 impl QueryLog {
-    /// Opens the log directory as a server does (several servers may share it), sealing
-    /// segments a previous process left active.
+    /// Opens the log directory as a server does, sealing segments a previous process left
+    /// active. Refused while another process owns the directory.
     pub fn open(dir: &Path, max_records: usize, max_age: Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("done"))?;
         let owner = owner_file(dir)?;
-        owner.lock_shared()?;
-        Self::open_with(dir, max_records, max_age, owner)
+        match owner.try_lock() {
+            Ok(()) => Self::open_with(dir, max_records, max_age, owner),
+            Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+                "another process (a server or the nightly job) is using the query log {}; \
+                 give each server its own serve.querylog_dir",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 
     /// Opens the log directory only if no server is using it (`None` when one is): how the
@@ -125,11 +140,37 @@ impl QueryLog {
             max_age,
             active: Mutex::new(None),
             _owner: owner,
+            fault: Mutex::new(None),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes the next write stop after `bytes` bytes and fail, as a full disk does (a fault seam
+    /// for tests of the recovery path; the bytes really reach the file).
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self, bytes: usize) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+    }
+
+    /// Keeps the raw `lines` of `segment` that could not be ingested in `bad/<segment name>`.
+    pub fn quarantine(&self, segment: &Path, lines: &[Vec<u8>]) -> std::io::Result<PathBuf> {
+        let bad = self.dir.join("bad");
+        std::fs::create_dir_all(&bad)?;
+        let name = segment
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("segment has no file name"))?;
+        let to = bad.join(name);
+        let mut f = OpenOptions::new().create(true).append(true).open(&to)?;
+        for l in lines {
+            f.write_all(l)?;
+            f.write_all(b"\n")?;
+        }
+        f.sync_all()?;
+        sync_dir(&bad)?;
+        Ok(to)
     }
 
     /// Appends one record and waits for it to reach the disk. Blocking: call from a blocking
@@ -170,16 +211,41 @@ impl QueryLog {
                 file,
                 path,
                 records: 0,
+                len: 0,
                 opened: Instant::now(),
             });
         }
         let Some(a) = guard.as_mut() else {
             return Err(std::io::Error::other("no active segment"));
         };
-        a.file.write_all(lines)?;
-        if sync {
-            a.file.sync_data()?;
+        let fault = self.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let written = match fault {
+            Some(n) => a
+                .file
+                .write_all(&lines[..n.min(lines.len())])
+                .and_then(|()| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        "injected write fault",
+                    ))
+                }),
+            None => a.file.write_all(lines),
         }
+        .and_then(|()| if sync { a.file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Cut the torn fragment off, so the next record starts on a line of its own. If even
+            // that fails, retire the segment: the next append opens a fresh one.
+            let cut = a.file.set_len(a.len).and_then(|()| a.file.sync_data());
+            if let Err(c) = cut {
+                tracing::error!(segment = %a.path.display(), "cannot cut a failed write back ({c}); rotating");
+                if let Some(a) = guard.take() {
+                    drop(a.file);
+                    let _ = seal(&a.path);
+                }
+            }
+            return Err(e);
+        }
+        a.len += lines.len() as u64;
         a.records += records;
         if a.records >= self.max_records || a.opened.elapsed() >= self.max_age {
             let done = guard.take();

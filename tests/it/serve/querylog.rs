@@ -59,12 +59,15 @@ async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once()
         .next()
         .unwrap()
         .to_string();
+    // (A crashed server's directory: the live one above is still owned by its server.)
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir_all(&crashed).unwrap();
     std::fs::write(
-        ql.join("active-1.jsonl"),
+        crashed.join("active-1.jsonl"),
         format!("{first}\n{}", &first[..first.len() / 2]),
     )
     .unwrap();
-    let reopened = QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap();
+    let reopened = QueryLog::open(&crashed, 1000, Duration::from_secs(3600)).unwrap();
     assert_eq!(reopened.sealed().unwrap().len(), 1);
     move_querylog(&reopened, &ingestor).await.unwrap();
     assert_eq!(
@@ -73,6 +76,151 @@ async fn answers_are_logged_before_the_reply_and_moved_into_lance_exactly_once()
     );
     assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 3);
     assert!(reopened.sealed().unwrap().is_empty());
+}
+
+/// Every line of every segment file under `dir` (active, sealed, done).
+fn segment_lines(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("done")] {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "jsonl") {
+                out.extend(
+                    std::fs::read_to_string(e.path())
+                        .unwrap()
+                        .lines()
+                        .map(str::to_string),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_append_is_cut_back_and_the_next_record_is_whole() {
+    use roadwork::serve::QueryLog;
+    use roadwork::store::querylog::LogLine;
+    let dir = tempfile::tempdir().unwrap();
+    let ql = dir.path().join("ql");
+    let log = Arc::new(QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap());
+    let url = listen(AppState {
+        querylog: Some(log.clone()),
+        ..AppState::new("speed", tier1_a())
+    })
+    .await;
+    let c = reqwest::Client::new();
+    predict_json(&c, &url, &support::small_scene(41, 0)).await;
+    // The disk fills mid-record: 700 bytes of the next line reach the file, then the write fails.
+    log.inject_write_fault(700);
+    let v = predict_json(&c, &url, &support::small_scene(41, 1)).await;
+    assert!(
+        v["prediction"].as_f64().is_some(),
+        "the answer is still sent"
+    );
+    assert!(
+        metrics_of(&url)
+            .await
+            .contains("roadwork_querylog_errors_total{profile=\"speed\"} 1")
+    );
+    predict_json(&c, &url, &support::small_scene(41, 2)).await;
+    let lines = segment_lines(&ql);
+    assert_eq!(lines.len(), 2, "the failed record left nothing behind");
+    for l in &lines {
+        assert!(
+            matches!(LogLine::parse(l), Ok(LogLine::Answer(..))),
+            "{}",
+            &l[..80.min(l.len())]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_segment_is_quarantined_and_the_segments_after_it_still_move() {
+    use roadwork::ingest::Ingestor;
+    use roadwork::pipeline::serve::move_querylog;
+    use roadwork::serve::QueryLog;
+    use roadwork::store::tables;
+    let (dir, store) = support::tmp_store().await;
+    // Two good records from a real server's log.
+    let src = dir.path().join("src");
+    let log = Arc::new(QueryLog::open(&src, 1000, Duration::from_secs(3600)).unwrap());
+    let url = listen(AppState {
+        querylog: Some(log.clone()),
+        ..AppState::new("speed", tier1_a())
+    })
+    .await;
+    let c = reqwest::Client::new();
+    predict_json(&c, &url, &support::small_scene(42, 0)).await;
+    predict_json(&c, &url, &support::small_scene(42, 1)).await;
+    let good = segment_lines(&src);
+    assert_eq!(good.len(), 2);
+    // seg-1: invalid UTF-8 and a torn line around a good record; seg-2: the other good record.
+    let ql = dir.path().join("ql");
+    std::fs::create_dir_all(&ql).unwrap();
+    let mut poison = b"\xff\xfe not text\n".to_vec();
+    poison.extend_from_slice(good[0].as_bytes());
+    poison.extend_from_slice(b"\n{\"v\":2,\"request_id\":\"torn");
+    std::fs::write(ql.join("seg-1.jsonl"), &poison).unwrap();
+    std::fs::write(ql.join("seg-2.jsonl"), format!("{}\n", good[1])).unwrap();
+    let log = QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap();
+    let ingestor =
+        Ingestor::new(store.clone(), Default::default(), DecodeLimits::default()).quiet();
+    let m = move_querylog(&log, &ingestor).await.unwrap();
+    assert_eq!(
+        (m.segments, m.records, m.quarantined, m.failed),
+        (2, 2, 2, 0)
+    );
+    assert!(log.sealed().unwrap().is_empty());
+    assert_eq!(
+        store.count_rows(tables::PREDICTIONS, None).await.unwrap(),
+        2
+    );
+    let kept = std::fs::read(ql.join("bad/seg-1.jsonl")).unwrap();
+    assert!(kept.starts_with(b"\xff\xfe not text\n") && kept.ends_with(b"torn\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_server_on_the_same_query_log_is_refused() {
+    use roadwork::serve::{ProfileConfig, QueryLog, ServeConfig, start};
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, embed) = registry_with_heads(dir.path());
+    let ql = dir.path().join("ql");
+    let cfg = ServeConfig {
+        profiles: vec![ProfileConfig {
+            name: "speed".into(),
+            bind: "127.0.0.1".into(),
+            port: 0,
+            axon_hotkey: None,
+            tier2: false,
+        }],
+        ..Default::default()
+    };
+    let first = start(&cfg, &embed, DecodeLimits::default(), reg.clone(), &ql)
+        .await
+        .unwrap();
+    let c = reqwest::Client::new();
+    predict_json(
+        &c,
+        &format!("http://{}", first.addrs[0].1),
+        &support::small_scene(43, 0),
+    )
+    .await;
+    let active = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("active-"))
+            .count()
+    };
+    assert_eq!(active(&ql), 1);
+    let second = start(&cfg, &embed, DecodeLimits::default(), reg, &ql).await;
+    let why = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("another process"), "{why}");
+    assert!(QueryLog::open(&ql, 10, Duration::from_secs(60)).is_err());
+    assert!(QueryLog::open_if_unowned(&ql).unwrap().is_none());
+    // The first server's live segment was not sealed under it.
+    assert_eq!(active(&ql), 1);
+    first.shutdown().await;
 }
 
 /// A free loopback port (released at once; the server binds it right after).
