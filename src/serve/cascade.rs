@@ -87,7 +87,15 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
     let t = Instant::now();
     let img = bytes.clone();
     let by = started + s.deadline;
-    let job = tokio::task::spawn_blocking(move || t1.predict_before(&img, by));
+    let slot = tokio::time::timeout(left, s.tier1.decode_slots().acquire_owned()).await;
+    let job = match slot {
+        // The slot goes back when the decode and encode end, not when the deadline answers.
+        Ok(Ok(permit)) => Some(tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            t1.predict_before(&img, by)
+        })),
+        _ => None,
+    };
     let mut o = Outcome {
         prob: UNDECIDED,
         tier1: None,
@@ -100,6 +108,15 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
         features: None,
         head_ms: 0.0,
     };
+    let Some(job) = job else {
+        s.metrics.shed();
+        tracing::warn!(profile = %s.profile, "no decode slot before the deadline; answering undecided");
+        o.tier1_error = Some("deadline (every decode slot busy)".into());
+        o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
+        s.metrics.answer_latency(started.elapsed());
+        return o;
+    };
+    let left = s.deadline.saturating_sub(started.elapsed());
     let r = tokio::time::timeout(left, job).await;
     o.tier1_ms = t.elapsed().as_secs_f32() * 1000.0;
     match r {

@@ -159,6 +159,13 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
 
 /// The encoder, the current head, and the challenger scored in shadow.
 pub struct Tier1 {
+    /// Decodes running at once at most. A request answered at its deadline does not give its
+    /// slot back before its decode really ends, so a flood of slow images cannot pile up work on
+    /// the blocking pool behind the answers.
+    decode_slots: Arc<tokio::sync::Semaphore>,
+    /// Decodes running now, and the most ever seen at once.
+    decoding: std::sync::atomic::AtomicUsize,
+    decode_peak: std::sync::atomic::AtomicUsize,
     encoder: Arc<dyn ImageEncoder>,
     head: RwLock<Arc<TrainedHead<Cpu>>>,
     challenger: RwLock<Option<Arc<TrainedHead<Cpu>>>>,
@@ -185,13 +192,33 @@ impl Tier1 {
         limits: DecodeLimits,
     ) -> Result<Self, ServeError> {
         check_pair(encoder.as_ref(), &head)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
+            decode_slots: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
+            decoding: Default::default(),
+            decode_peak: Default::default(),
             encoder,
             head: RwLock::new(Arc::new(head)),
             challenger: RwLock::new(None),
             limits,
             batcher: None,
         })
+    }
+
+    /// At most `n` decodes at once (default: the number of cores, at least 2).
+    pub fn with_decode_slots(mut self, n: usize) -> Self {
+        self.decode_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// The decode slots a request takes before its image is decoded.
+    pub fn decode_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.decode_slots.clone()
+    }
+
+    /// The most decodes that ever ran at once.
+    pub fn decode_peak(&self) -> usize {
+        self.decode_peak.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs the encoder on `workers` threads that merge concurrent images into batches of up to
@@ -323,8 +350,12 @@ impl Tier1 {
         bytes: &[u8],
         deadline: Instant,
     ) -> Result<Tier1Answer, Tier1Error> {
-        let img =
-            decode(bytes, &self.limits).map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.decoding.fetch_add(1, Relaxed) + 1;
+        self.decode_peak.fetch_max(now, Relaxed);
+        let img = decode(bytes, &self.limits);
+        self.decoding.fetch_sub(1, Relaxed);
+        let img = img.map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
         let features = self.features(img.image, deadline)?;
         let head = self.head();
         let t = Instant::now();

@@ -299,3 +299,51 @@ async fn a_body_is_not_read_before_the_headers_authenticate_and_a_stalled_body_t
     assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_images_hold_at_most_the_decode_slots_and_every_answer_is_finite() {
+    let e = embedder();
+    let head = head_for(e.as_ref(), "head-a", e.dim(), 1);
+    let tier1 = Arc::new(
+        Tier1::new(e, head, DecodeLimits::default())
+            .unwrap()
+            .with_decode_slots(2),
+    );
+    let url = listen(AppState {
+        deadline: Duration::from_millis(300),
+        ..AppState::new("speed", tier1.clone())
+    })
+    .await;
+    // Just under the pixel cap: slow to decode, but allowed.
+    let mut big = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::new(7000, 7000))
+        .write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png)
+        .unwrap();
+    let c = reqwest::Client::new();
+    let jobs: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url, big) = (c.clone(), url.clone(), big.clone());
+            tokio::spawn(async move { predict_json(&c, &url, &big).await })
+        })
+        .collect();
+    for j in jobs {
+        let v = j.await.unwrap();
+        let p = v["prediction"].as_f64().unwrap();
+        assert!(p.is_finite() && (0.0..=1.0).contains(&p) && p != 0.5, "{v}");
+    }
+    // The decodes the deadline answered for keep their slots until they end, then give them back.
+    let slots = tier1.decode_slots();
+    for _ in 0..400 {
+        if slots.available_permits() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(slots.available_permits(), 2);
+    assert!(
+        tier1.decode_peak() <= 2,
+        "{} decodes ran at once",
+        tier1.decode_peak()
+    );
+    assert!(tier1.decode_peak() >= 1);
+}
