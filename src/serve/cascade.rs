@@ -89,10 +89,9 @@ pub(super) async fn answer(s: &Arc<AppState>, bytes: Bytes, started: Instant) ->
     let by = started + s.deadline;
     let slot = tokio::time::timeout(left, s.tier1.decode_slots().acquire_owned()).await;
     let job = match slot {
-        // The slot goes back when the decode and encode end, not when the deadline answers.
+        // The slot goes back when the decode ends, not when the deadline answers.
         Ok(Ok(permit)) => Some(tokio::task::spawn_blocking(move || {
-            let _slot = permit;
-            t1.predict_before(&img, by)
+            t1.predict_holding(&img, by, Some(permit))
         })),
         _ => None,
     };

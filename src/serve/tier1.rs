@@ -161,7 +161,8 @@ fn encode_batches(rx: &Mutex<Receiver<Job>>, enc: &dyn ImageEncoder, max_batch: 
 pub struct Tier1 {
     /// Decodes running at once at most. A request answered at its deadline does not give its
     /// slot back before its decode really ends, so a flood of slow images cannot pile up work on
-    /// the blocking pool behind the answers.
+    /// the blocking pool behind the answers. (The slot covers the decode only: the encoder's
+    /// batching still sees every decoded image.)
     decode_slots: Arc<tokio::sync::Semaphore>,
     /// Decodes running now, and the most ever seen at once.
     decoding: std::sync::atomic::AtomicUsize,
@@ -350,11 +351,23 @@ impl Tier1 {
         bytes: &[u8],
         deadline: Instant,
     ) -> Result<Tier1Answer, Tier1Error> {
+        self.predict_holding(bytes, deadline, None)
+    }
+
+    /// As [`Tier1::predict_before`], giving `slot` (a permit of [`Tier1::decode_slots`]) back
+    /// as soon as the image is decoded: the slot bounds decoding, not the encoder's batches.
+    pub fn predict_holding(
+        &self,
+        bytes: &[u8],
+        deadline: Instant,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Tier1Answer, Tier1Error> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = self.decoding.fetch_add(1, Relaxed) + 1;
         self.decode_peak.fetch_max(now, Relaxed);
         let img = decode(bytes, &self.limits);
         self.decoding.fetch_sub(1, Relaxed);
+        drop(slot);
         let img = img.map_err(|e| Tier1Error::Undecodable(e.to_string()))?;
         let features = self.features(img.image, deadline)?;
         let head = self.head();

@@ -542,7 +542,7 @@ async fn wait_for_shadow_lines(dir: &Path, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_challenger_is_scored_in_shadow_on_live_traffic_before_it_is_promoted() {
-    use roadwork::serve::{ProfileConfig, QueryLog, ServeConfig, start};
+    use roadwork::serve::{QueryLog, start};
     let mut f = fixture(9);
     // Every head passes the gate: this test is about what happens after it.
     f.cfg.train.promote.min_gain = -2.0;
@@ -593,17 +593,7 @@ async fn a_challenger_is_scored_in_shadow_on_live_traffic_before_it_is_promoted(
 
     // Live traffic: the server answers with the champion and scores the challenger in shadow.
     let ql = f.cfg.data.dir.join("querylog");
-    let serve = ServeConfig {
-        watch_ms: 50,
-        profiles: vec![ProfileConfig {
-            name: "speed".into(),
-            bind: "127.0.0.1".into(),
-            port: 0,
-            axon_hotkey: None,
-            tier2: false,
-        }],
-        ..Default::default()
-    };
+    let serve = support::loopback_serve();
     let running = start(
         &serve,
         &f.cfg.embed,

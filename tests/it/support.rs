@@ -123,3 +123,19 @@ pub fn linear_card(
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A serve configuration with one profile on a free loopback port, following the registry
+/// pointers every 50 ms.
+pub fn loopback_serve() -> roadwork::serve::ServeConfig {
+    roadwork::serve::ServeConfig {
+        watch_ms: 50,
+        profiles: vec![roadwork::serve::ProfileConfig {
+            name: "speed".into(),
+            bind: "127.0.0.1".into(),
+            port: 0,
+            axon_hotkey: None,
+            tier2: false,
+        }],
+        ..Default::default()
+    }
+}

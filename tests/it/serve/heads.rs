@@ -77,7 +77,7 @@ async fn serve_follows_the_champion_pointer_and_refuses_a_head_that_does_not_fit
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_follows_the_challenger_pointer_and_promotion_retires_it() {
-    use roadwork::serve::{ProfileConfig, ServeConfig, start};
+    use roadwork::serve::start;
     let dir = tempfile::tempdir().unwrap();
     let (reg, embed) = registry_with_heads(dir.path());
     // The pointer refuses the champion, unknown heads and names outside the registry.
@@ -85,17 +85,7 @@ async fn serve_follows_the_challenger_pointer_and_promotion_retires_it() {
     assert!(reg.set_challenger("head-9", "t").is_err());
     assert!(reg.set_challenger("../head-2", "t").is_err());
     reg.set_challenger("head-2", "t").unwrap();
-    let cfg = ServeConfig {
-        watch_ms: 50,
-        profiles: vec![ProfileConfig {
-            name: "speed".into(),
-            bind: "127.0.0.1".into(),
-            port: 0,
-            axon_hotkey: None,
-            tier2: false,
-        }],
-        ..Default::default()
-    };
+    let cfg = support::loopback_serve();
     let running = start(
         &cfg,
         &embed,
@@ -145,7 +135,7 @@ async fn serve_follows_the_challenger_pointer_and_promotion_retires_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_swaps_under_load_fail_no_request() {
-    use roadwork::serve::{Dendrite, ProfileConfig, ServeConfig, start};
+    use roadwork::serve::{Dendrite, ServeConfig, start};
     let dir = tempfile::tempdir().unwrap();
     let (reg, embed) = registry_with_heads(dir.path());
     // Half the clients are signed validators (one each: the axon refuses a nonce that is not
@@ -165,14 +155,7 @@ async fn hot_swaps_under_load_fail_no_request() {
         watch_ms: 20,
         axon_hotkey: Some(axon.hotkey().into()),
         metagraph: Some(mg),
-        profiles: vec![ProfileConfig {
-            name: "speed".into(),
-            bind: "127.0.0.1".into(),
-            port: 0,
-            axon_hotkey: None,
-            tier2: false,
-        }],
-        ..Default::default()
+        ..support::loopback_serve()
     };
     let running = start(
         &cfg,

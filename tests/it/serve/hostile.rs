@@ -6,17 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use super::*;
-use roadwork::serve::{ConnLimits, Dendrite, ProfileConfig, ServeConfig, serve_with_limits};
-
-fn loopback_profile() -> Vec<ProfileConfig> {
-    vec![ProfileConfig {
-        name: "speed".into(),
-        bind: "127.0.0.1".into(),
-        port: 0,
-        axon_hotkey: None,
-        tier2: false,
-    }]
-}
+use roadwork::serve::{ConnLimits, Dendrite, ServeConfig, serve_with_limits};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stranger_is_refused_without_an_allow_list_and_unverified_with_allow_any() {
@@ -29,8 +19,7 @@ async fn a_stranger_is_refused_without_an_allow_list_and_unverified_with_allow_a
     let ql = dir.path().join("ql");
     let mut cfg = ServeConfig {
         axon_hotkey: Some(axon.hotkey().into()),
-        profiles: loopback_profile(),
-        ..Default::default()
+        ..support::loopback_serve()
     };
     // No allow-list: an axon profile does not start.
     let refused =
@@ -99,12 +88,7 @@ async fn a_huge_or_infinite_timeout_header_cannot_reopen_the_replay_window() {
 async fn ten_thousand_long_uuids_leave_nothing_in_memory() {
     let req = captured();
     let dir = tempfile::tempdir().unwrap();
-    let mg = dir.path().join("metagraph.json");
-    std::fs::write(
-        &mg,
-        serde_json::json!([{"hotkey": req["validator_ss58"], "stake": 5000.0, "validator_permit": true}]).to_string(),
-    )
-    .unwrap();
+    let mg = write_metagraph(dir.path(), &[req["validator_ss58"].as_str().unwrap()]);
     let state = Arc::new(AppState {
         axon_hotkey: Some(req["miner_ss58"].as_str().unwrap().into()),
         metagraph: Some(Arc::new(Metagraph::open(&mg, 1000.0))),
@@ -150,12 +134,7 @@ async fn ten_thousand_long_uuids_leave_nothing_in_memory() {
 async fn a_stale_allow_list_refuses_everyone_and_health_says_degraded() {
     let req = captured();
     let dir = tempfile::tempdir().unwrap();
-    let mg = dir.path().join("metagraph.json");
-    std::fs::write(
-        &mg,
-        serde_json::json!([{"hotkey": req["validator_ss58"], "stake": 5000.0, "validator_permit": true}]).to_string(),
-    )
-    .unwrap();
+    let mg = write_metagraph(dir.path(), &[req["validator_ss58"].as_str().unwrap()]);
     let old = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
     std::fs::File::options()
         .write(true)

@@ -75,15 +75,21 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-/// Starts a server whose metagraph allows `allowed` hotkeys, with the given clock.
-async fn start(allowed: &[&str], clock: Clock) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mg = dir.path().join("metagraph.json");
-    let neurons: Vec<Value> = allowed
+/// A metagraph snapshot under `dir` allowing `hotkeys` (permit, 5000 TAO each).
+fn write_metagraph(dir: &Path, hotkeys: &[&str]) -> std::path::PathBuf {
+    let mg = dir.join("metagraph.json");
+    let neurons: Vec<Value> = hotkeys
         .iter()
         .map(|h| serde_json::json!({"hotkey": h, "stake": 5000.0, "validator_permit": true}))
         .collect();
     std::fs::write(&mg, serde_json::to_string(&neurons).unwrap()).unwrap();
+    mg
+}
+
+/// Starts a server whose metagraph allows `allowed` hotkeys, with the given clock.
+async fn start(allowed: &[&str], clock: Clock) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mg = write_metagraph(dir.path(), allowed);
     let tier1 = tier1_a();
     let req = captured();
     let state = AppState {

@@ -181,20 +181,11 @@ async fn a_poison_segment_is_quarantined_and_the_segments_after_it_still_move() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_server_on_the_same_query_log_is_refused() {
-    use roadwork::serve::{ProfileConfig, QueryLog, ServeConfig, start};
+    use roadwork::serve::{QueryLog, start};
     let dir = tempfile::tempdir().unwrap();
     let (reg, embed) = registry_with_heads(dir.path());
     let ql = dir.path().join("ql");
-    let cfg = ServeConfig {
-        profiles: vec![ProfileConfig {
-            name: "speed".into(),
-            bind: "127.0.0.1".into(),
-            port: 0,
-            axon_hotkey: None,
-            tier2: false,
-        }],
-        ..Default::default()
-    };
+    let cfg = support::loopback_serve();
     let first = start(&cfg, &embed, DecodeLimits::default(), reg.clone(), &ql)
         .await
         .unwrap();
