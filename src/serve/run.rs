@@ -247,18 +247,14 @@ struct Follow {
 }
 
 /// Loads the challenger `version` (or removes it with `None`) off the async workers; a head that
-/// fails to load or does not fit the encoder is logged and leaves no challenger. Returns whether
-/// it is installed.
-async fn install_challenger(
-    registry: &Registry,
-    tier1: &Arc<Tier1>,
-    version: Option<&str>,
-) -> bool {
+/// fails to load or does not fit the encoder is logged and leaves no challenger.
+async fn install_challenger(registry: &Registry, tier1: &Arc<Tier1>, version: Option<&str>) {
     let Some(v) = version else {
-        if let Ok(Some(old)) = tier1.set_challenger(None) {
-            tracing::info!(version = %old, "shadow scoring stopped");
+        if let Some(old) = tier1.challenger() {
+            let _ = tier1.set_challenger(None);
+            tracing::info!(version = %old.card.model_version, "shadow scoring stopped");
         }
-        return true;
+        return;
     };
     let (reg, v2) = (registry.clone(), v.to_string());
     let loaded = tokio::task::spawn_blocking(move || load_head(&reg, &v2)).await;
@@ -268,14 +264,10 @@ async fn install_challenger(
         Err(e) => Err(ServeError::Head(e.to_string())),
     };
     match r {
-        Ok(_) => {
-            tracing::info!(version = %v, "scoring the challenger in shadow");
-            true
-        }
+        Ok(_) => tracing::info!(version = %v, "scoring the challenger in shadow"),
         Err(e) => {
             tracing::error!("refusing challenger {v}: {e}");
             let _ = tier1.set_challenger(None);
-            false
         }
     }
 }
