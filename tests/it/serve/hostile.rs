@@ -326,3 +326,14 @@ async fn slow_images_hold_at_most_the_decode_slots_and_every_answer_is_finite() 
     );
     assert!(tier1.decode_peak() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let url = listen(AppState {
+        body_limit_bytes: 1024,
+        ..AppState::new("speed", tier1_a())
+    })
+    .await;
+    let r = post_image(&reqwest::Client::new(), &url, &vec![7u8; 4096]).await;
+    assert_eq!(r.status(), 413);
+}
