@@ -135,6 +135,9 @@ Examples:
     /// Hard cases, clusters, duplicates, drift; budgeted selection for labelling.
     #[command(subcommand)]
     Mine(cli::mine::MineCmd),
+    /// Fills the gaps mining found with generated images (procedural offline, or Amazon Bedrock).
+    #[command(subcommand)]
+    Synth(cli::synth::SynthCmd),
     /// Nearest stored samples to a sample (or an image file in the store), through the ANN index.
     #[command(
         after_help = "Examples:\n  roadwork similar 3fa2…(64 hex) -k 20\n  roadwork similar photo.jpg -k 10 --where \"source = 'validator'\"\n  roadwork similar 3fa2… --recall 200"
@@ -391,6 +394,7 @@ async fn run(mut cli: Cli) -> Result<()> {
         Command::Nightly(a) => cli::labels::nightly(cfg, a).await,
         Command::Labels(cmd) => cli::labels::labels(cfg, cmd).await,
         Command::Teach(a) => cli::labels::teach(cfg, a).await,
+        Command::Synth(cmd) => cli::synth::synth(cfg, cmd).await,
         Command::Demo { n, seed } => demo(&cfg, n, seed).await,
         Command::GenerateScenes { n, seed, out } => {
             let s = tokio::task::spawn_blocking(move || {

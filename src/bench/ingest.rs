@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::ingest::{FolderOptions, Ingestor};
 use crate::pipeline::PipelineError;
 use crate::store::Store;
-use crate::synth::scenes::{SceneSpec, SynthError, scene_jpeg, scene_path};
+use crate::synth::scenes::{SceneError, SceneSpec, scene_jpeg, scene_path};
 
 /// One benchmark result.
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +51,7 @@ impl IngestBench {
     }
 }
 
-fn write_scenes(dir: &Path, n: usize, width: u32, height: u32) -> Result<u64, SynthError> {
+fn write_scenes(dir: &Path, n: usize, width: u32, height: u32) -> Result<u64, SceneError> {
     let sizes = (0..n as u64)
         .into_par_iter()
         .map(|i| {
@@ -61,15 +61,15 @@ fn write_scenes(dir: &Path, n: usize, width: u32, height: u32) -> Result<u64, Sy
             let jpg = scene_jpeg(&spec)?;
             let path = dir.join(scene_path(&spec));
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| SynthError::Io {
+                std::fs::create_dir_all(parent).map_err(|source| SceneError::Io {
                     path: parent.into(),
                     source,
                 })?;
             }
-            std::fs::write(&path, &jpg).map_err(|source| SynthError::Io { path, source })?;
+            std::fs::write(&path, &jpg).map_err(|source| SceneError::Io { path, source })?;
             Ok(jpg.len() as u64)
         })
-        .collect::<Result<Vec<_>, SynthError>>()?;
+        .collect::<Result<Vec<_>, SceneError>>()?;
     Ok(sizes.iter().sum())
 }
 

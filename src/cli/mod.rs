@@ -2,4 +2,5 @@
 
 pub mod labels;
 pub mod mine;
+pub mod synth;
 pub mod train;

@@ -31,6 +31,7 @@ pub struct Config {
     pub mine: MineConfig,
     pub serve: ServeConfig,
     pub teach: TeachConfig,
+    pub synth: crate::synth::SynthConfig,
     pub pipeline: PipelineConfig,
 }
 
@@ -85,6 +86,8 @@ pub enum ConfigError {
     Serve(String),
     #[error("config: {0}")]
     Teach(String),
+    #[error("config: {0}")]
+    Synth(String),
     #[error("config: {0}")]
     Pipeline(String),
     #[error("config value {field} = {value} is out of range: {why}")]
@@ -151,6 +154,9 @@ impl Config {
         }
         if let Err(why) = self.teach.validate() {
             return Err(ConfigError::Teach(why));
+        }
+        if let Err(why) = self.synth.validate() {
+            return Err(ConfigError::Synth(why));
         }
         if let Err(why) = self.pipeline.validate() {
             return Err(ConfigError::Pipeline(why));

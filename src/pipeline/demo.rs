@@ -27,7 +27,7 @@ use crate::config::{Config, SourceConfig, SourceKind};
 use crate::labels::{ImportOptions, ImportSummary, import_labels};
 use crate::query::{QueryEngine, SAMPLES_BY_SOURCE_AND_LABEL};
 use crate::store::{Label, SampleId, SampleSource, Store};
-use crate::synth::scenes::SynthError;
+use crate::synth::scenes::SceneError;
 use crate::synth::scenes::{Daytime, SceneSpec, Weather, scene_jpeg, write_natix_shard};
 use crate::train::{Evaluation, Registry, evaluate_version};
 
@@ -228,15 +228,15 @@ pub fn demo_sources() -> Vec<SourceConfig> {
     ]
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io {
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SceneError + '_ {
+    move |source| SceneError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
 /// Writes the demo's inputs (blocking), or reuses them when the same `n` and `seed` made them.
-fn prepare_data(data_dir: &Path, n: usize, seed: u64) -> Result<DemoData, SynthError> {
+fn prepare_data(data_dir: &Path, n: usize, seed: u64) -> Result<DemoData, SceneError> {
     let dir = data_dir.join("demo");
     let params = format!("n={n} seed={seed} v=2\n");
     let params_path = data_dir.join(DEMO_PARAMS);
@@ -397,10 +397,10 @@ const TRAFFIC_DONE: &str = ".complete";
 /// Unlabelled "validator traffic" whose distribution differs from the training scenes: night-time
 /// rain and fog at the 224² validator-crop size. Mining should find the clusters it falls in
 /// under-covered and the two-sample test should call it drift.
-fn write_shifted_traffic(dir: &std::path::Path, seed: u64, n: usize) -> Result<(), SynthError> {
+fn write_shifted_traffic(dir: &std::path::Path, seed: u64, n: usize) -> Result<(), SceneError> {
     let io = |path: &std::path::Path| {
         let path = path.to_path_buf();
-        move |source| SynthError::Io { path, source }
+        move |source| SceneError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     for i in 0..n as u64 {

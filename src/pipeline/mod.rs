@@ -14,7 +14,7 @@ pub mod serve;
 use crate::ingest::IngestError;
 use crate::query::QueryError;
 use crate::store::StoreError;
-use crate::synth::scenes::SynthError;
+use crate::synth::scenes::SceneError;
 
 /// Why a pipeline stopped; each variant is the stage that failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
-    Synth(#[from] SynthError),
+    Scenes(#[from] SceneError),
+    #[error(transparent)]
+    Synth(#[from] crate::synth::SynthError),
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(transparent)]

@@ -71,6 +71,14 @@ pub enum Label {
 }
 
 impl Label {
+    /// `roadwork` or `clean`, as folders, reports and prompts spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Clean => "clean",
+            Label::Roadwork => "roadwork",
+        }
+    }
+
     /// The stored integer (0 or 1), as the subnet and the NATIX dataset spell it.
     pub fn as_u8(self) -> u8 {
         match self {

@@ -24,6 +24,7 @@ mod runs;
 pub mod schema;
 mod shadow;
 mod snapshot;
+mod synth;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub use runs::{RunId, RunKind, RunLedger, RunStatus, TableVersions};
 pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
 pub use shadow::ShadowRow;
 pub use snapshot::SnapshotName;
+pub use synth::{SynthImageRow, SynthStatus};
 
 /// What one write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -26,13 +26,15 @@ pub enum RunKind {
     Train,
     LabelsImport,
     Teach,
+    /// Synthetic gap filling (`roadwork synth run`).
+    Synth,
     /// A whole nightly job; its stages' runs name it as their parent.
     Nightly,
 }
 
 impl RunKind {
     /// Every kind, in loop order.
-    pub const ALL: [RunKind; 9] = [
+    pub const ALL: [RunKind; 10] = [
         RunKind::IngestFolder,
         RunKind::IngestNatix,
         RunKind::IngestQuerylog,
@@ -41,6 +43,7 @@ impl RunKind {
         RunKind::Train,
         RunKind::LabelsImport,
         RunKind::Teach,
+        RunKind::Synth,
         RunKind::Nightly,
     ];
 
@@ -55,6 +58,7 @@ impl RunKind {
             RunKind::Train => "train",
             RunKind::LabelsImport => "labels-import",
             RunKind::Teach => "teach",
+            RunKind::Synth => "synth",
             RunKind::Nightly => "nightly",
         }
     }

@@ -23,7 +23,7 @@ use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Table names.
 pub mod tables {
@@ -53,8 +53,10 @@ pub mod tables {
     pub const SELECTIONS: &str = "selections";
     /// A challenger's shadow scores beside the champion's, per served request (layout 5).
     pub const SHADOW_SCORES: &str = "shadow_scores";
+    /// Every image synthesis asked for, with its provenance and fate (layout 6).
+    pub const SYNTH_IMAGES: &str = "synth_images";
     /// Every table the store creates on open, in a stable order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SAMPLES,
         LABELS,
         PREDICTIONS,
@@ -68,6 +70,7 @@ pub mod tables {
         DUPLICATES,
         SELECTIONS,
         SHADOW_SCORES,
+        SYNTH_IMAGES,
     ];
 }
 
@@ -166,6 +169,19 @@ pub mod col {
     pub const TIER1_MS: &str = "tier1_ms";
     pub const CHAMPION_HEAD_MS: &str = "champion_head_ms";
     pub const CHALLENGER_HEAD_MS: &str = "challenger_head_ms";
+    pub const SYNTH_ID: &str = "synth_id";
+    pub const GAP: &str = "gap";
+    pub const BACKEND: &str = "backend";
+    pub const MODEL_ID: &str = "model_id";
+    pub const TASK: &str = "task";
+    pub const PROMPT: &str = "prompt";
+    pub const NEGATIVE_PROMPT: &str = "negative_prompt";
+    pub const SEED: &str = "seed";
+    pub const SOURCE_SAMPLE: &str = "source_sample";
+    pub const COST_USD: &str = "cost_usd";
+    pub const REASON: &str = "reason";
+    pub const LAND_LIMIT: &str = "land_limit";
+    pub const NEAREST_CLUSTER: &str = "nearest_cluster";
 }
 
 pub(crate) fn ts_type() -> DataType {
@@ -276,6 +292,7 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
         tables::DUPLICATES => Some(super::mining::duplicates_schema()),
         tables::SELECTIONS => Some(super::mining::selections_schema()),
         tables::SHADOW_SCORES => Some(super::shadow::shadow_scores_schema()),
+        tables::SYNTH_IMAGES => Some(super::synth::synth_images_schema()),
         _ => None,
     }
 }
@@ -298,6 +315,7 @@ pub fn key_of(table: &str) -> &'static str {
         tables::DUPLICATES => col::PAIR_ID,
         tables::SELECTIONS => col::SELECTION_ROW,
         tables::SHADOW_SCORES => col::SHADOW_ID,
+        tables::SYNTH_IMAGES => col::SYNTH_ID,
         _ => col::KEY,
     }
 }

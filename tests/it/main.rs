@@ -15,4 +15,5 @@ mod query;
 mod scenes;
 mod serve;
 mod store;
+mod synth;
 mod train;

@@ -49,7 +49,7 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 5);
+    assert_eq!(schema::SCHEMA_VERSION, 6);
     assert_eq!(
         show(schema::runs_schema()),
         "run_id:Utf8,kind:Utf8,started_at:Timestamp(µs, \"UTC\"),finished_at:Timestamp(µs, \"UTC\"),\
@@ -109,6 +109,13 @@ score:Float32,strategy:Utf8,reasons:Utf8"
 challenger_version:Utf8,challenger_score:Float32,tier1_ms:Float32,champion_head_ms:Float32,\
 challenger_head_ms:Float32,ts:Timestamp(µs, \"UTC\"),validator:Utf8"
     );
+    assert_eq!(
+        show(schema::schema_of(tables::SYNTH_IMAGES).unwrap()),
+        "synth_id:Utf8,run_id:Utf8,request_id:Utf8,gap:Utf8,cluster:UInt32,label:UInt8,backend:Utf8,\
+model_id:Utf8,task:Utf8,prompt:Utf8,negative_prompt:Utf8,seed:UInt64,source_sample:Utf8,cost_usd:Float64,\
+status:Utf8,reason:Utf8,sample_id:Utf8,distance:Float32,land_limit:Float32,nearest_cluster:UInt32,\
+ts:Timestamp(µs, \"UTC\")"
+    );
 }
 
 /// A layout-1 store (before the training tables) opens: the tables are added and the version
@@ -129,6 +136,7 @@ async fn a_layout_1_store_is_upgraded_in_place() {
         tables::DUPLICATES,
         tables::SELECTIONS,
         tables::SHADOW_SCORES,
+        tables::SYNTH_IMAGES,
     ] {
         db.drop_table(t, &[]).await.unwrap();
     }
@@ -289,6 +297,7 @@ fn doc_type(t: &arrow_schema::DataType) -> String {
         D::UInt64 => "u64".into(),
         D::Int64 => "i64".into(),
         D::Float32 => "f32".into(),
+        D::Float64 => "f64".into(),
         D::Timestamp(TimeUnit::Microsecond, Some(tz)) => format!("timestamp_us[{tz}]"),
         D::List(f) => format!("list<{}>", doc_type(f.data_type())),
         D::FixedSizeList(f, _) => format!("fixed_size_list<{}, D>", doc_type(f.data_type())),

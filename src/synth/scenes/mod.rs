@@ -22,7 +22,7 @@ use crate::store::{Label, LabelSource, SampleSource};
 
 pub use natix::{natix_schema, write_natix_shard};
 pub use render::render;
-pub use spec::{Daytime, Element, Environment, SceneSpec, Weather};
+pub use spec::{Daytime, Element, Environment, SceneSpec, Weather, scene_rng};
 
 /// Version of the drawing code; part of every `source_ref`, so images from a changed generator are
 /// told apart from old ones.
@@ -30,7 +30,7 @@ pub const GENERATOR: &str = "procedural-v1";
 
 /// Why scenes could not be written.
 #[derive(Debug, thiserror::Error)]
-pub enum SynthError {
+pub enum SceneError {
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,12 +53,12 @@ pub struct GenerateSummary {
 }
 
 /// Renders and JPEG-encodes one scene.
-pub fn scene_jpeg(spec: &SceneSpec) -> Result<Vec<u8>, SynthError> {
+pub fn scene_jpeg(spec: &SceneSpec) -> Result<Vec<u8>, SceneError> {
     let img = render(spec);
     let mut buf = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, spec.jpeg_quality)
         .encode_image(&img)
-        .map_err(|e| SynthError::Encode {
+        .map_err(|e| SceneError::Encode {
             index: spec.index,
             detail: e.to_string(),
         })?;
@@ -98,11 +98,11 @@ pub fn generate_scenes(
     n: usize,
     seed: u64,
     progress: bool,
-) -> Result<GenerateSummary, SynthError> {
+) -> Result<GenerateSummary, SceneError> {
     let started = std::time::Instant::now();
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| SynthError::Io { path, source }
+        move |source| SceneError::Io { path, source }
     };
     for class in ["roadwork", "clean"] {
         std::fs::create_dir_all(out.join(class)).map_err(io(&out.join(class)))?;
@@ -122,7 +122,7 @@ pub fn generate_scenes(
             bar.inc(1);
             Ok(jpg.len() as u64)
         })
-        .collect::<Result<_, SynthError>>()?;
+        .collect::<Result<_, SceneError>>()?;
     bar.finish_and_clear();
     let manifest_path = out.join(MANIFEST_FILE);
     let mut manifest =

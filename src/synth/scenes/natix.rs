@@ -11,7 +11,7 @@ use parquet::arrow::ArrowWriter;
 use rayon::prelude::*;
 
 use super::spec::{Element, SceneSpec};
-use super::{SynthError, scene_jpeg};
+use super::{SceneError, scene_jpeg};
 use crate::store::Label;
 
 fn s(name: &str) -> Field {
@@ -72,7 +72,7 @@ fn describe(spec: &SceneSpec) -> String {
 
 /// Writes scenes `indices` of `seed` to `path` as one NATIX-schema parquet file. Ids are
 /// `1_000_000 * seed + index`. Positives carry a scene description, negatives an empty one.
-pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usize, SynthError> {
+pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usize, SceneError> {
     let specs: Vec<SceneSpec> = indices.iter().map(|&i| SceneSpec::draw(seed, i)).collect();
     let jpegs = specs
         .par_iter()
@@ -143,18 +143,18 @@ pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usiz
         Arc::new(scene),
         Arc::new(label.finish()),
     ];
-    let io = |e: String| SynthError::Io {
+    let io = |e: String| SceneError::Io {
         path: path.into(),
         source: std::io::Error::other(e),
     };
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| io(e.to_string()))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| SynthError::Io {
+        std::fs::create_dir_all(dir).map_err(|source| SceneError::Io {
             path: dir.into(),
             source,
         })?;
     }
-    let file = std::fs::File::create(path).map_err(|source| SynthError::Io {
+    let file = std::fs::File::create(path).map_err(|source| SceneError::Io {
         path: path.into(),
         source,
     })?;

@@ -173,6 +173,52 @@ impl SceneSpec {
         }
     }
 
+    /// This scene with `label`: a positive gets 1–3 roadwork elements drawn from `r` (at least one
+    /// cone, barrier or sign), a negative loses them. Camera, road layout and conditions stay.
+    pub fn relabelled(mut self, label: Label, hard_negative: bool, r: &mut ChaCha8Rng) -> Self {
+        self.label = label;
+        match label {
+            Label::Roadwork => {
+                self.hard_negative = false;
+                if self.elements.is_empty() {
+                    let n = r.random_range(1..=3);
+                    let mut e: Vec<Element> = ELEMENTS.choose_multiple(r, n).copied().collect();
+                    if !e
+                        .iter()
+                        .any(|x| matches!(x, Element::Cones | Element::Barriers | Element::Sign))
+                    {
+                        e.push(Element::Cones);
+                    }
+                    e.sort_by_key(|x| *x as u8);
+                    self.elements = e;
+                }
+            }
+            Label::Clean => {
+                self.elements.clear();
+                self.hard_negative = hard_negative;
+            }
+        }
+        self
+    }
+
+    /// This scene under the conditions named by `daytime`, `weather` and `environment`
+    /// attributes (values spelled as in the tags; others are ignored).
+    pub fn with_attributes(mut self, attrs: &std::collections::BTreeMap<String, String>) -> Self {
+        fn parse<T: serde::de::DeserializeOwned>(v: &str) -> Option<T> {
+            serde_json::from_value(serde_json::Value::String(v.to_string())).ok()
+        }
+        if let Some(v) = attrs.get("daytime").and_then(|v| parse(v)) {
+            self.daytime = v;
+        }
+        if let Some(v) = attrs.get("weather").and_then(|v| parse(v)) {
+            self.weather = v;
+        }
+        if let Some(v) = attrs.get("environment").and_then(|v| parse(v)) {
+            self.environment = v;
+        }
+        self
+    }
+
     /// `key=value` tags stored with the sample.
     pub fn tags(&self) -> Vec<String> {
         let name = |v: &dyn erased::Name| v.name();
