@@ -204,6 +204,7 @@ pub fn print_nightly(r: &roadwork::pipeline::nightly::NightlyReport) {
             s.note.as_deref().unwrap_or("")
         );
     }
+    print_synth(r);
     println!(
         "champion: {} → {}",
         r.progress.champion_before.as_deref().unwrap_or("none"),
@@ -211,5 +212,33 @@ pub fn print_nightly(r: &roadwork::pipeline::nightly::NightlyReport) {
     );
     if let Some(p) = &r.progress.report {
         println!("report: {}", p.display());
+    }
+}
+
+/// The synth stage's gaps with their coverage before → after, when it ran.
+fn print_synth(r: &roadwork::pipeline::nightly::NightlyReport) {
+    use roadwork::config::Stage;
+    let Some(gaps) = r
+        .progress
+        .output(Stage::Synth, "gaps")
+        .and_then(|g| serde_json::from_value::<Vec<roadwork::synth::GapOutcome>>(g.clone()).ok())
+    else {
+        return;
+    };
+    let n = |k: &str| {
+        r.progress
+            .output(Stage::Synth, k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    println!(
+        "synth: {} images accepted of {} made ({} roadwork, {} clean)",
+        n("accepted"),
+        n("sent"),
+        n("accepted_roadwork"),
+        n("accepted_clean")
+    );
+    for g in gaps {
+        println!("  {:<30} +{:<3} {}", g.gap, g.accepted, g.coverage());
     }
 }

@@ -236,7 +236,24 @@ fn io_of(stage: Stage, cfg: &Config) -> (Vec<String>, Vec<String>) {
             v(&["selections", "samples", "VLM [serve.tier2]"]),
             v(&["labels (teacher)"]),
         ),
-        Stage::Synth => (vec![], vec![]),
+        Stage::Synth => (
+            v(&[
+                "runs (mining run)",
+                "mine_clusters",
+                "mine_scores",
+                "samples",
+                "labels",
+                "embeddings_<model>",
+                "synth_images",
+            ]),
+            v(&[
+                "samples (synthetic)",
+                "labels (synthetic)",
+                "embeddings_<model>",
+                "synth_images",
+                "reports/synth/<run>.html",
+            ]),
+        ),
         Stage::Train => (
             v(&[
                 "samples",
@@ -435,9 +452,7 @@ impl Night<'_> {
             Stage::Mine => self.mine().await,
             Stage::Select => self.select().await,
             Stage::Teach => self.teach().await,
-            Stage::Synth => Ok(Outcome::skipped(
-                "synthetic gap filling is not built yet; nothing generated",
-            )),
+            Stage::Synth => self.synth().await,
             Stage::Train => self.train().await,
             Stage::Eval => self.eval().await,
             Stage::Promote => self.promote().await,
@@ -728,6 +743,79 @@ impl Night<'_> {
             serde_json::to_value(&s).unwrap_or_default(),
             vec![s.run_id.clone()],
         ))
+    }
+
+    /// Fills the gaps of tonight's mining run with generated images (`[synth]`).
+    async fn synth(&mut self) -> Result<Outcome, PipelineError> {
+        let Some(mine_run) = self.mine_run().await? else {
+            return Ok(Outcome::skipped("no mining run: no gaps to fill"));
+        };
+        let v = self.versions().await?;
+        let inputs = json!({
+            "mine_run": mine_run, "samples": v.of(tables::SAMPLES), "labels": v.of(tables::LABELS),
+            "config": self.cfg.synth,
+        });
+        if let Some(o) = self.up_to_date(Stage::Synth, inputs.clone()) {
+            return Ok(o);
+        }
+        // Its own images are no reason to synthesise again: when nothing but the last synthesis
+        // wrote samples or labels since, tonight's mining run only scored those images, and the
+        // job stays at a fixed point instead of spending every night.
+        let now = json!({"samples": v.of(tables::SAMPLES), "labels": v.of(tables::LABELS)});
+        let last = std::iter::once(&self.progress)
+            .chain(self.past.iter().rev())
+            .filter_map(|p| p.record(Stage::Synth))
+            .find(|r| r.status == StageStatus::Done);
+        if let Some(r) = last
+            && r.outputs.get("after") == Some(&now)
+        {
+            return Ok(Outcome {
+                status: StageStatus::Skipped,
+                note: Some("no samples or labels since the last synthesis but its own".into()),
+                inputs,
+                outputs: r.outputs.clone(),
+                runs: vec![],
+            });
+        }
+        let mut sc = self.cfg.synth.clone();
+        sc.mine_run = Some(mine_run);
+        let embed = self.cfg.embed.clone();
+        let encoder = tokio::task::spawn_blocking(move || {
+            crate::embed::load_encoder(&embed, embed.weights.as_deref())
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))??;
+        let backend = crate::synth::open_backend(&sc).await;
+        let dir = sc
+            .report_dir
+            .clone()
+            .unwrap_or_else(|| crate::synth::default_report_dir(&self.cfg.data.dir));
+        let s = crate::synth::Synthesizer::new(
+            self.store.clone(),
+            sc,
+            self.cfg.train.split.clone(),
+            backend,
+            encoder,
+        )?
+        .with_report_dir(dir)
+        .with_progress(!self.quiet)
+        .run()
+        .await?;
+        let note = (!s.flagged_clusters.is_empty()).then(|| {
+            format!(
+                "shortcut audit: synthetic images are separable from real ones in clusters {:?}",
+                s.flagged_clusters
+            )
+        });
+        let v = self.versions().await?;
+        let mut outputs = serde_json::to_value(&s).unwrap_or_default();
+        outputs["after"] =
+            json!({"samples": v.of(tables::SAMPLES), "labels": v.of(tables::LABELS)});
+        let o = Outcome::done(inputs, outputs, vec![s.run_id.clone()]);
+        Ok(match note {
+            Some(n) => o.with_note(n),
+            None => o,
+        })
     }
 
     async fn train(&mut self) -> Result<Outcome, PipelineError> {
@@ -1134,7 +1222,12 @@ fn plan(
     for &s in stages {
         let (reads, writes) = io_of(s, cfg);
         let action = match s {
-            Stage::Synth => "skip: not built yet".to_string(),
+            Stage::Synth => format!(
+                "run ({} backend, at most {} images and ${:.2})",
+                cfg.synth.backend.as_str(),
+                cfg.synth.max_images,
+                cfg.synth.max_usd
+            ),
             Stage::Teach if cfg.serve.tier2.is_none() => "skip: no [serve.tier2] VLM".into(),
             Stage::Mine | Stage::Train => match last(s) {
                 Some(r) => {

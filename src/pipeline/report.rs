@@ -732,6 +732,61 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
         h.push_str("</table>");
     }
 
+    // Synthesis.
+    if let Some(gaps) = p
+        .output(Stage::Synth, "gaps")
+        .and_then(|g| serde_json::from_value::<Vec<crate::synth::GapOutcome>>(g.clone()).ok())
+    {
+        let n = |k: &str| {
+            p.output(Stage::Synth, k)
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let usd = p
+            .output(Stage::Synth, "spent_usd")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let _ = write!(
+            h,
+            "<h2>Synthesis</h2><p>{} images accepted of {} made ({} roadwork, {} clean), ${usd:.2} spent.",
+            n("accepted"),
+            n("sent"),
+            n("accepted_roadwork"),
+            n("accepted_clean")
+        );
+        if let Some(r) = p.output(Stage::Synth, "report").and_then(Value::as_str) {
+            let _ = write!(
+                h,
+                " <a href=\"file://{}\">The synthesis report</a> has every image and why it was refused.",
+                esc(r)
+            );
+        }
+        h.push_str("</p><table><tr><th>gap</th><th>why</th><th class=num>asked</th><th class=num>accepted</th><th>coverage</th></tr>");
+        for g in &gaps {
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td></tr>",
+                esc(&g.gap),
+                esc(&g.why),
+                g.asked,
+                g.accepted,
+                esc(&g.coverage())
+            );
+        }
+        h.push_str("</table>");
+        if let Some(flagged) = p
+            .output(Stage::Synth, "flagged_clusters")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+        {
+            let _ = write!(
+                h,
+                "<p class=bad>Shortcut audit: synthetic images are separable from real ones in clusters {}.</p>",
+                esc(&serde_json::to_string(flagged).unwrap_or_default())
+            );
+        }
+    }
+
     // Galleries.
     let gallery = |h: &mut String, title: &str, items: Vec<(String, String)>| {
         let _ = write!(h, "<h2>{title}</h2>");

@@ -110,12 +110,7 @@ pub fn context<'a>(
     backend: &'a str,
 ) -> CheckContext<'a> {
     let v = &loaded.vectors;
-    let row: HashMap<&str, usize> = v
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
+    let row = super::load::row_index(v);
     let vec_of = |id: &str| row.get(id).map(|&r| &v.data[r * v.dim..(r + 1) * v.dim]);
     let target_of = |ids: Vec<&str>| -> Option<Target> {
         let rows: Vec<&[f32]> = ids.iter().filter_map(|id| vec_of(id)).collect();

@@ -156,6 +156,15 @@ pub async fn sample_facts(store: &Store) -> Result<HashMap<String, SampleFacts>,
     Ok(out)
 }
 
+/// Row of each sample id in `v`.
+pub fn row_index(v: &VectorRows) -> HashMap<&str, usize> {
+    v.ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect()
+}
+
 /// Unit-length copies of the rows (cosine distance is then `1 − dot`).
 pub fn normalise(v: &mut VectorRows) {
     if v.dim == 0 {
@@ -242,12 +251,7 @@ pub async fn load(
         .await?;
     let mut vectors = collect_vectors(&table, &batches)?;
     normalise(&mut vectors);
-    let row: HashMap<&str, usize> = vectors
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
+    let row = row_index(&vectors);
     // Centroids of the clusters, for typical-first sources.
     let dim = vectors.dim;
     let mut sums: HashMap<u32, Vec<f32>> = HashMap::new();

@@ -10,8 +10,9 @@
 //! - **imbalance** within a stratum (`daytime=night`, `era=crop224`, …): the minority class of
 //!   that stratum, until the majority holds at most `max_class_share`.
 //!
-//! Requests and jobs are named by hashes of (mining run, gap, label, seed), so the same plan is
-//! the same set of jobs on every re-run.
+//! Requests and jobs are named by hashes of (gap kind, what the gap is — a stratum value, or a
+//! cluster's most typical real members —, label, seed), so the same plan is the same set of jobs on
+//! every re-run, and a later mining run that finds the same gap asks for the same jobs.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -655,6 +656,28 @@ pub fn make_plan(cfg: &SynthConfig, inp: &PlanInputs) -> Plan {
         }
         let (width, height) = output_size(&members);
         let srcs = sources(&members);
+        // What the gap is, independent of the mining run that found it: a stratum by its value,
+        // a cluster by its most typical real members. A later mining run that finds the same gap
+        // asks for the same jobs, which are then already done.
+        let anchor = match &gap.stratum {
+            Some((k, v)) => format!("{k}={v}"),
+            None => {
+                let mut typical: Vec<&&Member> =
+                    members.iter().filter(|m| !m.synthetic()).collect();
+                typical.sort_by(|a, b| {
+                    a.centroid_distance
+                        .total_cmp(&b.centroid_distance)
+                        .then_with(|| a.sample_id.cmp(&b.sample_id))
+                });
+                let mut ids: Vec<&str> = typical
+                    .iter()
+                    .take(8)
+                    .map(|m| m.sample_id.as_str())
+                    .collect();
+                ids.sort_unstable();
+                ids.join(",")
+            }
+        };
         let mut room = cfg.per_gap;
         if gap.cluster.is_some() {
             let cap = (cfg.checks.max_synthetic_ratio * gap.members as f32).floor() as usize;
@@ -676,9 +699,9 @@ pub fn make_plan(cfg: &SynthConfig, inp: &PlanInputs) -> Plan {
                 continue;
             }
             let request_id = hex_hash(&[
-                "synth-request-v1",
-                &inp.mine_run,
-                &gap.key,
+                "synth-request-v2",
+                gap.kind.as_str(),
+                &anchor,
                 label.as_str(),
                 &cfg.seed.to_string(),
             ]);

@@ -17,6 +17,24 @@ use crate::store::SynthStatus;
 /// Thumbnails shown per gap and outcome.
 const THUMBS: usize = 8;
 
+/// The run's totals, one line each.
+fn totals(s: &SynthSummary) -> [String; 3] {
+    [
+        format!(
+            "planned {} images ({} made by earlier runs, {} left out by the budget)",
+            s.planned, s.already_done, s.over_budget
+        ),
+        format!(
+            "sent {}, accepted {} ({} roadwork, {} clean)",
+            s.sent, s.accepted, s.accepted_roadwork, s.accepted_clean
+        ),
+        format!(
+            "spent ${:.2} on {} billed calls",
+            s.spent_usd, s.images_billed
+        ),
+    ]
+}
+
 fn markdown(s: &SynthSummary, plan: &Plan) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# Synthesis run {}\n", s.run_id);
@@ -25,36 +43,19 @@ fn markdown(s: &SynthSummary, plan: &Plan) -> String {
         "Backend **{}**, mining run `{}`, embeddings `{}`, seed {}.\n",
         s.backend, s.mine_run, s.embedding_model, plan.seed
     );
-    let _ = writeln!(
-        m,
-        "- planned {} images ({} made by earlier runs, {} left out by the budget)\n- sent {}, accepted **{}** ({} roadwork, {} clean)\n- spent **${:.2}** on {} billed images\n",
-        s.planned,
-        s.already_done,
-        s.over_budget,
-        s.sent,
-        s.accepted,
-        s.accepted_roadwork,
-        s.accepted_clean,
-        s.spent_usd,
-        s.images_billed
-    );
+    for line in totals(s) {
+        let _ = writeln!(m, "- {line}");
+    }
+    m.push('\n');
     let _ = writeln!(m, "## Gaps\n");
     let _ = writeln!(
         m,
-        "| gap | why | asked | made | accepted | refused | spent | coverage before → after (goal) |"
+        "| gap | why | asked | made | accepted | refused | spent | coverage before → after |"
     );
     let _ = writeln!(m, "|---|---|---:|---:|---:|---|---:|---|");
     for g in &s.gaps {
         let refused: Vec<String> = g.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let cov = match (g.before, g.after, g.goal) {
-            (Some(b), Some(a), Some(goal)) => format!(
-                "{:.1}% → {:.1}% ({:.1}%)",
-                100.0 * b,
-                100.0 * a,
-                100.0 * goal
-            ),
-            _ => "–".into(),
-        };
+        let cov = g.coverage();
         let _ = writeln!(
             m,
             "| `{}` | {} | {} | {} | {} | {} | ${:.2} | {} |",
@@ -164,40 +165,27 @@ fn html(s: &SynthSummary, plan: &Plan, verdicts: &[Verdict]) -> String {
     );
     let _ = write!(
         h,
-        "<h1>Synthesis run {}</h1><p>Backend <b>{}</b>, mining run <code>{}</code>, embeddings <code>{}</code>, seed {}.</p><ul><li>planned {} images ({} made by earlier runs, {} left out by the budget)</li><li>sent {}, accepted <b>{}</b> ({} roadwork, {} clean)</li><li>spent <b>${:.2}</b> on {} billed images</li></ul>",
+        "<h1>Synthesis run {}</h1><p>Backend <b>{}</b>, mining run <code>{}</code>, embeddings <code>{}</code>, seed {}.</p><ul>",
         esc(&s.run_id),
         esc(&s.backend),
         esc(&s.mine_run),
         esc(&s.embedding_model),
-        plan.seed,
-        s.planned,
-        s.already_done,
-        s.over_budget,
-        s.sent,
-        s.accepted,
-        s.accepted_roadwork,
-        s.accepted_clean,
-        s.spent_usd,
-        s.images_billed
+        plan.seed
     );
+    for line in totals(s) {
+        let _ = write!(h, "<li>{}</li>", esc(&line));
+    }
+    h.push_str("</ul>");
     if let Some(svg) = coverage_chart(s) {
         h.push_str(&svg);
     }
     let _ = write!(
         h,
-        "<h2>Gaps</h2><table><tr><th>gap</th><th>why</th><th>asked</th><th>made</th><th>accepted</th><th>refused</th><th>spent</th><th>coverage before → after (goal)</th></tr>"
+        "<h2>Gaps</h2><table><tr><th>gap</th><th>why</th><th>asked</th><th>made</th><th>accepted</th><th>refused</th><th>spent</th><th>coverage before → after</th></tr>"
     );
     for g in &s.gaps {
         let refused: Vec<String> = g.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let cov = match (g.before, g.after, g.goal) {
-            (Some(b), Some(a), Some(goal)) => format!(
-                "{:.1}% → {:.1}% ({:.1}%)",
-                100.0 * b,
-                100.0 * a,
-                100.0 * goal
-            ),
-            _ => "–".into(),
-        };
+        let cov = g.coverage();
         let _ = write!(
             h,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>${:.2}</td><td>{}</td></tr>",

@@ -84,12 +84,43 @@ pub struct GapOutcome {
     /// Refusals by reason kind (`duplicate`, `leak`, `missed gap`, `cap`, `filtered`, …).
     pub rejected: BTreeMap<String, usize>,
     pub spent_usd: f64,
-    /// Training members of the gap before and after (cluster gaps: training share of the
-    /// cluster; strata: the minority class's share).
+    /// Labelled training members of the gap before, and after adding the accepted images made
+    /// for it (each passed the gap's landing check).
+    pub members_before: usize,
+    pub members_after: usize,
+    /// Coverage before and after: a cluster's share of the training data; a stratum's minority
+    /// class share.
     pub before: Option<f64>,
     pub after: Option<f64>,
-    /// What it should approach: the cluster's traffic share, or 0.5.
+    /// What it should approach: an under-covered cluster's traffic share; 0.5 for a stratum.
     pub goal: Option<f64>,
+}
+
+impl GapOutcome {
+    /// `train members 12 → 20, share 4.3% → 6.8% (traffic 58.0%)`, or for a stratum the
+    /// minority class's share.
+    pub fn coverage(&self) -> String {
+        let (Some(b), Some(a)) = (self.before, self.after) else {
+            return String::new();
+        };
+        let what = if self.gap.starts_with("imbalance") {
+            "minority share"
+        } else {
+            "share"
+        };
+        let goal = match self.goal {
+            Some(g) if self.gap.starts_with("imbalance") => format!(" (goal {:.0}%)", 100.0 * g),
+            Some(g) => format!(" (traffic {:.1}%)", 100.0 * g),
+            None => String::new(),
+        };
+        format!(
+            "train members {} → {}, {what} {:.1}% → {:.1}%{goal}",
+            self.members_before,
+            self.members_after,
+            100.0 * b,
+            100.0 * a
+        )
+    }
 }
 
 /// What a synthesis run did.
@@ -147,19 +178,14 @@ impl std::fmt::Display for SynthSummary {
             writeln!(f, "  not accepted: {}", parts.join(", "))?;
         }
         for g in &self.gaps {
-            let cov = match (g.before, g.after, g.goal) {
-                (Some(b), Some(a), Some(goal)) => format!(
-                    "coverage {:.1}% → {:.1}% (goal {:.1}%)",
-                    100.0 * b,
-                    100.0 * a,
-                    100.0 * goal
-                ),
-                _ => String::new(),
-            };
             writeln!(
                 f,
-                "  {:<28} asked {:>3}, made {:>3}, accepted {:>3}  {cov}",
-                g.gap, g.asked, g.generated, g.accepted
+                "  {:<28} asked {:>3}, made {:>3}, accepted {:>3}  {}",
+                g.gap,
+                g.asked,
+                g.generated,
+                g.accepted,
+                g.coverage()
             )?;
         }
         for a in self.audit.iter().filter(|a| a.flagged) {
@@ -584,20 +610,20 @@ fn outcomes(
                 *o.rejected.entry(f.kind.clone()).or_default() += 1;
             }
             if let Some(c) = g.cluster {
-                let landed = verdicts
-                    .iter()
-                    .filter(|v| v.status == SynthStatus::Accepted && v.nearest_cluster == Some(c))
-                    .count();
+                // Accepted images made for this gap passed its landing check.
+                let landed = o.accepted;
                 let before = g.train_members as f64 / train_labelled.max(1) as f64;
                 let after = (g.train_members + landed) as f64
                     / (train_labelled + accepted_total).max(1) as f64;
+                o.members_before = g.train_members;
+                o.members_after = g.train_members + landed;
                 o.before = Some(before);
                 o.after = Some(after);
                 o.goal = loaded
                     .plan
                     .clusters
                     .iter()
-                    .find(|x| x.cluster == c)
+                    .find(|x| x.cluster == c && g.kind == crate::synth::GapKind::UnderCovered)
                     .map(|x| f64::from(x.traffic_share));
             } else if let Some((k, val)) = &g.stratum {
                 let in_stratum = |m: &&crate::synth::plan::Member| {
@@ -621,6 +647,8 @@ fn outcomes(
                     .iter()
                     .filter(|v| v.job.label == Label::Roadwork)
                     .count();
+                o.members_before = n;
+                o.members_after = n + added.len();
                 o.before = Some(minority(pos, n));
                 o.after = Some(minority(pos + added_pos, n + added.len()));
                 o.goal = Some(0.5);
@@ -634,12 +662,7 @@ fn outcomes(
 /// images counted in the cluster they landed in), and over all clusters together.
 fn audit(loaded: &Loaded, verdicts: &[Verdict], cfg: &SynthConfig) -> Vec<AuditRow> {
     let v = &loaded.vectors;
-    let row: HashMap<&str, usize> = v
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
+    let row = super::load::row_index(v);
     /// Real and synthetic unit vectors of one cluster.
     type Sides = (Vec<Vec<f32>>, Vec<Vec<f32>>);
     let mut groups: BTreeMap<u32, Sides> = BTreeMap::new();
@@ -754,6 +777,9 @@ mod tests {
         assert!(usd <= 1.0 && (usd - 0.98).abs() < 1e-9, "{usd}");
         let few = Budget::new(2, 100.0);
         assert!(few.reserve(1.0).is_some() && few.reserve(1.0).is_some());
-        assert!(few.reserve(0.0).is_none(), "the image limit holds at price 0 too");
+        assert!(
+            few.reserve(0.0).is_none(),
+            "the image limit holds at price 0 too"
+        );
     }
 }

@@ -753,3 +753,22 @@ async fn a_bedrock_run_stays_within_its_budget_under_concurrency() {
     assert!(redone.is_empty(), "{redone:?}");
     assert!(again.spent_usd <= 0.50 + 1e-9);
 }
+
+/// The Bedrock block of docs/SYNTH.md is a valid roadwork config, and so are the pipelines.
+#[test]
+fn the_documented_bedrock_config_parses_and_validates() {
+    let doc = std::fs::read_to_string(support::root().join("docs/SYNTH.md")).unwrap();
+    let block = doc
+        .split("```toml")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let cfg: roadwork::config::Config = toml::from_str(block).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.synth.backend, BackendKind::Bedrock);
+    assert_eq!(cfg.synth.bedrock.region, "us-west-2");
+    assert_eq!(cfg.synth.bedrock.models.len(), 3);
+    for p in ["pipelines/nightly.toml", "pipelines/demo.toml"] {
+        roadwork::config::Config::load(Some(&support::root().join(p))).unwrap();
+    }
+}

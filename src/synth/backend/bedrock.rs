@@ -353,6 +353,10 @@ fn classify<R: std::fmt::Debug>(
                 GenError::Server(msg)
             }
         }
+        // No credentials, no region: every call would fail the same way.
+        SdkError::ConstructionFailure(c) => GenError::Refused(format!(
+            "cannot build the request (credentials? region?): {c:?}"
+        )),
         other => GenError::Local(format!("{other:?}")),
     }
 }
