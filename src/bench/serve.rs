@@ -322,6 +322,8 @@ fn log_cost(dir: &Path, image_b64: &str, n: usize) -> Result<LogCost, String> {
             profile: "bench".into(),
             image_b64: image_b64.to_string(),
             image_sha256: "0".repeat(64),
+            image_cut: None,
+            image_len: None,
             model_version: "bench-head".into(),
             tiers: vec![TierOutput {
                 tier: 1,

@@ -133,6 +133,13 @@ impl Config {
         if self.ingest.batch_mib == 0 {
             return bad("ingest.batch_mib", 0, "must be at least 1");
         }
+        if !(1..=1024).contains(&self.ingest.max_file_mib) {
+            return bad(
+                "ingest.max_file_mib",
+                self.ingest.max_file_mib,
+                "must be in 1..=1024",
+            );
+        }
         if self.embed.resolution == 0 || !self.embed.resolution.is_multiple_of(16) {
             return bad(
                 "embed.resolution",

@@ -181,6 +181,9 @@ pub struct HousekeepingConfig {
     pub compact: bool,
     /// Untagged versions older than this many days are removed (tagged ones never are).
     pub keep_versions_days: u32,
+    /// Query-log segments in `done/` (already in Lance, durably) older than this many days are
+    /// deleted; 0 keeps them forever.
+    pub querylog_done_days: u32,
 }
 
 impl Default for HousekeepingConfig {
@@ -188,6 +191,7 @@ impl Default for HousekeepingConfig {
         Self {
             compact: true,
             keep_versions_days: 7,
+            querylog_done_days: 14,
         }
     }
 }

@@ -1,6 +1,13 @@
 //! Image-folder ingest. A label comes from, in order: the folder's `manifest.jsonl`, a `path,label`
-//! CSV, or the nearest enclosing directory named `roadwork`/`clean` (also `positive`/`negative`,
-//! `1`/`0`). Files with none are stored unlabelled.
+//! CSV, or the class folder directly under the root (`roadwork`/`clean`, also
+//! `positive`/`negative`, `1`/`0`), after an optional split folder (`train/`, `test/`,
+//! `validation/`…: the Hugging Face `imagefolder` layout). A folder deeper down never sets a label
+//! (`2024/1/x.jpg` is unlabelled). Files with none are stored unlabelled.
+//!
+//! The walk is bounded: symbolic links are not followed (a link to `/` or `/dev/zero` is reported,
+//! not read), only regular files are opened (a FIFO or device is reported), and a file over
+//! `ingest.max_file_mib` is reported by its size without being read. `labels.csv` rows that match
+//! no file are reported too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,8 +56,17 @@ fn rel_key(p: &Path) -> String {
         .join("/")
 }
 
-fn list_files(root: &Path, exclude: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
-    let mut out = Vec::new();
+/// Files under `root` to read, and the entries passed over with why (paths relative to root).
+struct Listing {
+    files: Vec<PathBuf>,
+    passed: Vec<(String, String)>,
+}
+
+fn list_files(root: &Path, exclude: &[PathBuf]) -> Result<Listing, IngestError> {
+    let mut out = Listing {
+        files: Vec::new(),
+        passed: Vec::new(),
+    };
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(|source| IngestError::Io {
@@ -66,34 +82,92 @@ fn list_files(root: &Path, exclude: &[PathBuf]) -> Result<Vec<PathBuf>, IngestEr
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
+            // The entry's own type: a symbolic link is a link here, never what it points to.
+            let kind = entry.file_type().map_err(|source| IngestError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let rel = || rel_key(path.strip_prefix(root).unwrap_or(&path));
+            if kind.is_symlink() {
+                out.passed
+                    .push((rel(), "symbolic link, not followed".into()));
+            } else if kind.is_dir() {
                 stack.push(path);
+            } else if !kind.is_file() {
+                out.passed
+                    .push((rel(), "not a regular file (FIFO, socket or device)".into()));
             } else if !exclude.iter().any(|e| e == &path) {
-                out.push(path);
+                out.files.push(path);
             }
         }
     }
-    out.sort();
+    out.files.sort();
+    out.passed.sort();
     Ok(out)
 }
 
-fn label_from_dirs(rel: &Path) -> Option<Label> {
-    rel.parent()?.components().rev().find_map(|c| {
-        match c
-            .as_os_str()
-            .to_string_lossy()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "roadwork" | "positive" | "1" => Some(Label::Roadwork),
-            "clean" | "negative" | "0" => Some(Label::Clean),
-            _ => None,
-        }
-    })
+/// Reads a regular file of at most `max` bytes without following a link or waiting on a FIFO
+/// (it may have been swapped since the walk), refusing a larger one before reading it.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "file of {} bytes is over ingest.max_file_mib ({} MiB)",
+            meta.len(),
+            max >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while read is still cut at the cap (+1 byte to see that it did).
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!(
+            "file grew past ingest.max_file_mib ({} MiB) while read",
+            max >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
-/// Reads `path,label` rows; keys are paths relative to `root`.
-fn read_label_csv(csv_path: &Path, root: &Path) -> Result<HashMap<String, Label>, IngestError> {
+/// Split folders of the Hugging Face `imagefolder` layout, which may stand above the class folder.
+const SPLIT_DIRS: [&str; 6] = ["train", "test", "validation", "valid", "val", "dev"];
+
+/// The label of the class folder directly under the root (after an optional split folder).
+fn label_from_dirs(rel: &Path) -> Option<Label> {
+    let dirs: Vec<String> = rel
+        .parent()?
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_ascii_lowercase())
+        .collect();
+    let class = match dirs.as_slice() {
+        [split, class, ..] if SPLIT_DIRS.contains(&split.as_str()) => class,
+        [class, ..] => class,
+        [] => return None,
+    };
+    match class.as_str() {
+        "roadwork" | "positive" | "1" => Some(Label::Roadwork),
+        "clean" | "negative" | "0" => Some(Label::Clean),
+        _ => None,
+    }
+}
+
+/// Reads `path,label` rows; keys are paths relative to `root`, values the label and its line.
+fn read_label_csv(
+    csv_path: &Path,
+    root: &Path,
+) -> Result<HashMap<String, (Label, usize)>, IngestError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -138,7 +212,7 @@ fn read_label_csv(csv_path: &Path, root: &Path) -> Result<HashMap<String, Label>
             Ok(rel) => rel_key(rel),
             Err(_) => rel_key(as_given),
         };
-        out.insert(key, label);
+        out.insert(key, (label, line));
     }
     Ok(out)
 }
@@ -197,7 +271,7 @@ impl Ingestor {
         };
         let mut exclude = vec![manifest_path];
         exclude.extend(csv_abs.clone());
-        let files = list_files(&root, &exclude)?;
+        let Listing { files, passed } = list_files(&root, &exclude)?;
         let author = opts.author.clone().unwrap_or_else(|| {
             root.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -217,6 +291,30 @@ impl Ingestor {
             params,
         )
         .await?;
+        for (rel, why) in passed {
+            w.summary.scanned += 1;
+            w.skip(rel, why);
+        }
+        // A label row naming no file is a mistake in the sheet, reported rather than dropped.
+        let listed: std::collections::HashSet<String> = files
+            .iter()
+            .map(|p| rel_key(p.strip_prefix(&root).unwrap_or(p)))
+            .collect();
+        if let Some(csv) = &csv_abs {
+            let mut unmatched: Vec<(usize, &String)> = csv_labels
+                .iter()
+                .filter(|(k, _)| !listed.contains(*k))
+                .map(|(k, (_, line))| (*line, k))
+                .collect();
+            unmatched.sort();
+            for (line, key) in unmatched {
+                w.skip(
+                    format!("{}:{line}", csv.display()),
+                    format!("label row matches no file ({key})"),
+                );
+            }
+        }
+        let max_file = self.cfg.max_file_bytes();
         let bar = self.bar(files.len() as u64, "folder");
         for chunk in files.chunks(CHUNK) {
             let limits = self.limits;
@@ -225,13 +323,11 @@ impl Ingestor {
                 chunk
                     .into_par_iter()
                     .map(|p| {
-                        let r = std::fs::read(&p)
-                            .map_err(|e| format!("cannot read: {e}"))
-                            .and_then(|bytes| {
-                                image_facts(&bytes, &limits)
-                                    .map(|f| (f, bytes))
-                                    .map_err(|e| e.to_string())
-                            });
+                        let r = read_bounded(&p, max_file).and_then(|bytes| {
+                            image_facts(&bytes, &limits)
+                                .map(|f| (f, bytes))
+                                .map_err(|e| e.to_string())
+                        });
                         (p, r)
                     })
                     .collect::<Vec<_>>()
@@ -256,7 +352,7 @@ impl Ingestor {
                 let entry = manifest.get(&rel);
                 let label = entry
                     .and_then(|e| e.label)
-                    .or_else(|| csv_labels.get(&rel).copied())
+                    .or_else(|| csv_labels.get(&rel).map(|(l, _)| *l))
                     .or_else(|| label_from_dirs(Path::new(&rel)));
                 let now = Utc::now();
                 let label_row = label.map(|label| LabelRow {
@@ -313,16 +409,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_from_nearest_labelled_dir() {
-        assert_eq!(
-            label_from_dirs(Path::new("a/roadwork/x/img.jpg")),
-            Some(Label::Roadwork)
+    fn only_the_class_folder_under_the_root_or_a_split_labels() {
+        let l = |p: &str| label_from_dirs(Path::new(p));
+        assert_eq!(l("roadwork/img.jpg"), Some(Label::Roadwork));
+        assert_eq!(l("clean/x/img.jpg"), Some(Label::Clean));
+        assert_eq!(l("train/1/img.jpg"), Some(Label::Roadwork));
+        assert_eq!(l("validation/negative/img.jpg"), Some(Label::Clean));
+        // A deeper folder named like a class is not one.
+        assert_eq!(l("2024/1/img.jpg"), None);
+        assert_eq!(l("a/roadwork/x/img.jpg"), None);
+        assert_eq!(l("img.jpg"), None);
+        assert_eq!(l("other/img.jpg"), None);
+    }
+
+    #[test]
+    fn a_bounded_read_refuses_big_files_links_and_fifos_without_reading_them() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        std::fs::write(&f, vec![1u8; 2048]).unwrap();
+        assert_eq!(read_bounded(&f, 2048).unwrap().len(), 2048);
+        assert!(
+            read_bounded(&f, 2047)
+                .unwrap_err()
+                .contains("over ingest.max_file_mib")
         );
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(read_bounded(&link, 1 << 20).is_err());
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(
-            label_from_dirs(Path::new("roadwork/clean/img.jpg")),
-            Some(Label::Clean)
+            read_bounded(&fifo, 1 << 20).unwrap_err(),
+            "not a regular file"
         );
-        assert_eq!(label_from_dirs(Path::new("img.jpg")), None);
-        assert_eq!(label_from_dirs(Path::new("other/img.jpg")), None);
     }
 }

@@ -99,6 +99,11 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
+    /// The store this ingestor writes to.
+    pub fn store(&self) -> &crate::store::Store {
+        &self.store
+    }
+
     pub fn new(store: crate::store::Store, cfg: IngestConfig, limits: DecodeLimits) -> Self {
         Self {
             store,
@@ -137,6 +142,16 @@ pub struct IngestConfig {
     pub batch_rows: usize,
     /// Image bytes per Lance commit, MiB (whichever of the two limits is reached first).
     pub batch_mib: usize,
+    /// Largest image file (folder ingest) or Parquet image cell accepted, MiB; larger ones are
+    /// skipped with their size before being read (phone photos are a few MB).
+    pub max_file_mib: usize,
+}
+
+impl IngestConfig {
+    /// [`max_file_mib`](Self::max_file_mib) in bytes.
+    pub fn max_file_bytes(&self) -> u64 {
+        (self.max_file_mib as u64) << 20
+    }
 }
 
 impl Default for IngestConfig {
@@ -144,6 +159,7 @@ impl Default for IngestConfig {
         Self {
             batch_rows: 512,
             batch_mib: 256,
+            max_file_mib: 64,
         }
     }
 }

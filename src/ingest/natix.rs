@@ -148,13 +148,13 @@ fn binary_value(col: &dyn Array, i: usize) -> Option<&[u8]> {
 /// One parquet row, read out of Arrow, not yet decoded.
 struct RawRow {
     item: String,
-    bytes: Option<Vec<u8>>,
+    bytes: Result<Vec<u8>, String>,
     label: Result<Label, String>,
     id: Option<String>,
     tags: Vec<String>,
 }
 
-fn rows_of(batch: &RecordBatch, file: &str, first_row: usize) -> Vec<RawRow> {
+fn rows_of(batch: &RecordBatch, file: &str, first_row: usize, max_cell: u64) -> Vec<RawRow> {
     let image = find_column(batch, "image");
     let image_bytes = image.as_ref().and_then(|c| match c.data_type() {
         DataType::Struct(_) => c.as_struct().column_by_name("bytes").cloned(),
@@ -184,10 +184,19 @@ fn rows_of(batch: &RecordBatch, file: &str, first_row: usize) -> Vec<RawRow> {
             };
             RawRow {
                 item: format!("{file}:{}", first_row + i),
-                bytes: image_bytes
+                bytes: match image_bytes
                     .as_ref()
                     .and_then(|c| binary_value(c.as_ref(), i))
-                    .map(<[u8]>::to_vec),
+                {
+                    None => Err("image bytes are null".to_string()),
+                    // Not copied: a cell over the cap is refused by its length.
+                    Some(b) if b.len() as u64 > max_cell => Err(format!(
+                        "image cell of {} bytes is over ingest.max_file_mib ({} MiB)",
+                        b.len(),
+                        max_cell >> 20
+                    )),
+                    Some(b) => Ok(b.to_vec()),
+                },
                 label,
                 id: id.as_ref().and_then(text),
                 tags: tags
@@ -242,6 +251,7 @@ impl Ingestor {
     ) -> Result<(), IngestError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Prepared>, IngestError>>(2);
         let limits = self.limits;
+        let max_cell = self.cfg.max_file_bytes();
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -270,15 +280,15 @@ impl Ingestor {
                         detail: e.to_string(),
                     })
                     .map(|b| {
-                        let raw = rows_of(&b, &file_name, row);
+                        let raw = rows_of(&b, &file_name, row, max_cell);
                         row += b.num_rows();
                         raw.into_par_iter()
                             .map(|r| {
                                 let facts = match &r.bytes {
-                                    Some(bytes) => {
+                                    Ok(bytes) => {
                                         image_facts(bytes, &limits).map_err(|e| e.to_string())
                                     }
-                                    None => Err("image bytes are null".to_string()),
+                                    Err(why) => Err(why.clone()),
                                 };
                                 (r, facts)
                             })

@@ -106,7 +106,16 @@ impl Ingestor {
                         continue;
                     }
                 };
-                let sample_id = SampleId::of_bytes(&bytes);
+                let sample_id = match rec.image_cut {
+                    None => SampleId::of_bytes(&bytes),
+                    Some(_) => match rec.image_sha256.parse() {
+                        Ok(id) => id,
+                        Err(_) => {
+                            w.skip(format!("{}:{n}", path.display()), "bad image_sha256");
+                            continue;
+                        }
+                    },
+                };
                 let prediction = PredictionRow {
                     request_id: rec.request_id.clone(),
                     sample_id: sample_id.clone(),
@@ -119,7 +128,10 @@ impl Ingestor {
                     ts: rec.answered_at,
                     validator: rec.validator_hotkey.clone(),
                 };
-                let sample = facts.ok().map(|f| SampleRow {
+                // A record whose image was cut (junk payload, disk floor) has no sample: the
+                // bytes kept are not the image.
+                let facts = facts.ok().filter(|_| rec.image_cut.is_none());
+                let sample = facts.map(|f| SampleRow {
                     sample_id,
                     width: f.width,
                     height: f.height,

@@ -1118,12 +1118,33 @@ impl Night<'_> {
             .await?;
         let removed: u64 = t.iter().map(|x| x.versions_removed).sum();
         let bytes: u64 = t.iter().map(|x| x.bytes_removed).sum();
-        Ok(
-            Outcome::done(Value::Null, json!({"tables": t}), vec![]).with_note(format!(
-                "{removed} old versions removed ({:.1} MiB); tagged versions kept",
-                bytes as f64 / (1 << 20) as f64
-            )),
+        let mut note = format!(
+            "{removed} old versions removed ({:.1} MiB); tagged versions kept",
+            bytes as f64 / (1 << 20) as f64
+        );
+        let mut pruned = crate::serve::Pruned::default();
+        if h.querylog_done_days > 0 {
+            let dir = querylog_dir(self.cfg);
+            let age = std::time::Duration::from_secs(u64::from(h.querylog_done_days) * 86_400);
+            pruned = tokio::task::spawn_blocking(move || crate::serve::prune_done(&dir, age))
+                .await
+                .map_err(|e| PipelineError::Task(e.to_string()))?
+                .map_err(|e| PipelineError::Task(format!("pruning the query log's done/: {e}")))?;
+            if pruned.segments > 0 {
+                note.push_str(&format!(
+                    "; {} ingested query-log segments older than {} days deleted ({:.1} MiB)",
+                    pruned.segments,
+                    h.querylog_done_days,
+                    pruned.bytes as f64 / (1 << 20) as f64
+                ));
+            }
+        }
+        Ok(Outcome::done(
+            Value::Null,
+            json!({"tables": t, "querylog_done_pruned": pruned}),
+            vec![],
         )
+        .with_note(note))
     }
 }
 

@@ -37,7 +37,8 @@ fn skipped_lines(r: &crate::ingest::IngestSummary) -> std::collections::BTreeSet
 }
 
 /// Seals the active segment and ingests every sealed one; a segment is marked done only after
-/// its ingest committed, so a crash in between re-ingests it (adding nothing). Lines that cannot
+/// its ingest committed and the store was synced to disk, so a crash or a power loss in between
+/// re-ingests it (adding nothing), and a segment in `done/` always has its rows on disk. Lines that cannot
 /// be used are copied to `bad/` and the segment still moves; a segment whose ingest fails (the
 /// store unreachable, say) stays sealed for the next pass and the segments after it still move.
 pub async fn move_querylog(
@@ -76,6 +77,13 @@ pub async fn move_querylog(
                 .map_err(|e| PipelineError::Task(format!("quarantining {}: {e}", seg.display())))?;
             tracing::warn!(segment = %seg.display(), lines = lines.len(), kept = %to.display(), "query-log lines quarantined");
             s.quarantined += lines.len();
+        }
+        // "Moved" means durable: the rows reach stable storage before the segment leaves.
+        if let Err(e) = ingestor.store().sync().await {
+            tracing::error!(segment = %seg.display(), "store not synced; segment kept: {e}");
+            s.failed += 1;
+            first_error.get_or_insert(e.to_string());
+            continue;
         }
         s.segments += 1;
         s.records += r.accepted;

@@ -218,6 +218,10 @@ pub(super) async fn log_answer(
         return;
     };
     use base64::Engine as _;
+    let (kept, cut) = log.image_to_log(bytes, o.decode_error.is_none());
+    if let Some(c) = cut {
+        s.metrics.querylog_image_cut(c.as_str());
+    }
     let rec = QueryLogRecord {
         v: QUERY_LOG_VERSION,
         request_id: asker.request_id,
@@ -226,8 +230,10 @@ pub(super) async fn log_answer(
         validator_hotkey: asker.validator,
         unverified: !asker.allow_listed,
         profile: s.profile.clone(),
-        image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        image_b64: base64::engine::general_purpose::STANDARD.encode(kept),
         image_sha256: SampleId::of_bytes(bytes).to_string(),
+        image_cut: cut,
+        image_len: cut.map(|_| bytes.len() as u64),
         model_version: o.model_version.clone(),
         tiers: o.tiers(),
         decided_by: o.decided_by,
@@ -235,16 +241,9 @@ pub(super) async fn log_answer(
         latency_ms: started.elapsed().as_secs_f32() * 1000.0,
         decode_error: o.decode_error.clone(),
     };
-    match tokio::task::spawn_blocking(move || log.append(&rec)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            s.metrics.querylog_error();
-            tracing::error!("query log append failed: {e}");
-        }
-        Err(e) => {
-            s.metrics.querylog_error();
-            tracing::error!("query log task failed: {e}");
-        }
+    if let Err(e) = log.log(&rec).await {
+        s.metrics.querylog_error();
+        tracing::error!("query log append failed: {e}");
     }
 }
 

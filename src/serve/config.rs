@@ -84,6 +84,12 @@ pub struct ServeConfig {
     pub querylog_segment_s: u64,
     /// How often sealed segments are moved into Lance, seconds.
     pub ingest_every_s: u64,
+    /// Below this much free space on the query log's filesystem, MiB, answers are still sent and
+    /// logged but without their images (counted in `roadwork_querylog_images_cut`), so a full
+    /// disk never stops the axon; 0 turns the floor off.
+    pub querylog_min_free_mib: u64,
+    /// Bytes kept of a payload that does not decode as an image (what it was, not all of it).
+    pub querylog_undecodable_bytes: usize,
     /// Score the registry's challenger (`CHALLENGER.json`) in shadow after each answer and log it
     /// beside the champion's (what `pipeline.min_shadow` counts).
     pub shadow: bool,
@@ -118,6 +124,8 @@ impl Default for ServeConfig {
             querylog_segment_records: 1000,
             querylog_segment_s: 60,
             ingest_every_s: 30,
+            querylog_min_free_mib: 1024,
+            querylog_undecodable_bytes: super::querylog::UNDECODABLE_BYTES,
             shadow: true,
             shadow_queue: 256,
             tier2: None,
@@ -166,6 +174,12 @@ impl ServeConfig {
         if self.max_batch > 4096 || self.tier1_workers > 256 || self.shadow_queue > 1_000_000 {
             return Err(
                 "serve.max_batch ≤ 4096, serve.tier1_workers ≤ 256, serve.shadow_queue ≤ 1000000"
+                    .into(),
+            );
+        }
+        if self.querylog_min_free_mib > 1 << 24 || self.querylog_undecodable_bytes > 1 << 20 {
+            return Err(
+                "serve.querylog_min_free_mib ≤ 16777216 and serve.querylog_undecodable_bytes ≤ 1048576"
                     .into(),
             );
         }
@@ -272,6 +286,14 @@ mod tests {
             },
             ServeConfig {
                 header_timeout_ms: 0,
+                ..Default::default()
+            },
+            ServeConfig {
+                querylog_min_free_mib: u64::MAX,
+                ..Default::default()
+            },
+            ServeConfig {
+                querylog_undecodable_bytes: 64 << 20,
                 ..Default::default()
             },
             ServeConfig {

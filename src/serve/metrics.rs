@@ -57,6 +57,9 @@ pub struct Metrics {
     undecodable: Counter,
     shed: Counter,
     querylog_errors: Counter,
+    querylog_cut: Family<Outcome, Counter>,
+    querylog_free: Gauge,
+    querylog_below_floor: Gauge,
     queue_depth: Gauge,
     metagraph_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     metagraph_neurons: Gauge,
@@ -83,6 +86,9 @@ impl Metrics {
             undecodable: Counter::default(),
             shed: Counter::default(),
             querylog_errors: Counter::default(),
+            querylog_cut: Family::default(),
+            querylog_free: Gauge::default(),
+            querylog_below_floor: Gauge::default(),
             queue_depth: Gauge::default(),
             metagraph_age: Gauge::default(),
             metagraph_neurons: Gauge::default(),
@@ -140,6 +146,21 @@ impl Metrics {
             "roadwork_querylog_errors",
             "Answers whose log append failed",
             m.querylog_errors.clone(),
+        );
+        r.register(
+            "roadwork_querylog_images_cut",
+            "Answers logged without all of their image, by reason (undecodable: first bytes kept; disk_floor: none)",
+            m.querylog_cut.clone(),
+        );
+        r.register(
+            "roadwork_querylog_free_bytes",
+            "Free bytes of the query log's filesystem (-1 before the first look)",
+            m.querylog_free.clone(),
+        );
+        r.register(
+            "roadwork_querylog_below_floor",
+            "1 while the query log's disk is below serve.querylog_min_free_mib (images are not logged)",
+            m.querylog_below_floor.clone(),
         );
         r.register(
             "roadwork_queue_depth",
@@ -224,12 +245,26 @@ impl Metrics {
         self.querylog_errors.inc();
     }
 
+    pub(super) fn querylog_image_cut(&self, reason: &'static str) {
+        self.querylog_cut
+            .get_or_create(&Outcome { outcome: reason })
+            .inc();
+    }
+
     /// The exposition text, with the derived values brought up to date first.
     pub(super) fn render(
         &self,
         model_version: &str,
         metagraph: Option<&super::metagraph::MetagraphStatus>,
+        querylog: Option<super::querylog::LogStatus>,
     ) -> Result<String, std::fmt::Error> {
+        if let Some(q) = querylog {
+            self.querylog_free.set(
+                q.free_bytes
+                    .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            );
+            self.querylog_below_floor.set(i64::from(q.below_floor));
+        }
         if let Some(m) = metagraph {
             self.metagraph_age.set(m.age_s.unwrap_or(-1.0));
             self.metagraph_neurons.set(m.neurons as i64);

@@ -52,7 +52,7 @@ pub use error::ApiError;
 pub use metagraph::{Metagraph, Neuron, Refusal};
 pub use metrics::Metrics;
 pub use payload::{PayloadError, decode_base64_image};
-pub use querylog::QueryLog;
+pub use querylog::{LogStatus, Pruned, QueryLog, prune_done};
 pub use run::{Running, start};
 pub use server::{AppState, Clock, ConnLimits, router, serve_with_limits, serve_with_peers};
 pub use shadow::Shadow;

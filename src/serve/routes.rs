@@ -269,7 +269,10 @@ async fn predict_reply(
 pub(super) async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let metagraph = s.metagraph.as_ref().map(|m| m.status());
     // A stale or missing allow-list refuses every validator: not "ok", though the process runs.
-    let degraded = metagraph.as_ref().is_some_and(|m| m.stale);
+    // So is a query log below its disk floor: answers go on, their images are not kept.
+    let querylog = s.querylog.as_ref().map(|q| q.status());
+    let degraded =
+        metagraph.as_ref().is_some_and(|m| m.stale) || querylog.is_some_and(|q| q.below_floor);
     axum::Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "profile": s.profile,
@@ -277,13 +280,15 @@ pub(super) async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         "challenger": s.tier1.challenger().map(|h| h.card.model_version.clone()),
         "metagraph": metagraph,
         "allow_any_validator": s.metagraph.is_none() && s.allow_any_validator,
+        "querylog": querylog,
     }))
     .into_response()
 }
 
 pub(super) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mg = s.metagraph.as_ref().map(|m| m.status());
-    match s.metrics.render(&s.tier1.model_version(), mg.as_ref()) {
+    let ql = s.querylog.as_ref().map(|q| q.status());
+    match s.metrics.render(&s.tier1.model_version(), mg.as_ref(), ql) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

@@ -86,6 +86,10 @@ pub async fn start(
         )
         .map_err(|e| ServeError::Config(format!("query log {}: {e}", querylog_dir.display())))?,
     );
+    querylog.set_image_limits(
+        cfg.querylog_min_free_mib << 20,
+        cfg.querylog_undecodable_bytes,
+    );
     let version = match &cfg.model {
         Some(v) => v.clone(),
         None => registry

@@ -86,6 +86,17 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Flushes the filesystem holding `dir` to stable storage.
+fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call; syncfs only reads it.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(crate) fn lance(op: &'static str, table: &str) -> impl FnOnce(lancedb::Error) -> StoreError {
     let table = table.to_string();
     move |source| StoreError::Lance {
@@ -128,6 +139,25 @@ impl Store {
     /// Where the store lives.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Makes every write committed so far durable. Lance does not fsync on local disk, so on an
+    /// embedded store this flushes the store's filesystem (`syncfs`); on an object store a
+    /// commit is durable when its PUT returns and there is nothing to do. Callers that delete a
+    /// source once its rows are stored (the query-log mover) call this first.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        if self.uri.contains("://") {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&self.uri);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || sync_filesystem(&p))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| StoreError::Io { path, source })
     }
 
     /// The same store, writing on behalf of run `parent`: every stage run recorded through the

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Format version written in every record, so a reader can refuse lines from a future writer.
-pub const QUERY_LOG_VERSION: u32 = 2;
+pub const QUERY_LOG_VERSION: u32 = 3;
 
 /// One answered request, complete enough to rebuild the sample and the prediction from it alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,10 +30,20 @@ pub struct QueryLogRecord {
     pub unverified: bool,
     /// The serving profile that answered (`speed`, `accuracy`, …).
     pub profile: String,
-    /// The image bytes exactly as received after transport decoding, standard base64.
+    /// The image bytes exactly as received after transport decoding, standard base64; only their
+    /// first bytes, or none, when [`image_cut`](Self::image_cut) says why.
     pub image_b64: String,
-    /// Hex sha256 of those bytes (the sample id).
+    /// Hex sha256 of all the received bytes (the sample id), whether or not all are logged.
     pub image_sha256: String,
+    /// Set when `image_b64` holds less than the request's image (since version 3): the server
+    /// keeps only the first bytes of a payload that did not decode (`undecodable`), and none
+    /// while the log's disk is below its free-space floor (`disk_floor`). Such a record still
+    /// gives a prediction row, never a sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_cut: Option<ImageCut>,
+    /// Length of the received image when `image_b64` is cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_len: Option<u64>,
     /// Champion head version that answered tier 1.
     pub model_version: String,
     /// Every tier that ran, in order.
@@ -47,6 +57,26 @@ pub struct QueryLogRecord {
     /// Why the image could not be decoded, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_error: Option<String>,
+}
+
+/// Why a record's `image_b64` is shorter than the request's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageCut {
+    /// The payload did not decode as an image: only its first bytes are kept (enough to see
+    /// what it was), so junk cannot fill the disk at the body limit per request.
+    Undecodable,
+    /// The disk was below `serve.querylog_min_free_mib`: the answer was logged without its image.
+    DiskFloor,
+}
+
+impl ImageCut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::DiskFloor => "disk_floor",
+        }
+    }
 }
 
 /// What one tier of the cascade said.
@@ -153,11 +183,14 @@ pub enum QueryLogError {
     BadId(String),
     #[error("unknown line kind {0:?}")]
     UnknownKind(String),
+    #[error("a cut image holds {kept} bytes but claims {claimed:?} in all")]
+    BadCut { kept: usize, claimed: Option<u64> },
 }
 
 impl QueryLogRecord {
-    /// Parses and checks one line: version, score range, and that the bytes hash to the claimed id.
-    /// Returns the record and the decoded image bytes.
+    /// Parses and checks one line: version, score range, and that the bytes hash to the claimed id
+    /// (for a cut image: that the id is one and the kept bytes fit the claimed length).
+    /// Returns the record and the decoded image bytes (all of them, or the part kept).
     pub fn parse_line(line: &str) -> Result<(Self, Vec<u8>), QueryLogError> {
         let rec: QueryLogRecord = serde_json::from_str(line)?;
         if rec.v > QUERY_LOG_VERSION {
@@ -168,6 +201,18 @@ impl QueryLogRecord {
             return Err(QueryLogError::BadScore(s));
         }
         let bytes = base64::engine::general_purpose::STANDARD.decode(&rec.image_b64)?;
+        if rec.image_cut.is_some() {
+            if rec.image_len.is_none_or(|n| (bytes.len() as u64) > n) {
+                return Err(QueryLogError::BadCut {
+                    kept: bytes.len(),
+                    claimed: rec.image_len,
+                });
+            }
+            if rec.image_sha256.parse::<super::SampleId>().is_err() {
+                return Err(QueryLogError::BadId(rec.image_sha256));
+            }
+            return Ok((rec, bytes));
+        }
         let actual = super::SampleId::of_bytes(&bytes);
         if !actual.as_str().eq_ignore_ascii_case(&rec.image_sha256) {
             return Err(QueryLogError::HashMismatch {

@@ -78,6 +78,8 @@ fn one_query_log_line_is_pinned() {
         profile: "speed".into(),
         image_b64: "/9j/4AAQ".into(),
         image_sha256: "ab".repeat(32),
+        image_cut: None,
+        image_len: None,
         model_version: "head-20261201T101530-3fa2c1".into(),
         tiers: vec![
             TierOutput {
@@ -98,10 +100,30 @@ fn one_query_log_line_is_pinned() {
         latency_ms: 50.0,
         decode_error: None,
     };
-    let line = serde_json::to_string(&r).unwrap() + "\n";
-    golden("querylog.v2.line.jsonl", &line);
-    let back: QueryLogRecord = serde_json::from_str(line.trim_end()).unwrap();
+    // Version 3: beside a whole record, one whose undecodable payload was cut to its first bytes.
+    let cut = QueryLogRecord {
+        request_id: "5f2c-uuid-1733048131000000000".into(),
+        image_b64: "PGh0bWw+".into(),
+        image_cut: Some(roadwork::store::querylog::ImageCut::Undecodable),
+        image_len: Some(1_048_576),
+        final_score: -1.0,
+        decode_error: Some("not an image".into()),
+        ..r.clone()
+    };
+    let whole = serde_json::to_string(&r).unwrap() + "\n";
+    let line = whole.clone() + &serde_json::to_string(&cut).unwrap() + "\n";
+    golden("querylog.v3.line.jsonl", &line);
+    let back: QueryLogRecord = serde_json::from_str(whole.trim_end()).unwrap();
     assert_eq!(back, r);
+    let (back, kept) = QueryLogRecord::parse_line(line.lines().nth(1).unwrap()).unwrap();
+    assert_eq!((back, kept), (cut, b"<html>".to_vec()));
+    // A version-2 line (no cut) still reads.
+    let v2 = std::fs::read_to_string(
+        support::root().join("tests/fixtures/golden/querylog.v2.line.jsonl"),
+    )
+    .unwrap();
+    let old: QueryLogRecord = serde_json::from_str(v2.trim_end()).unwrap();
+    assert_eq!((old.v, old.unverified, old.image_cut), (2, true, None));
     // A version-1 line (no `unverified`) still reads, as verified traffic.
     let v1 = std::fs::read_to_string(
         support::root().join("tests/fixtures/golden/querylog.v1.line.jsonl"),

@@ -273,6 +273,8 @@ fn record(i: u64, bytes: &[u8], score: f32) -> QueryLogRecord {
         profile: "speed".into(),
         image_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
         image_sha256: SampleId::of_bytes(bytes).to_string(),
+        image_cut: None,
+        image_len: None,
         model_version: "head-test".into(),
         tiers: vec![TierOutput {
             tier: 1,
@@ -406,5 +408,129 @@ async fn killed_mid_ingest_leaves_a_consistent_store_and_rerun_completes() {
     assert_eq!(
         reopened.count_rows(tables::LABELS, None).await.unwrap(),
         n as usize
+    );
+}
+
+/// An ingestor whose file and Parquet-cell cap is 1 MiB.
+fn capped_ingestor(store: &roadwork::store::Store) -> roadwork::ingest::Ingestor {
+    let mut cfg = roadwork::config::Config::default();
+    cfg.ingest.max_file_mib = 1;
+    roadwork::ingest::Ingestor::new(store.clone(), cfg.ingest, cfg.decode).quiet()
+}
+
+#[tokio::test]
+async fn folder_ingest_follows_no_link_opens_no_fifo_reads_no_huge_file_and_labels_only_from_the_class_folder()
+ {
+    let (dir, store) = tmp_store().await;
+    let root = dir.path().join("photos");
+    put(&root, "roadwork/a.jpg", &small_scene(9, 0));
+    put(&root, "train/clean/b.jpg", &small_scene(9, 1));
+    // A folder named like a class deeper down is a year's folder, not a label.
+    put(&root, "2024/1/c.jpg", &small_scene(9, 2));
+    // 2 MiB of bytes: over the 1 MiB cap, refused by its size.
+    put(&root, "huge.jpg", &vec![0xffu8; 2 << 20]);
+    std::os::unix::fs::symlink("/", root.join("root-link")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero.jpg")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("pipe.jpg").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    put(
+        &root,
+        "labels.csv",
+        b"path,label\n2024/1/c.jpg,0\nmissing.jpg,1\n",
+    );
+    let s = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        capped_ingestor(&store).ingest_folder(&root, &FolderOptions::default()),
+    )
+    .await
+    .expect("the walk ends (no FIFO read, no link followed)")
+    .unwrap();
+    assert_eq!((s.accepted, s.new_samples), (3, 3));
+    let mut skipped: Vec<(String, String)> = s
+        .skipped
+        .iter()
+        .map(|k| (k.item.clone(), k.reason.clone()))
+        .collect();
+    skipped.sort();
+    let why = |item: &str| {
+        skipped
+            .iter()
+            .find(|(i, _)| i.ends_with(item))
+            .map(|(_, r)| r.as_str())
+            .unwrap_or_else(|| panic!("{item} not reported in {skipped:?}"))
+    };
+    assert!(why("huge.jpg").contains("over ingest.max_file_mib"));
+    assert_eq!(why("root-link"), "symbolic link, not followed");
+    assert_eq!(why("zero.jpg"), "symbolic link, not followed");
+    assert!(why("pipe.jpg").contains("not a regular file"));
+    assert!(why("labels.csv:3").contains("missing.jpg"), "{skipped:?}");
+    assert_eq!(skipped.len(), 5, "{skipped:?}");
+    // Labels: the class folder under the root, a split's class folder, and the CSV row for c.
+    let labels: std::collections::BTreeMap<String, u8> = store
+        .labels()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.sample_id.to_string(), l.label.as_u8()))
+        .collect();
+    let id = |i| SampleId::of_bytes(&small_scene(9, i)).to_string();
+    assert_eq!(labels.get(&id(0)), Some(&1));
+    assert_eq!(labels.get(&id(1)), Some(&0));
+    assert_eq!(
+        labels.get(&id(2)),
+        Some(&0),
+        "from the CSV, not from 2024/1/"
+    );
+    assert_eq!(labels.len(), 3);
+}
+
+#[tokio::test]
+async fn folder_ingest_without_a_csv_leaves_a_deep_class_named_folder_unlabelled() {
+    let (dir, store) = tmp_store().await;
+    let root = dir.path().join("photos");
+    put(&root, "2024/1/c.jpg", &small_scene(10, 0));
+    put(&root, "2024/0/d.jpg", &small_scene(10, 1));
+    let s = ingestor(&store, 4)
+        .ingest_folder(&root, &FolderOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((s.accepted, s.labels_written), (2, 0));
+}
+
+#[tokio::test]
+async fn a_parquet_image_cell_over_the_cap_is_skipped_by_its_size_and_the_rest_is_stored() {
+    use arrow_array::BinaryArray;
+    let (dir, store) = tmp_store().await;
+    let path = dir.path().join("big.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image", DataType::Binary, true),
+        Field::new("label", DataType::Int64, true),
+    ]));
+    let ok = small_scene(11, 0);
+    let big = vec![0u8; (1 << 20) + 1];
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(BinaryArray::from(vec![Some(&ok[..]), Some(&big[..])])),
+            Arc::new(Int64Array::from(vec![1, 0])),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let s = capped_ingestor(&store)
+        .ingest_natix(&[path], &NatixOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((s.scanned, s.accepted), (2, 1));
+    assert_eq!(s.skipped.len(), 1);
+    assert!(
+        s.skipped[0].reason.contains("over ingest.max_file_mib"),
+        "{:?}",
+        s.skipped
     );
 }

@@ -718,3 +718,38 @@ async fn a_challenger_is_scored_in_shadow_on_live_traffic_before_it_is_promoted(
         stats.summary()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_deletes_ingested_query_log_segments_past_their_retention_and_nothing_else() {
+    let f = fixture(5);
+    let ql = f.cfg.data.dir.join("querylog");
+    std::fs::create_dir_all(ql.join("done")).unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+    for (p, old) in [
+        (ql.join("done/seg-1.jsonl"), true),
+        (ql.join("done/seg-2.jsonl"), false),
+        // Sealed but not yet ingested: never deleted, however old.
+        (ql.join("seg-3.jsonl"), true),
+    ] {
+        std::fs::write(&p, b"{}\n").unwrap();
+        if old {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(month_ago)
+                .unwrap();
+        }
+    }
+    let mut o = quiet();
+    o.from = Some(Stage::Housekeeping);
+    o.until = Some(Stage::Housekeeping);
+    let r = nightly::run(&f.cfg, &o).await.unwrap();
+    let pruned = r
+        .progress
+        .output(Stage::Housekeeping, "querylog_done_pruned")
+        .unwrap();
+    assert_eq!(pruned["segments"], 1, "{pruned}");
+    assert!(!ql.join("done/seg-1.jsonl").exists());
+    assert!(ql.join("done/seg-2.jsonl").exists() && ql.join("seg-3.jsonl").exists());
+}

@@ -337,3 +337,118 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_request() {
         assert!(samples.contains(sha), "the image of {id} is not in Lance");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn below_the_disk_floor_answers_are_logged_without_images_and_junk_keeps_its_first_bytes() {
+    use base64::Engine as _;
+    use roadwork::ingest::Ingestor;
+    use roadwork::pipeline::serve::move_querylog;
+    use roadwork::serve::QueryLog;
+    use roadwork::store::querylog::{ImageCut, QueryLogRecord};
+    use roadwork::store::tables;
+    let (dir, store) = support::tmp_store().await;
+    let ql = dir.path().join("ql");
+    let log = Arc::new(QueryLog::open(&ql, 1000, Duration::from_secs(3600)).unwrap());
+    log.set_image_limits(0, 4096);
+    let url = listen(AppState {
+        querylog: Some(log.clone()),
+        ..AppState::new("speed", tier1_a())
+    })
+    .await;
+    let c = reqwest::Client::new();
+    // 1 MiB that is not an image: answered -1, logged with its first 4 KiB only.
+    let junk = vec![b'<'; 1 << 20];
+    let v = predict_json(&c, &url, &junk).await;
+    assert_eq!(v["prediction"].as_f64(), Some(-1.0));
+    // The disk "fills": a floor above any free space. Answers go on, images are not logged.
+    log.set_image_limits(u64::MAX, 4096);
+    let v = predict_json(&c, &url, &support::small_scene(44, 0)).await;
+    let p = v["prediction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{v}");
+    let h = healthz_of(&url).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["querylog"]["below_floor"], true, "{h}");
+    let m = metrics_of(&url).await;
+    for want in [
+        "roadwork_querylog_images_cut_total{profile=\"speed\",outcome=\"undecodable\"} 1",
+        "roadwork_querylog_images_cut_total{profile=\"speed\",outcome=\"disk_floor\"} 1",
+        "roadwork_querylog_below_floor{profile=\"speed\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
+    // Space comes back: the next image is logged whole.
+    log.set_image_limits(0, 4096);
+    let whole = support::small_scene(44, 1);
+    predict_json(&c, &url, &whole).await;
+    let recs: Vec<(QueryLogRecord, Vec<u8>)> = segment_lines(&ql)
+        .iter()
+        .map(|l| QueryLogRecord::parse_line(l).unwrap())
+        .collect();
+    let cuts: Vec<_> = recs
+        .iter()
+        .map(|(r, b)| (r.image_cut, r.image_len, b.len()))
+        .collect();
+    assert_eq!(
+        cuts,
+        [
+            (Some(ImageCut::Undecodable), Some(1 << 20), 4096),
+            (
+                Some(ImageCut::DiskFloor),
+                Some(support::small_scene(44, 0).len() as u64),
+                0
+            ),
+            (None, None, whole.len()),
+        ]
+    );
+    assert_eq!(
+        recs[0].0.image_sha256,
+        roadwork::store::SampleId::of_bytes(&junk).to_string()
+    );
+    assert!(recs[0].0.image_b64.len() < 6000);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&recs[1].0.image_b64)
+            .unwrap()
+            .len(),
+        0
+    );
+    // In Lance: three predictions, one sample (only the whole image is one).
+    let ingestor =
+        Ingestor::new(store.clone(), Default::default(), DecodeLimits::default()).quiet();
+    let moved = move_querylog(&log, &ingestor).await.unwrap();
+    assert_eq!((moved.records, moved.quarantined), (3, 0));
+    assert_eq!(
+        store.count_rows(tables::PREDICTIONS, None).await.unwrap(),
+        3
+    );
+    assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_sent_at_once_are_each_logged_once_before_their_replies() {
+    use roadwork::serve::QueryLog;
+    let dir = tempfile::tempdir().unwrap();
+    let ql = dir.path().join("ql");
+    let log = Arc::new(QueryLog::open(&ql, 100_000, Duration::from_secs(3600)).unwrap());
+    let url = listen(AppState {
+        querylog: Some(log.clone()),
+        ..AppState::new("speed", tier1_a())
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let image = support::small_scene(45, 0);
+    let answers = futures::future::join_all((0..24).map(|_| predict_json(&c, &url, &image))).await;
+    assert_eq!(answers.len(), 24);
+    let lines = segment_lines(&ql);
+    assert_eq!(lines.len(), 24);
+    let ids: std::collections::HashSet<String> = lines
+        .iter()
+        .map(|l| {
+            roadwork::store::querylog::QueryLogRecord::parse_line(l)
+                .unwrap()
+                .0
+                .request_id
+        })
+        .collect();
+    assert_eq!(ids.len(), 24, "each answer once");
+}
