@@ -262,6 +262,41 @@ enum BenchCmd {
         after_help = "Examples:\n  roadwork bench serve\n  roadwork bench serve --model vitl16 --device cuda --precision bf16 --concurrency 1,16,64 --max-batch 1,16,64"
     )]
     Serve(BenchServe),
+    /// The real server process under signed traffic at saturation, with hot-swaps every few
+    /// seconds and one kill -9 + restart: answered, shed, failed, p50/p99, and acknowledged
+    /// answers missing from the store (must be 0).
+    #[command(
+        after_help = "Examples:\n  roadwork bench soak\n  roadwork bench soak --seconds 120 --concurrency 32 --swap-every-s 3 --kill-at-s 60"
+    )]
+    Soak(BenchSoak),
+}
+
+#[derive(clap::Args)]
+struct BenchSoak {
+    #[arg(long, value_enum, default_value = "vits16")]
+    model: DinoV3Size,
+    #[arg(long, default_value_t = 112)]
+    resolution: u32,
+    /// How long traffic lasts, seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Validators sending at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Champion hot-swap period, seconds (0: none).
+    #[arg(long, default_value_t = 5)]
+    swap_every_s: u64,
+    /// kill -9 the server this far in and restart it (0: never; default: half-way).
+    #[arg(long)]
+    kill_at_s: Option<u64>,
+    /// Size of the street images sent, WIDTHxHEIGHT.
+    #[arg(long, default_value = "640x480")]
+    image: String,
+    /// Keep the server's data, config and log here instead of a removed scratch directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -287,6 +322,14 @@ struct BenchServe {
     image: String,
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// `WIDTHxHEIGHT`.
+fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0 && w <= 16_384 && h <= 16_384)
+        .ok_or_else(|| anyhow::anyhow!("--image wants WIDTHxHEIGHT (1..=16384 each), got {s}"))
 }
 
 /// Waits for `s`, or forever when its handler could not be installed.
@@ -467,11 +510,7 @@ async fn run(mut cli: Cli) -> Result<()> {
             cli::mine::bench_lance(&cfg, &b).await
         }
         Command::Bench(BenchCmd::Serve(b)) => {
-            let (w, h) = b
-                .image
-                .split_once('x')
-                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-                .ok_or_else(|| anyhow::anyhow!("--image wants WIDTHxHEIGHT, got {}", b.image))?;
+            let (w, h) = parse_size(&b.image)?;
             let opts = roadwork::bench::serve::ServeBenchOptions {
                 model: b.model,
                 device: b.device,
@@ -488,6 +527,30 @@ async fn run(mut cli: Cli) -> Result<()> {
                 let v = serde_json::json!({"rows": rows, "log_cost": cost});
                 std::fs::write(&p, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Soak(b)) => {
+            let image_size = parse_size(&b.image)?;
+            let opts = roadwork::bench::soak::SoakOptions {
+                model: b.model,
+                resolution: b.resolution,
+                seconds: b.seconds,
+                concurrency: b.concurrency,
+                swap_every_s: b.swap_every_s,
+                kill_at_s: b.kill_at_s.unwrap_or(b.seconds / 2),
+                image_size,
+                work_dir: b.keep,
+            };
+            let r = roadwork::bench::soak::run(&opts).await?;
+            print!("{}", r.markdown(&opts));
+            if let Some(p) = b.json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            let problems = r.problems();
+            if !problems.is_empty() {
+                anyhow::bail!("soak failed: {}", problems.join("; "));
             }
             Ok(())
         }

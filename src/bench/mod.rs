@@ -6,6 +6,7 @@ pub mod embed;
 pub mod ingest;
 pub mod mine;
 pub mod serve;
+pub mod soak;
 pub mod train;
 
 /// Peak resident memory of this process since the last [`reset_peak_rss`], bytes (Linux; `None`

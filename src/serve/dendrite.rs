@@ -131,7 +131,22 @@ impl Dendrite {
         image_b64: &str,
         timeout: Duration,
     ) -> Result<f64, DendriteError> {
+        self.ask(base_url, axon_hotkey, image_b64, timeout)
+            .await
+            .map(|a| a.prediction)
+    }
+
+    /// [`query`](Self::query), also naming the request id the axon logs the answer under
+    /// (`hotkey:uuid:nonce`), so a caller can find the answer in the store afterwards.
+    pub async fn ask(
+        &self,
+        base_url: &str,
+        axon_hotkey: &str,
+        image_b64: &str,
+        timeout: Duration,
+    ) -> Result<Answered, DendriteError> {
         let nonce = next_nonce();
+        let request_id = format!("{}:{}:{nonce}", self.hotkey, self.uuid);
         let t = timeout.as_secs_f64();
         let mut req = self
             .http
@@ -155,10 +170,23 @@ impl Dendrite {
         }
         let v: Value = serde_json::from_str(&text)
             .map_err(|_| DendriteError::BadReply(text.chars().take(200).collect()))?;
-        v.get("prediction")
+        let prediction = v
+            .get("prediction")
             .and_then(Value::as_f64)
-            .ok_or_else(|| DendriteError::BadReply(text.chars().take(200).collect()))
+            .ok_or_else(|| DendriteError::BadReply(text.chars().take(200).collect()))?;
+        Ok(Answered {
+            prediction,
+            request_id,
+        })
     }
+}
+
+/// One answered query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub prediction: f64,
+    /// What the axon's query log and the `predictions` table key the answer by.
+    pub request_id: String,
 }
 
 /// Wall-clock nanoseconds, strictly increasing within the process (two requests in the same

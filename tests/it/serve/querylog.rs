@@ -452,3 +452,78 @@ async fn answers_sent_at_once_are_each_logged_once_before_their_replies() {
         .collect();
     assert_eq!(ids.len(), 24, "each answer once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_slow_clients_connected_exits_in_bounded_time_after_the_final_move() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    registry_with_heads(dir.path());
+    let port = free_port();
+    let config = dir.path().join("serve.toml");
+    // The mover never runs on its own here: only the final move at shutdown can store the answer.
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\ndir = {:?}\n\n[embed]\nresolution = 32\n\n[serve]\ningest_every_s = 3600\n\n\
+             [[serve.profiles]]\nname = \"speed\"\nbind = \"127.0.0.1\"\nport = {port}\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = spawn_server(&config, &url).await;
+    let addr = format!("127.0.0.1:{port}");
+    // 16 slowloris sockets, one header byte per second, and one client stalled mid-body.
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            for b in b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" {
+                if s.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    // A real request is answered meanwhile.
+    let c = reqwest::Client::new();
+    let v = predict_json(&c, &url, &support::small_scene(13, 0)).await;
+    let id = v["request_id"].as_str().unwrap().to_string();
+    // SIGTERM: the process drains, moves its last segment and exits 0 in bounded time (the
+    // bound is the deadline + 2 s; the margin is for a loaded machine).
+    let t = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || server.wait_with_output().unwrap()),
+    )
+    .await
+    .expect("roadwork serve did not exit within 30 s of SIGTERM")
+    .unwrap();
+    let took = t.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < Duration::from_secs(20), "exit took {took:?}");
+    for s in slow {
+        s.abort();
+    }
+    drop(stalled);
+    let store = roadwork::store::Store::open(&dir.path().join("store").to_string_lossy())
+        .await
+        .unwrap();
+    let preds = store.predictions().await.unwrap();
+    assert!(
+        preds.iter().any(|p| p.request_id == id),
+        "the answered request was not moved into Lance at shutdown"
+    );
+}
