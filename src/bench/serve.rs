@@ -123,31 +123,12 @@ pub async fn run(
     );
     let weights = encode_head(&head).map_err(setup)?;
     let card = ModelCard::untrained("bench-head", encoder.model_id(), dim, hc, &weights);
-    let images: Arc<Vec<String>> = Arc::new(
-        (0..32u64)
-            .map(|i| {
-                let mut s = SceneSpec::draw(2026, i);
-                (s.width, s.height) = opts.image_size;
-                scene_jpeg(&s).map(|b| base64::engine::general_purpose::STANDARD.encode(b))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(setup)?,
-    );
+    let images = Arc::new(street_images_b64(2026, 32, opts.image_size).map_err(setup)?);
     let max_c = opts.concurrency.iter().copied().max().unwrap_or(1);
-    let validators: Vec<Arc<Dendrite>> = (0..max_c)
-        .map(|i| {
-            let mut seed = [7u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            Dendrite::from_seed(seed).map(Arc::new).map_err(setup)
-        })
-        .collect::<Result<_, _>>()?;
+    let validators = validator_keys(max_c, 7).map_err(setup)?;
     let axon = Dendrite::from_seed([42; 32]).map_err(setup)?;
     let metagraph = scratch.0.join("metagraph.json");
-    let neurons: Vec<serde_json::Value> = validators
-        .iter()
-        .map(|d| serde_json::json!({"hotkey": d.hotkey(), "stake": 1e6, "validator_permit": true}))
-        .collect();
-    std::fs::write(&metagraph, serde_json::Value::from(neurons).to_string()).map_err(setup)?;
+    write_allow_list(&metagraph, &validators).map_err(setup)?;
 
     let mut cells: Vec<(usize, usize, bool)> = Vec::new();
     for &b in &opts.max_batch {
@@ -248,6 +229,41 @@ pub async fn run(
     }
     let cost = log_cost(&scratch.0.join("logcost"), &images[0], 200).map_err(setup)?;
     Ok((rows, cost))
+}
+
+/// `n` street scenes of `size` as base64 JPEGs, as validators send them.
+pub(crate) fn street_images_b64(
+    seed: u64,
+    n: u64,
+    size: (u32, u32),
+) -> Result<Vec<String>, crate::synth::scenes::SceneError> {
+    (0..n)
+        .map(|i| {
+            let mut s = SceneSpec::draw(seed, i);
+            (s.width, s.height) = size;
+            scene_jpeg(&s).map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+        })
+        .collect()
+}
+
+/// `n` validator keys, distinct per `tag`.
+pub(crate) fn validator_keys(n: usize, tag: u8) -> Result<Vec<Arc<Dendrite>>, String> {
+    (0..n)
+        .map(|i| {
+            let mut seed = [tag; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            Dendrite::from_seed(seed).map(Arc::new)
+        })
+        .collect()
+}
+
+/// A metagraph snapshot allow-listing `validators` (ample stake, validator permit).
+pub(crate) fn write_allow_list(path: &Path, validators: &[Arc<Dendrite>]) -> std::io::Result<()> {
+    let neurons: Vec<serde_json::Value> = validators
+        .iter()
+        .map(|d| serde_json::json!({"hotkey": d.hotkey(), "stake": 1e6, "validator_permit": true}))
+        .collect();
+    std::fs::write(path, serde_json::Value::from(neurons).to_string())
 }
 
 /// Sends `n` signed requests from `validators` (one in flight per validator); returns each

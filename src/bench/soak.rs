@@ -11,16 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use super::serve::{street_images_b64, validator_keys, write_allow_list};
 use crate::config::Config;
 use crate::embed::{DinoV3Size, EmbedConfig, load_encoder};
 use crate::mine::quantile;
 use crate::serve::{Dendrite, DendriteError, ProfileConfig};
 use crate::store::Store;
-use crate::synth::scenes::{SceneSpec, scene_jpeg};
 use crate::train::{Head, HeadConfig, ModelCard, Registry, encode_head};
 
 /// What to run.
@@ -238,20 +237,10 @@ pub async fn run(opts: &SoakOptions) -> Result<SoakReport, SoakError> {
     drop(encoder);
 
     // Validators, the allow-list naming them, and the axon they sign for.
-    let validators: Vec<Arc<Dendrite>> = (0..opts.concurrency.max(1))
-        .map(|i| {
-            let mut seed = [9u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            Dendrite::from_seed(seed).map(Arc::new).map_err(setup)
-        })
-        .collect::<Result<_, _>>()?;
+    let validators = validator_keys(opts.concurrency.max(1), 9).map_err(setup)?;
     let axon = Dendrite::from_seed([43; 32]).map_err(setup)?;
     let metagraph = work.dir.join("metagraph.json");
-    let neurons: Vec<serde_json::Value> = validators
-        .iter()
-        .map(|d| serde_json::json!({"hotkey": d.hotkey(), "stake": 1e6, "validator_permit": true}))
-        .collect();
-    std::fs::write(&metagraph, serde_json::Value::from(neurons).to_string()).map_err(setup)?;
+    write_allow_list(&metagraph, &validators).map_err(setup)?;
     let port = free_port()?;
     let s = &mut cfg.serve;
     s.axon_hotkey = Some(axon.hotkey().to_string());
@@ -275,16 +264,7 @@ pub async fn run(opts: &SoakOptions) -> Result<SoakReport, SoakError> {
     let url = format!("http://127.0.0.1:{port}");
     let serve_log = work.dir.join("serve.log");
 
-    let images: Arc<Vec<String>> = Arc::new(
-        (0..24u64)
-            .map(|i| {
-                let mut sc = SceneSpec::draw(4242, i);
-                (sc.width, sc.height) = opts.image_size;
-                scene_jpeg(&sc).map(|b| base64::engine::general_purpose::STANDARD.encode(b))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(setup)?,
-    );
+    let images = Arc::new(street_images_b64(4242, 24, opts.image_size).map_err(setup)?);
 
     let mut server = Server(Some(spawn_server(&config, &serve_log)?));
     if let Some(c) = server.0.as_mut() {

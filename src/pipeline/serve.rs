@@ -52,6 +52,7 @@ pub async fn move_querylog(
         .sealed()
         .map_err(|e| PipelineError::Task(format!("listing the query log: {e}")))?;
     let mut first_error = None;
+    let mut ingested = Vec::new();
     for seg in segments {
         let r = match ingestor.ingest_querylog(&seg).await {
             Ok(r) => r,
@@ -78,20 +79,29 @@ pub async fn move_querylog(
             tracing::warn!(segment = %seg.display(), lines = lines.len(), kept = %to.display(), "query-log lines quarantined");
             s.quarantined += lines.len();
         }
-        // "Moved" means durable: the rows reach stable storage before the segment leaves.
-        if let Err(e) = ingestor.store().sync().await {
-            tracing::error!(segment = %seg.display(), "store not synced; segment kept: {e}");
-            s.failed += 1;
-            first_error.get_or_insert(e.to_string());
-            continue;
-        }
+        ingested.push((seg, r));
+    }
+    // "Moved" means durable: the rows of every ingested segment reach stable storage (one sync
+    // for the pass) before any of them leaves; without it they all stay sealed for the next pass.
+    if !ingested.is_empty()
+        && let Err(e) = ingestor.store().sync().await
+    {
+        tracing::error!(
+            segments = ingested.len(),
+            "store not synced; segments kept: {e}"
+        );
+        s.failed += ingested.len();
+        first_error.get_or_insert(e.to_string());
+        ingested.clear();
+    }
+    for (seg, r) in ingested {
+        log.mark_done(&seg)
+            .map_err(|e| PipelineError::Task(format!("retiring {}: {e}", seg.display())))?;
         s.segments += 1;
         s.records += r.accepted;
         s.new_samples += r.new_samples;
         s.predictions += r.predictions_written;
         s.shadow_scores += r.shadow_scores_written;
-        log.mark_done(&seg)
-            .map_err(|e| PipelineError::Task(format!("retiring {}: {e}", seg.display())))?;
     }
     if s.segments == 0
         && let Some(e) = first_error
