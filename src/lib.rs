@@ -11,6 +11,8 @@
 //! - [`synth`] makes images; today the offline procedural street-scene generator.
 //! - [`train`] fits, calibrates, evaluates and registers the classification head; promotes it.
 //! - [`plot`] draws the SVG charts of the reports.
+//! - [`export`] writes a selection, snapshot or filter as Parquet, `imagefolder`, NATIX Parquet or
+//!   FiftyOne's layout; `ingest` reads each back.
 //! - [`query`] answers ad-hoc SQL over the store through polars.
 //! - [`pipeline`] composes the stages: the nightly job (`roadwork nightly`) and the demo.
 //! - [`testdata`] generates the deterministic synthetic data that tests and benchmarks share.
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod embed;
+pub mod export;
 pub mod imaging;
 pub mod ingest;
 pub mod labels;

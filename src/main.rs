@@ -62,6 +62,18 @@ enum Command {
     /// Brings images and labels into the store.
     #[command(subcommand)]
     Ingest(IngestCmd),
+    /// Writes samples (a selection, a snapshot, a filter) as Parquet, Hugging Face `imagefolder`,
+    /// NATIX Parquet or FiftyOne's image-classification layout; `roadwork ingest` reads each back.
+    #[command(after_help = "Examples:
+  roadwork export --layout parquet --out exports/all
+  roadwork export --layout parquet --images inline --snapshot train/head-20261125T101530-3fa2c1 --out exports/train-set
+  roadwork export --layout imagefolder --label labelled --out exports/hf
+  roadwork export --layout fiftyone --selection select-20261201T0300 --out exports/review
+  roadwork export --layout natix --where \"source = 'validator'\" --out exports/natix
+
+Read back with: roadwork ingest parquet exports/all/samples.parquet, roadwork ingest folder
+exports/hf (or exports/review), roadwork ingest natix exports/natix/train-00000-of-00001.parquet.")]
+    Export(cli::export::ExportArgs),
     /// Computes DINOv3 embeddings for every sample that lacks one (resumable).
     #[command(
         after_help = "Without --weights a random model runs (for demos and tests) and says so; --encoder baseline\nruns the weight-free colour + gradient histogram baseline instead (some signal, offline).\n\nExamples:\n  roadwork embed --model vits16 --weights dinov3-vits16.safetensors\n  roadwork embed --encoder baseline\n  roadwork embed --model vitl16 --weights vitl16.safetensors --device cuda --bf16 --batch 64"
@@ -182,7 +194,8 @@ struct EmbedArgs {
 
 #[derive(Subcommand)]
 enum IngestCmd {
-    /// An image folder; labels from roadwork/ and clean/ sub-folders, a CSV, or manifest.jsonl.
+    /// An image folder; labels from metadata.jsonl (Hugging Face imagefolder), labels.json beside
+    /// data/ (FiftyOne), manifest.jsonl, a CSV, or roadwork/ and clean/ sub-folders.
     #[command(
         after_help = "Examples:\n  roadwork ingest folder ./photos\n  roadwork ingest folder ./photos --labels labels.csv --source dataset"
     )]
@@ -206,6 +219,12 @@ enum IngestCmd {
         #[arg(long, default_value = "natix-roadwork")]
         dataset_name: String,
     },
+    /// `samples.parquet` tables written by `roadwork export --layout parquet`.
+    #[command(after_help = "Example:\n  roadwork ingest parquet exports/all/samples.parquet")]
+    Parquet {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// A JSONL query log written by `roadwork serve`.
     #[command(
         after_help = "Example:\n  roadwork ingest querylog roadwork-data/querylog/2026-11-25.jsonl"
@@ -215,9 +234,13 @@ enum IngestCmd {
 
 #[derive(Subcommand)]
 enum StoreCmd {
-    /// Tables, row counts, versions and snapshots.
-    #[command(after_help = "Example:\n  roadwork store info")]
-    Info,
+    /// Tables, row counts, versions, column types and snapshots.
+    #[command(after_help = "Examples:\n  roadwork store info\n  roadwork store info --json")]
+    Info {
+        /// One JSON document (tables → rows, version, columns with types) for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tags the current version of every table (e.g. before a training run).
     #[command(after_help = "Example:\n  roadwork store snapshot train/head-20261125")]
     Snapshot { name: String },
@@ -456,6 +479,7 @@ async fn run(mut cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ingest(cmd) => ingest(&cfg, cmd).await,
+        Command::Export(args) => cli::export::run(&cfg, args).await,
         Command::Embed(args) => embed(cfg, args).await,
         Command::Query {
             sql,
@@ -763,6 +787,7 @@ async fn ingest(cfg: &Config, cmd: IngestCmd) -> Result<()> {
                 .ingest_natix(&files, &NatixOptions { dataset_name })
                 .await?
         }
+        IngestCmd::Parquet { files } => ingestor.ingest_parquet(&files).await?,
         IngestCmd::Querylog { file } => ingestor.ingest_querylog(&file).await?,
     };
     print!("{summary}");
@@ -772,12 +797,32 @@ async fn ingest(cfg: &Config, cmd: IngestCmd) -> Result<()> {
 async fn store_cmd(cfg: &Config, cmd: StoreCmd) -> Result<()> {
     let store = Store::open(&cfg.data.store_uri()).await?;
     match cmd {
-        StoreCmd::Info => {
+        StoreCmd::Info { json } => {
+            let info = cli::store_info(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+                return Ok(());
+            }
             println!("store: {}", store.uri());
-            println!("layout version: {}", roadwork::store::SCHEMA_VERSION);
-            for (table, version) in store.versions().await? {
-                let rows = store.count_rows(&table, None).await?;
-                println!("  {table:<20} {rows:>10} rows  version {version}");
+            println!("layout version: {}", info.layout_version);
+            for t in &info.tables {
+                println!(
+                    "  {:<20} {:>10} rows  version {}",
+                    t.name, t.rows, t.version
+                );
+                let cols: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {}{}",
+                            c.name,
+                            c.r#type,
+                            if c.nullable { "?" } else { "" }
+                        )
+                    })
+                    .collect();
+                println!("      {}", cols.join(", "));
             }
             for s in store.snapshots().await? {
                 let v: Vec<String> = s.versions.iter().map(|(t, v)| format!("{t}@{v}")).collect();

@@ -12,7 +12,8 @@ use crate::store::{
 #[derive(Debug, Default)]
 pub(crate) struct Item {
     pub sample: Option<SampleRow>,
-    pub label: Option<LabelRow>,
+    /// Its labels (several when a description carries each author's).
+    pub labels: Vec<LabelRow>,
     pub prediction: Option<PredictionRow>,
     /// A challenger's shadow score (query logs).
     pub shadow: Option<ShadowRow>,
@@ -79,7 +80,7 @@ impl Writer {
             self.offered_samples += 1;
             self.samples.push(s);
         }
-        self.labels.extend(item.label);
+        self.labels.extend(item.labels);
         self.predictions.extend(item.prediction);
         self.shadows.extend(item.shadow);
         let rows = self

@@ -1,8 +1,12 @@
-//! Image-folder ingest. A label comes from, in order: the folder's `manifest.jsonl`, a `path,label`
-//! CSV, or the class folder directly under the root (`roadwork`/`clean`, also
-//! `positive`/`negative`, `1`/`0`), after an optional split folder (`train/`, `test/`,
-//! `validation/`…: the Hugging Face `imagefolder` layout). A folder deeper down never sets a label
-//! (`2024/1/x.jpg` is unlabelled). Files with none are stored unlabelled.
+//! Image-folder ingest. Labels and provenance come from, in order: the folder's description files
+//! (`manifest.jsonl`, the Hugging Face `imagefolder` `metadata.jsonl`, FiftyOne's `labels.json`
+//! beside `data/`: see [`super::described`]), a `path,label` CSV, or the class folder directly under
+//! the root (`roadwork`/`clean`, also `positive`/`negative`, `1`/`0`), after an optional split
+//! folder (`train/`, `test/`, `validation/`…). A folder deeper down never sets a label
+//! (`2024/1/x.jpg` is unlabelled). Files with none are stored unlabelled. So every folder layout
+//! `roadwork export` writes reads back with its labels, their authors and dates, the tags and the
+//! sample's source; a file whose bytes do not hash to the sample id its metadata records is
+//! reported, not stored.
 //!
 //! The walk is bounded: symbolic links are not followed (a link to `/` or `/dev/zero` is reported,
 //! not read), only regular files are opened (a FIFO or device is reported), and a file over
@@ -16,9 +20,9 @@ use chrono::Utc;
 use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
+use super::described::{self, Described};
 use super::{IngestError, IngestSummary, Ingestor, image_facts};
 use crate::store::RunKind;
-use crate::store::manifest::{MANIFEST_FILE, ManifestEntry};
 use crate::store::{Era, Label, LabelRow, LabelSource, SampleRow, SampleSource};
 
 /// How to read one folder.
@@ -108,7 +112,7 @@ fn list_files(root: &Path, exclude: &[PathBuf]) -> Result<Listing, IngestError> 
 
 /// Reads a regular file of at most `max` bytes without following a link or waiting on a FIFO
 /// (it may have been swapped since the walk), refusing a larger one before reading it.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = std::fs::OpenOptions::new()
@@ -217,24 +221,45 @@ fn read_label_csv(
     Ok(out)
 }
 
-fn read_manifest(path: &Path) -> Result<HashMap<String, ManifestEntry>, IngestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IngestError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let mut out = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: ManifestEntry = serde_json::from_str(line).map_err(|e| IngestError::LabelFile {
-            path: path.into(),
-            line: i + 1,
-            why: e.to_string(),
-        })?;
-        out.insert(e.file.clone(), e);
+/// The labels of one file: every label a description gives (with its provenance), else the CSV's,
+/// else the class folder's, authored by `author` as dataset labels.
+fn labels_of(
+    entry: Option<&Described>,
+    csv: &HashMap<String, (Label, usize)>,
+    rel: &str,
+    author: &str,
+    sample_id: &crate::store::SampleId,
+    now: chrono::DateTime<Utc>,
+) -> Vec<LabelRow> {
+    let row = |label, source: Option<LabelSource>, by: Option<&str>, confidence, ts| LabelRow {
+        sample_id: sample_id.clone(),
+        label,
+        source: source.unwrap_or(LabelSource::Dataset),
+        confidence,
+        author: by.unwrap_or(author).to_string(),
+        ts,
+    };
+    if let Some(e) = entry.filter(|e| !e.labels.is_empty()) {
+        return e
+            .labels
+            .iter()
+            .map(|l| {
+                row(
+                    l.label,
+                    l.source,
+                    l.author.as_deref(),
+                    l.confidence,
+                    l.ts.unwrap_or(now),
+                )
+            })
+            .collect();
     }
-    Ok(out)
+    csv.get(rel)
+        .map(|(l, _)| *l)
+        .or_else(|| label_from_dirs(Path::new(rel)))
+        .map(|l| row(l, None, None, 1.0, now))
+        .into_iter()
+        .collect()
 }
 
 impl Ingestor {
@@ -251,12 +276,7 @@ impl Ingestor {
             path: dir.into(),
             source,
         })?;
-        let manifest_path = root.join(MANIFEST_FILE);
-        let manifest = if manifest_path.is_file() {
-            read_manifest(&manifest_path)?
-        } else {
-            HashMap::new()
-        };
+        let descriptions = described::read(&root)?;
         let default_csv = root.join(DEFAULT_LABELS_CSV);
         let csv_abs = match &opts.labels_csv {
             Some(p) => Some(p.canonicalize().map_err(|source| IngestError::Io {
@@ -269,7 +289,7 @@ impl Ingestor {
             Some(p) => read_label_csv(p, &root)?,
             None => HashMap::new(),
         };
-        let mut exclude = vec![manifest_path];
+        let mut exclude = descriptions.files.clone();
         exclude.extend(csv_abs.clone());
         let Listing { files, passed } = list_files(&root, &exclude)?;
         let author = opts.author.clone().unwrap_or_else(|| {
@@ -300,6 +320,14 @@ impl Ingestor {
             .iter()
             .map(|p| rel_key(p.strip_prefix(&root).unwrap_or(p)))
             .collect();
+        let mut unmatched: Vec<&String> = descriptions.unmatched(&listed).collect();
+        unmatched.sort();
+        for key in unmatched {
+            w.skip(
+                key.clone(),
+                "described in a metadata or labels file but no such image file is here",
+            );
+        }
         if let Some(csv) = &csv_abs {
             let mut unmatched: Vec<(usize, &String)> = csv_labels
                 .iter()
@@ -349,24 +377,21 @@ impl Ingestor {
                         continue;
                     }
                 };
-                let entry = manifest.get(&rel);
-                let label = entry
-                    .and_then(|e| e.label)
-                    .or_else(|| csv_labels.get(&rel).map(|(l, _)| *l))
-                    .or_else(|| label_from_dirs(Path::new(&rel)));
+                let entry = descriptions.get(&rel);
+                if let Some(recorded) = entry.and_then(|e| e.sample_id.as_deref())
+                    && recorded != facts.sample_id.as_str()
+                {
+                    w.skip(
+                        rel,
+                        format!(
+                            "the bytes hash to {}, not the sample id {recorded} the metadata records",
+                            facts.sample_id
+                        ),
+                    );
+                    continue;
+                }
                 let now = Utc::now();
-                let label_row = label.map(|label| LabelRow {
-                    sample_id: facts.sample_id.clone(),
-                    label,
-                    source: entry
-                        .and_then(|e| e.label_source)
-                        .unwrap_or(LabelSource::Dataset),
-                    confidence: 1.0,
-                    author: entry
-                        .and_then(|e| e.label_author.clone())
-                        .unwrap_or_else(|| author.clone()),
-                    ts: now,
-                });
+                let labels = labels_of(entry, &csv_labels, &rel, &author, &facts.sample_id, now);
                 let sample = SampleRow {
                     sample_id: facts.sample_id,
                     width: facts.width,
@@ -380,17 +405,19 @@ impl Ingestor {
                     source_ref: entry
                         .and_then(|e| e.source_ref.clone())
                         .unwrap_or_else(|| rel.clone()),
-                    era: Era::guess_from_size(facts.width, facts.height)
+                    era: entry
+                        .and_then(|e| e.era)
+                        .unwrap_or_else(|| Era::guess_from_size(facts.width, facts.height))
                         .as_str()
                         .into(),
                     tags: entry.map(|e| e.tags.clone()).unwrap_or_default(),
                     phash: facts.phash,
-                    received_at: now,
+                    received_at: entry.and_then(|e| e.received_at).unwrap_or(now),
                     image: bytes,
                 };
                 let item = Item {
                     sample: Some(sample),
-                    label: label_row,
+                    labels,
                     prediction: None,
                     shadow: None,
                 };

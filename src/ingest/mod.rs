@@ -9,8 +9,10 @@
 //! Each run is recorded in the `runs` ledger with its summary.
 
 mod batch;
+mod described;
 mod folder;
 mod natix;
+mod parquet;
 mod querylog;
 mod summary;
 

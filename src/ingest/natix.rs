@@ -345,7 +345,7 @@ impl Ingestor {
                 };
                 w.push(Item {
                     sample: Some(sample),
-                    label,
+                    labels: label.into_iter().collect(),
                     prediction: None,
                     shadow: None,
                 })

@@ -228,6 +228,13 @@ impl Era {
         }
     }
 
+    /// The era of a stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Era::Crop224, Era::Letterbox224, Era::Fullres, Era::Unknown]
+            .into_iter()
+            .find(|e| e.as_str() == s)
+    }
+
     /// A best guess from the image size alone: 224×224 is a crop, anything larger is full resolution.
     pub fn guess_from_size(width: u32, height: u32) -> Self {
         match (width, height) {

@@ -6,29 +6,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
-};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::schema::{
-    col, column, finish, from_micros, micros, opt_str_array, str_array, tables, ts_array, ts_type,
-};
-use super::{Merge, Store, StoreError, WriteResult, arrow};
-
-fn f32_col(v: impl Iterator<Item = Option<f32>>) -> ArrayRef {
-    Arc::new(Float32Array::from_iter(v))
-}
-
-fn u32_col(v: impl Iterator<Item = u32>) -> ArrayRef {
-    Arc::new(UInt32Array::from_iter_values(v))
-}
-
-fn bool_col(v: impl Iterator<Item = bool>) -> ArrayRef {
-    Arc::new(BooleanArray::from_iter(v.map(Some)))
-}
+use super::rows::{TableRow, keys, serde_as};
+use super::schema::{col, tables, ts_type};
+use super::{Merge, Store, StoreError, WriteResult};
 
 /// `mine_scores`: one row per (run, sample).
 pub fn mine_scores_schema() -> SchemaRef {
@@ -97,7 +82,7 @@ pub fn selections_schema() -> SchemaRef {
 }
 
 /// What one mining run found about one sample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MineScoreRow {
     pub run_id: String,
     pub sample_id: String,
@@ -117,7 +102,7 @@ pub struct MineScoreRow {
 }
 
 /// One cluster of a mining run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MineClusterRow {
     pub run_id: String,
     pub cluster: u32,
@@ -137,7 +122,7 @@ pub struct MineClusterRow {
 }
 
 /// One duplicate edge of a mining run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DuplicateRow {
     pub run_id: String,
     pub sample_a: String,
@@ -150,9 +135,10 @@ pub struct DuplicateRow {
 }
 
 /// One selected sample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelectionRow {
     pub name: String,
+    #[serde(with = "serde_as::micros")]
     pub created_at: DateTime<Utc>,
     pub sample_id: String,
     pub rank: u32,
@@ -161,163 +147,45 @@ pub struct SelectionRow {
     pub reasons: String,
 }
 
-fn mine_scores_to_batch(rows: &[MineScoreRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{}/{}", r.run_id, r.sample_id))
-        .collect();
-    finish(
-        mine_scores_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.run_id.as_str())),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            u32_col(rows.iter().map(|r| r.cluster)),
-            f32_col(rows.iter().map(|r| Some(r.hardness))),
-            str_array(rows.iter().map(|r| r.reasons.as_str())),
-            f32_col(rows.iter().map(|r| r.prob)),
-            bool_col(rows.iter().map(|r| r.label_issue)),
-            bool_col(rows.iter().map(|r| r.outlier)),
-            f32_col(rows.iter().map(|r| Some(r.knn_mean))),
-            f32_col(rows.iter().map(|r| Some(r.typicality))),
-            opt_str_array(rows.iter().map(|r| r.dup_group.as_deref())),
-            str_array(rows.iter().map(|r| r.sets.as_str())),
-        ],
-    )
+impl TableRow for MineScoreRow {
+    const TABLE: &'static str = tables::MINE_SCORES;
+    const DERIVED: &'static [&'static str] = &[col::SCORE_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, |r| format!("{}/{}", r.run_id, r.sample_id))]
+    }
 }
 
-fn mine_clusters_to_batch(rows: &[MineClusterRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{}/{}", r.run_id, r.cluster))
-        .collect();
-    finish(
-        mine_clusters_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.run_id.as_str())),
-            u32_col(rows.iter().map(|r| r.cluster)),
-            u32_col(rows.iter().map(|r| r.size)),
-            u32_col(rows.iter().map(|r| r.n_labelled)),
-            f32_col(rows.iter().map(|r| r.positive_share)),
-            f32_col(rows.iter().map(|r| r.error_rate)),
-            f32_col(rows.iter().map(|r| Some(r.train_share))),
-            f32_col(rows.iter().map(|r| Some(r.traffic_share))),
-            f32_col(rows.iter().map(|r| Some(r.drift_ratio))),
-            f32_col(rows.iter().map(|r| Some(r.drift_z))),
-            bool_col(rows.iter().map(|r| r.under_covered)),
-            str_array(rows.iter().map(|r| r.exemplar.as_str())),
-        ],
-    )
+impl TableRow for MineClusterRow {
+    const TABLE: &'static str = tables::MINE_CLUSTERS;
+    const DERIVED: &'static [&'static str] = &[col::CLUSTER_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, |r| format!("{}/{}", r.run_id, r.cluster))]
+    }
 }
 
-fn duplicates_to_batch(rows: &[DuplicateRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{}/{}/{}", r.run_id, r.sample_a, r.sample_b))
-        .collect();
-    finish(
-        duplicates_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.run_id.as_str())),
-            str_array(rows.iter().map(|r| r.sample_a.as_str())),
-            str_array(rows.iter().map(|r| r.sample_b.as_str())),
-            str_array(rows.iter().map(|r| r.kind.as_str())),
-            f32_col(rows.iter().map(|r| Some(r.distance))),
-            str_array(rows.iter().map(|r| r.sets_a.as_str())),
-            str_array(rows.iter().map(|r| r.sets_b.as_str())),
-        ],
-    )
+impl TableRow for DuplicateRow {
+    const TABLE: &'static str = tables::DUPLICATES;
+    const DERIVED: &'static [&'static str] = &[col::PAIR_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, |r| {
+            format!("{}/{}/{}", r.run_id, r.sample_a, r.sample_b)
+        })]
+    }
 }
 
-fn selections_to_batch(rows: &[SelectionRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{}/{}", r.name, r.sample_id))
-        .collect();
-    finish(
-        selections_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.name.as_str())),
-            ts_array(rows.iter().map(|r| Some(micros(&r.created_at)))),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            u32_col(rows.iter().map(|r| r.rank)),
-            f32_col(rows.iter().map(|r| Some(r.score))),
-            str_array(rows.iter().map(|r| r.strategy.as_str())),
-            str_array(rows.iter().map(|r| r.reasons.as_str())),
-        ],
-    )
-}
-
-fn selections_from_batch(b: &RecordBatch) -> Result<Vec<SelectionRow>, ArrowError> {
-    let name = column::<StringArray>(b, col::NAME)?;
-    let at = column::<TimestampMicrosecondArray>(b, col::CREATED_AT)?;
-    let id = column::<StringArray>(b, col::SAMPLE_ID)?;
-    let rank = column::<UInt32Array>(b, col::RANK)?;
-    let score = column::<Float32Array>(b, col::SCORE)?;
-    let strategy = column::<StringArray>(b, col::STRATEGY)?;
-    let reasons = column::<StringArray>(b, col::REASONS)?;
-    Ok((0..b.num_rows())
-        .map(|i| SelectionRow {
-            name: name.value(i).to_string(),
-            created_at: from_micros(at.value(i)),
-            sample_id: id.value(i).to_string(),
-            rank: rank.value(i),
-            score: score.value(i),
-            strategy: strategy.value(i).to_string(),
-            reasons: reasons.value(i).to_string(),
-        })
-        .collect())
-}
-
-fn mine_clusters_from_batch(b: &RecordBatch) -> Result<Vec<MineClusterRow>, ArrowError> {
-    let run = column::<StringArray>(b, col::RUN_ID)?;
-    let u = |name| column::<UInt32Array>(b, name);
-    let f = |name| column::<Float32Array>(b, name);
-    let flag = |name| column::<BooleanArray>(b, name);
-    let (cluster, size, n_lab) = (u("cluster")?, u("size")?, u("n_labelled")?);
-    let (pos, err, trs, tfs, ratio, z) = (
-        f("positive_share")?,
-        f("error_rate")?,
-        f("train_share")?,
-        f("traffic_share")?,
-        f("drift_ratio")?,
-        f("drift_z")?,
-    );
-    let under = flag("under_covered")?;
-    let ex = column::<StringArray>(b, "exemplar")?;
-    let opt = |a: &Float32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    Ok((0..b.num_rows())
-        .map(|i| MineClusterRow {
-            run_id: run.value(i).to_string(),
-            cluster: cluster.value(i),
-            size: size.value(i),
-            n_labelled: n_lab.value(i),
-            positive_share: opt(pos, i),
-            error_rate: opt(err, i),
-            train_share: trs.value(i),
-            traffic_share: tfs.value(i),
-            drift_ratio: ratio.value(i),
-            drift_z: z.value(i),
-            under_covered: under.value(i),
-            exemplar: ex.value(i).to_string(),
-        })
-        .collect())
+impl TableRow for SelectionRow {
+    const TABLE: &'static str = tables::SELECTIONS;
+    const DERIVED: &'static [&'static str] = &[col::SELECTION_ROW];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, |r| format!("{}/{}", r.name, r.sample_id))]
+    }
 }
 
 impl Store {
     /// The clusters of mining run `run_id`, by cluster index.
     pub async fn mine_clusters(&self, run_id: &str) -> Result<Vec<MineClusterRow>, StoreError> {
         let filter = format!("{} = '{}'", col::RUN_ID, run_id.replace('\'', "''"));
-        let mut rows = self
-            .rows(
-                tables::MINE_CLUSTERS,
-                Some(&filter),
-                mine_clusters_from_batch,
-            )
-            .await?;
+        let mut rows = self.read_rows::<MineClusterRow>(Some(&filter)).await?;
         rows.sort_by_key(|r| r.cluster);
         Ok(rows)
     }
@@ -326,9 +194,7 @@ impl Store {
     /// is matched exactly; a quote in it cannot reach the SQL filter.
     pub async fn selection(&self, name: &str) -> Result<Vec<SelectionRow>, StoreError> {
         let filter = format!("{} = '{}'", col::NAME, name.replace('\'', "''"));
-        let mut rows = self
-            .rows(tables::SELECTIONS, Some(&filter), selections_from_batch)
-            .await?;
+        let mut rows = self.read_rows::<SelectionRow>(Some(&filter)).await?;
         rows.retain(|r| r.name == name);
         rows.sort_by_key(|r| r.rank);
         Ok(rows)
@@ -336,8 +202,7 @@ impl Store {
 
     /// Writes a mining run's per-sample scores (one commit; a repeated run id replaces its rows).
     pub async fn put_mine_scores(&self, rows: &[MineScoreRow]) -> Result<WriteResult, StoreError> {
-        let b = mine_scores_to_batch(rows).map_err(arrow(tables::MINE_SCORES))?;
-        self.merge(tables::MINE_SCORES, b, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 
     /// Writes a mining run's clusters.
@@ -345,19 +210,16 @@ impl Store {
         &self,
         rows: &[MineClusterRow],
     ) -> Result<WriteResult, StoreError> {
-        let b = mine_clusters_to_batch(rows).map_err(arrow(tables::MINE_CLUSTERS))?;
-        self.merge(tables::MINE_CLUSTERS, b, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 
     /// Writes a mining run's duplicate edges.
     pub async fn put_duplicates(&self, rows: &[DuplicateRow]) -> Result<WriteResult, StoreError> {
-        let b = duplicates_to_batch(rows).map_err(arrow(tables::DUPLICATES))?;
-        self.merge(tables::DUPLICATES, b, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 
     /// Writes a named selection; re-using a name replaces the rows of the samples it names again.
     pub async fn put_selection(&self, rows: &[SelectionRow]) -> Result<WriteResult, StoreError> {
-        let b = selections_to_batch(rows).map_err(arrow(tables::SELECTIONS))?;
-        self.merge(tables::SELECTIONS, b, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 }

@@ -20,6 +20,7 @@ pub mod manifest;
 mod mining;
 mod models;
 pub mod querylog;
+pub mod rows;
 mod runs;
 pub mod schema;
 mod shadow;
@@ -45,8 +46,9 @@ pub use labels::{EffectiveLabel, effective_labels};
 pub use maintenance::TableHousekeeping;
 pub use mining::{DuplicateRow, MineClusterRow, MineScoreRow, SelectionRow};
 pub use models::{EvaluationRow, HeadScoreRow, ModelRow};
+pub use rows::TableRow;
 pub use runs::{RunId, RunKind, RunLedger, RunStatus, TableVersions};
-pub use schema::{LabelRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
+pub use schema::{LabelRow, MetaRow, PredictionRow, RunRow, SCHEMA_VERSION, SampleRow, tables};
 pub use shadow::ShadowRow;
 pub use snapshot::SnapshotName;
 pub use synth::{SynthImageRow, SynthStatus};
@@ -249,11 +251,11 @@ impl Store {
             return Ok(None);
         }
         Ok(self
-            .rows(tables::META, None, schema::meta_from_batch)
+            .read_rows::<MetaRow>(None)
             .await?
             .into_iter()
-            .filter(|(k, _)| k == "schema_version")
-            .find_map(|(_, v)| v.parse::<u32>().ok()))
+            .filter(|m| m.key == "schema_version")
+            .find_map(|m| m.value.parse::<u32>().ok()))
     }
 
     /// Older layouts differ only by tables that `ensure_tables` has just created: the upgrade is
@@ -266,9 +268,11 @@ impl Store {
         if let Some(old) = found {
             tracing::info!(from = old, to = SCHEMA_VERSION, store = %self.uri, "store layout upgraded");
         }
-        let batch = schema::meta_to_batch(&[("schema_version", SCHEMA_VERSION.to_string())])
-            .map_err(arrow(tables::META))?;
-        self.merge(tables::META, batch, Merge::Upsert).await?;
+        let row = MetaRow {
+            key: "schema_version".into(),
+            value: SCHEMA_VERSION.to_string(),
+        };
+        self.write_rows(&[row], Merge::Upsert).await?;
         Ok(())
     }
 
@@ -344,8 +348,7 @@ impl Store {
             .filter(|r| !have.contains(r.sample_id.as_str()) && seen.insert(r.sample_id.clone()))
             .cloned()
             .collect();
-        let batch = schema::samples_to_batch(&unique).map_err(arrow(tables::SAMPLES))?;
-        self.merge(tables::SAMPLES, batch, Merge::InsertOnly).await
+        self.write_rows(&unique, Merge::InsertOnly).await
     }
 
     /// Writes labels: a new (sample, source, author) is inserted; an existing one is replaced only
@@ -368,8 +371,7 @@ impl Store {
                 .get(&r.label_id())
                 .is_none_or(|&(l, c)| l != r.label.as_u8() || c != r.confidence)
         });
-        let batch = schema::labels_to_batch(&unique).map_err(arrow(tables::LABELS))?;
-        self.merge(tables::LABELS, batch, Merge::UpsertChanged(LABEL_CHANGED))
+        self.write_rows(&unique, Merge::UpsertChanged(LABEL_CHANGED))
             .await
     }
 
@@ -388,9 +390,7 @@ impl Store {
             .filter(|r| !have.contains(r.request_id.as_str()) && seen.insert(r.request_id.clone()))
             .cloned()
             .collect();
-        let batch = schema::predictions_to_batch(&unique).map_err(arrow(tables::PREDICTIONS))?;
-        self.merge(tables::PREDICTIONS, batch, Merge::InsertOnly)
-            .await
+        self.write_rows(&unique, Merge::InsertOnly).await
     }
 
     /// `(id, value)` pairs of a string column and an `f32` column of `table`, optionally filtered
@@ -469,50 +469,52 @@ impl Store {
 
     /// Writes or updates one run in the ledger.
     pub async fn record_run(&self, run: &RunRow) -> Result<WriteResult, StoreError> {
-        let batch =
-            schema::runs_to_batch(std::slice::from_ref(run)).map_err(arrow(tables::RUNS))?;
-        self.merge(tables::RUNS, batch, Merge::Upsert).await
+        self.write_rows(std::slice::from_ref(run), Merge::Upsert)
+            .await
     }
 
     /// Every run in the ledger, oldest first.
     pub async fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut out = self
-            .rows(tables::RUNS, None, schema::runs_from_batch)
-            .await?;
+        let mut out = self.read_rows::<RunRow>(None).await?;
         out.sort_by_key(|r| r.started_at);
         Ok(out)
     }
 
-    /// Reads `table` (optionally filtered) and converts every batch to typed rows.
-    async fn rows<T>(
+    /// The rows of `R`'s table (optionally filtered, SQL), typed.
+    pub(crate) async fn read_rows<R: TableRow>(
         &self,
-        table: &str,
         filter: Option<&str>,
-        convert: fn(&RecordBatch) -> Result<Vec<T>, arrow_schema::ArrowError>,
-    ) -> Result<Vec<T>, StoreError> {
+    ) -> Result<Vec<R>, StoreError> {
         let mut out = Vec::new();
-        for b in self.scan(table, None, filter, None).await? {
-            out.extend(convert(&b).map_err(arrow(table))?);
+        for b in self.scan(R::TABLE, None, filter, None).await? {
+            out.extend(rows::from_batch::<R>(&b).map_err(arrow(R::TABLE))?);
         }
         Ok(out)
     }
 
+    /// Writes typed rows into their table in one commit.
+    pub(crate) async fn write_rows<R: TableRow>(
+        &self,
+        rows: &[R],
+        how: Merge,
+    ) -> Result<WriteResult, StoreError> {
+        let batch = rows::to_batch(rows).map_err(arrow(R::TABLE))?;
+        self.merge(R::TABLE, batch, how).await
+    }
+
     /// Samples matching a SQL filter (all columns, images included).
     pub async fn samples(&self, filter: Option<&str>) -> Result<Vec<SampleRow>, StoreError> {
-        self.rows(tables::SAMPLES, filter, schema::samples_from_batch)
-            .await
+        self.read_rows(filter).await
     }
 
     /// Every label row.
     pub async fn labels(&self) -> Result<Vec<LabelRow>, StoreError> {
-        self.rows(tables::LABELS, None, schema::labels_from_batch)
-            .await
+        self.read_rows(None).await
     }
 
     /// Every prediction row.
     pub async fn predictions(&self) -> Result<Vec<PredictionRow>, StoreError> {
-        self.rows(tables::PREDICTIONS, None, schema::predictions_from_batch)
-            .await
+        self.read_rows(None).await
     }
 
     /// One effective label per labelled sample (precedence rule applied).
@@ -598,13 +600,35 @@ impl Store {
             .collect())
     }
 
-    /// Reads a table as it was when `name` was taken.
+    /// Reads a table as it was when `name` was taken: only the named columns (all when `None`),
+    /// optionally filtered (SQL).
     pub async fn scan_at(
         &self,
         name: &SnapshotName,
         table: &str,
         columns: Option<&[&str]>,
+        filter: Option<&str>,
     ) -> Result<Vec<RecordBatch>, StoreError> {
+        let t = self.table_at(name, table).await?;
+        let mut q = t.query();
+        if let Some(cols) = columns {
+            q = q.select(Select::columns(cols));
+        }
+        if let Some(f) = filter {
+            q = q.only_if(f);
+        }
+        let stream = q.execute().await.map_err(lance("scan", table))?;
+        stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(lance("scan", table))
+    }
+
+    async fn table_at(
+        &self,
+        name: &SnapshotName,
+        table: &str,
+    ) -> Result<lancedb::Table, StoreError> {
         let t = self.table(table).await?;
         t.checkout_tag(&name.to_tag())
             .await
@@ -612,15 +636,37 @@ impl Store {
                 name: name.to_string(),
                 table: table.to_string(),
             })?;
+        Ok(t)
+    }
+
+    /// Streams `table` (all columns, optionally filtered) batch by batch, so a reader of the
+    /// images holds one batch of them at a time instead of the table.
+    pub async fn stream(
+        &self,
+        table: &str,
+        filter: Option<&str>,
+    ) -> Result<lancedb::arrow::SendableRecordBatchStream, StoreError> {
+        let t = self.table(table).await?;
         let mut q = t.query();
-        if let Some(cols) = columns {
-            q = q.select(Select::columns(cols));
+        if let Some(f) = filter {
+            q = q.only_if(f);
         }
-        let stream = q.execute().await.map_err(lance("scan", table))?;
-        stream
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(lance("scan", table))
+        q.execute().await.map_err(lance("scan", table))
+    }
+
+    /// [`Store::stream`] of the table as it was when `name` was taken.
+    pub async fn stream_at(
+        &self,
+        name: &SnapshotName,
+        table: &str,
+        filter: Option<&str>,
+    ) -> Result<lancedb::arrow::SendableRecordBatchStream, StoreError> {
+        let t = self.table_at(name, table).await?;
+        let mut q = t.query();
+        if let Some(f) = filter {
+            q = q.only_if(f);
+        }
+        q.execute().await.map_err(lance("scan", table))
     }
 
     /// Removes a snapshot's tags (the data stays until maintenance prunes untagged versions).

@@ -7,18 +7,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, UInt8Builder};
-use arrow_array::{
-    Array, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array,
-    UInt32Array,
-};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::schema::{
-    col, column, finish, from_micros, micros, str_array, tables, ts_array, ts_type,
-};
-use super::{Merge, SampleId, Store, StoreError, WriteResult, arrow};
+use super::rows::{TableRow, keys, serde_as};
+use super::schema::{col, tables, ts_type};
+use super::{Merge, SampleId, Store, StoreError, WriteResult};
 
 /// `models`: one row per registered head.
 pub fn models_schema() -> SchemaRef {
@@ -63,9 +59,10 @@ pub fn head_scores_schema() -> SchemaRef {
 }
 
 /// One registered head.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRow {
     pub model_version: String,
+    #[serde(with = "serde_as::micros")]
     pub created_at: DateTime<Utc>,
     /// The embeddings the head reads (`embeddings_<id>`).
     pub embedding_model: String,
@@ -78,9 +75,10 @@ pub struct ModelRow {
 }
 
 /// One model's metrics on one eval set.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationRow {
     pub model_version: String,
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
     /// Digest of the eval set's sample ids: two evaluations are comparable only when it matches.
     pub eval_set: String,
@@ -99,7 +97,7 @@ impl EvaluationRow {
 }
 
 /// What one training run knows about one sample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadScoreRow {
     pub model_version: String,
     pub sample_id: SampleId,
@@ -116,6 +114,7 @@ pub struct HeadScoreRow {
     pub ensemble_std: f32,
     /// Mutual information between prediction and ensemble member (BALD), nats.
     pub ensemble_mi: f32,
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
 }
 
@@ -126,160 +125,44 @@ impl HeadScoreRow {
     }
 }
 
-/// Rows → one Arrow batch of [`models_schema`].
-pub fn models_to_batch(rows: &[ModelRow]) -> Result<RecordBatch, ArrowError> {
-    finish(
-        models_schema(),
-        vec![
-            str_array(rows.iter().map(|r| r.model_version.as_str())),
-            ts_array(rows.iter().map(|r| Some(micros(&r.created_at)))),
-            str_array(rows.iter().map(|r| r.embedding_model.as_str())),
-            str_array(rows.iter().map(|r| r.snapshot.as_str())),
-            str_array(rows.iter().map(|r| r.artifact_dir.as_str())),
-            str_array(rows.iter().map(|r| r.card.as_str())),
-        ],
-    )
+impl TableRow for ModelRow {
+    const TABLE: &'static str = tables::MODELS;
 }
 
-/// A batch of [`models_schema`] → rows.
-pub fn models_from_batch(batch: &RecordBatch) -> Result<Vec<ModelRow>, ArrowError> {
-    let mv = column::<StringArray>(batch, col::MODEL_VERSION)?;
-    let at = column::<TimestampMicrosecondArray>(batch, col::CREATED_AT)?;
-    let emb = column::<StringArray>(batch, col::EMBEDDING_MODEL)?;
-    let snap = column::<StringArray>(batch, col::SNAPSHOT)?;
-    let dir = column::<StringArray>(batch, col::ARTIFACT_DIR)?;
-    let card = column::<StringArray>(batch, col::CARD)?;
-    Ok((0..batch.num_rows())
-        .map(|i| ModelRow {
-            model_version: mv.value(i).to_string(),
-            created_at: from_micros(at.value(i)),
-            embedding_model: emb.value(i).to_string(),
-            snapshot: snap.value(i).to_string(),
-            artifact_dir: dir.value(i).to_string(),
-            card: card.value(i).to_string(),
-        })
-        .collect())
-}
-
-/// Rows → one Arrow batch of [`evaluations_schema`].
-pub fn evaluations_to_batch(rows: &[EvaluationRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows.iter().map(EvaluationRow::eval_id).collect();
-    finish(
-        evaluations_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.model_version.as_str())),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-            str_array(rows.iter().map(|r| r.eval_set.as_str())),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n))),
-            str_array(rows.iter().map(|r| r.metrics.as_str())),
-            str_array(rows.iter().map(|r| r.slices.as_str())),
-        ],
-    )
-}
-
-/// A batch of [`evaluations_schema`] → rows.
-pub fn evaluations_from_batch(batch: &RecordBatch) -> Result<Vec<EvaluationRow>, ArrowError> {
-    let mv = column::<StringArray>(batch, col::MODEL_VERSION)?;
-    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
-    let set = column::<StringArray>(batch, col::EVAL_SET)?;
-    let n = column::<UInt32Array>(batch, col::N)?;
-    let metrics = column::<StringArray>(batch, col::METRICS)?;
-    let slices = column::<StringArray>(batch, col::SLICES)?;
-    Ok((0..batch.num_rows())
-        .map(|i| EvaluationRow {
-            model_version: mv.value(i).to_string(),
-            ts: from_micros(ts.value(i)),
-            eval_set: set.value(i).to_string(),
-            n: n.value(i),
-            metrics: metrics.value(i).to_string(),
-            slices: slices.value(i).to_string(),
-        })
-        .collect())
-}
-
-/// Rows → one Arrow batch of [`head_scores_schema`].
-pub fn head_scores_to_batch(rows: &[HeadScoreRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows.iter().map(HeadScoreRow::score_id).collect();
-    let mut label = UInt8Builder::new();
-    let mut oof = Float32Builder::new();
-    for r in rows {
-        label.append_option(r.label);
-        oof.append_option(r.oof_prob);
+impl TableRow for EvaluationRow {
+    const TABLE: &'static str = tables::EVALUATIONS;
+    const DERIVED: &'static [&'static str] = &[col::EVAL_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, EvaluationRow::eval_id)]
     }
-    let f32s = |f: fn(&HeadScoreRow) -> f32| {
-        Arc::new(Float32Array::from_iter_values(rows.iter().map(f))) as _
-    };
-    finish(
-        head_scores_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.model_version.as_str())),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            str_array(rows.iter().map(|r| r.split.as_str())),
-            Arc::new(label.finish()),
-            Arc::new(oof.finish()),
-            f32s(|r| r.prob),
-            f32s(|r| r.ensemble_mean),
-            f32s(|r| r.ensemble_std),
-            f32s(|r| r.ensemble_mi),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-        ],
-    )
 }
 
-/// A batch of [`head_scores_schema`] → rows.
-pub fn head_scores_from_batch(batch: &RecordBatch) -> Result<Vec<HeadScoreRow>, ArrowError> {
-    let mv = column::<StringArray>(batch, col::MODEL_VERSION)?;
-    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
-    let split = column::<StringArray>(batch, col::SPLIT)?;
-    let label = column::<UInt8Array>(batch, col::LABEL)?;
-    let oof = column::<Float32Array>(batch, col::OOF_PROB)?;
-    let prob = column::<Float32Array>(batch, col::PROB)?;
-    let mean = column::<Float32Array>(batch, col::ENSEMBLE_MEAN)?;
-    let std = column::<Float32Array>(batch, col::ENSEMBLE_STD)?;
-    let mi = column::<Float32Array>(batch, col::ENSEMBLE_MI)?;
-    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
-    (0..batch.num_rows())
-        .map(|i| {
-            Ok(HeadScoreRow {
-                model_version: mv.value(i).to_string(),
-                sample_id: id
-                    .value(i)
-                    .parse()
-                    .map_err(|e: super::BadSampleId| ArrowError::ParseError(e.to_string()))?,
-                split: split.value(i).to_string(),
-                label: (!label.is_null(i)).then(|| label.value(i)),
-                oof_prob: (!oof.is_null(i)).then(|| oof.value(i)),
-                prob: prob.value(i),
-                ensemble_mean: mean.value(i),
-                ensemble_std: std.value(i),
-                ensemble_mi: mi.value(i),
-                ts: from_micros(ts.value(i)),
-            })
-        })
-        .collect()
+impl TableRow for HeadScoreRow {
+    const TABLE: &'static str = tables::HEAD_SCORES;
+    const DERIVED: &'static [&'static str] = &[col::SCORE_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, HeadScoreRow::score_id)]
+    }
 }
 
 impl Store {
     /// Registers a head (a re-registration of the same version replaces its row).
     pub async fn put_model(&self, row: &ModelRow) -> Result<WriteResult, StoreError> {
-        let batch = models_to_batch(std::slice::from_ref(row)).map_err(arrow(tables::MODELS))?;
-        self.merge(tables::MODELS, batch, Merge::Upsert).await
+        self.write_rows(std::slice::from_ref(row), Merge::Upsert)
+            .await
     }
 
     /// Every registered head, oldest first.
     pub async fn models(&self) -> Result<Vec<ModelRow>, StoreError> {
-        let mut out = self.rows(tables::MODELS, None, models_from_batch).await?;
+        let mut out = self.read_rows::<ModelRow>(None).await?;
         out.sort_by_key(|m| m.created_at);
         Ok(out)
     }
 
     /// Stores (or replaces) a model's evaluation on an eval set.
     pub async fn put_evaluation(&self, row: &EvaluationRow) -> Result<WriteResult, StoreError> {
-        let batch =
-            evaluations_to_batch(std::slice::from_ref(row)).map_err(arrow(tables::EVALUATIONS))?;
-        self.merge(tables::EVALUATIONS, batch, Merge::Upsert).await
+        self.write_rows(std::slice::from_ref(row), Merge::Upsert)
+            .await
     }
 
     /// Every evaluation of `model_version`.
@@ -289,14 +172,12 @@ impl Store {
             col::MODEL_VERSION,
             model_version.replace('\'', "''")
         );
-        self.rows(tables::EVALUATIONS, Some(&filter), evaluations_from_batch)
-            .await
+        self.read_rows(Some(&filter)).await
     }
 
     /// Writes a run's per-sample scores in one commit.
     pub async fn put_head_scores(&self, rows: &[HeadScoreRow]) -> Result<WriteResult, StoreError> {
-        let batch = head_scores_to_batch(rows).map_err(arrow(tables::HEAD_SCORES))?;
-        self.merge(tables::HEAD_SCORES, batch, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 
     /// The per-sample scores of one model version.
@@ -306,7 +187,6 @@ impl Store {
             col::MODEL_VERSION,
             model_version.replace('\'', "''")
         );
-        self.rows(tables::HEAD_SCORES, Some(&filter), head_scores_from_batch)
-            .await
+        self.read_rows(Some(&filter)).await
     }
 }

@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+
+use super::rows::serde_as;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, WriteResult};
@@ -20,6 +22,8 @@ use super::{Store, StoreError, WriteResult};
 pub enum RunKind {
     IngestFolder,
     IngestNatix,
+    /// roadwork's own Parquet export read back (`roadwork ingest parquet`).
+    IngestParquet,
     IngestQuerylog,
     Embed,
     Mine,
@@ -34,9 +38,10 @@ pub enum RunKind {
 
 impl RunKind {
     /// Every kind, in loop order.
-    pub const ALL: [RunKind; 10] = [
+    pub const ALL: [RunKind; 11] = [
         RunKind::IngestFolder,
         RunKind::IngestNatix,
+        RunKind::IngestParquet,
         RunKind::IngestQuerylog,
         RunKind::Embed,
         RunKind::Mine,
@@ -52,6 +57,7 @@ impl RunKind {
         match self {
             RunKind::IngestFolder => "ingest-folder",
             RunKind::IngestNatix => "ingest-natix",
+            RunKind::IngestParquet => "ingest-parquet",
             RunKind::IngestQuerylog => "ingest-querylog",
             RunKind::Embed => "embed",
             RunKind::Mine => "mine",
@@ -114,7 +120,7 @@ impl FromStr for RunStatus {
 /// and two runs started in the same millisecond do not collide. Ids read back from older stores
 /// keep whatever form they were written in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct RunId(String);
 
 impl RunId {
@@ -144,6 +150,19 @@ impl RunId {
     }
 }
 
+impl TryFrom<String> for RunId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> Self {
+        id.0
+    }
+}
+
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -154,22 +173,28 @@ impl fmt::Display for RunId {
 pub type TableVersions = BTreeMap<String, u64>;
 
 /// One stage run in the ledger.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub run_id: RunId,
     pub kind: RunKind,
+    #[serde(with = "serde_as::micros")]
     pub started_at: DateTime<Utc>,
+    #[serde(with = "serde_as::opt_micros", default)]
     pub finished_at: Option<DateTime<Utc>>,
     pub status: RunStatus,
     /// JSON of the run's parameters.
     pub params: String,
     /// JSON of the run's result (the stage's typed report).
     pub summary: String,
-    /// The run that started this one (a nightly job's id), if any.
+    /// The run that started this one (a nightly job's id), if any. Layout 4 added the column
+    /// (and `reads`, `writes`); a ledger read at an older version has none of them.
+    #[serde(rename = "parent_run", default)]
     pub parent: Option<RunId>,
     /// Versions of the tables the run read, as they were when it read them.
+    #[serde(with = "serde_as::json_text", default)]
     pub reads: TableVersions,
     /// Versions of the tables after the run's writes (only tables it wrote).
+    #[serde(with = "serde_as::json_text", default)]
     pub writes: TableVersions,
 }
 

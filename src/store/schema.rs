@@ -5,19 +5,13 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    Float32Builder, LargeBinaryBuilder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
-    UInt8Builder, UInt32Builder, UInt64Builder,
-};
-use arrow_array::{
-    Array, ArrayRef, Float32Array, LargeBinaryArray, ListArray, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt8Array, UInt32Array, UInt64Array,
-};
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
+use super::rows::{TableRow, keys, serde_as};
 pub use super::runs::RunRow;
-use super::runs::{RunId, TableVersions};
-use chrono::{DateTime, TimeZone, Utc};
 
 use super::ids::{Label, LabelSource, SampleId};
 
@@ -321,9 +315,10 @@ pub fn key_of(table: &str) -> &'static str {
 }
 
 /// One distinct image.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRow {
     pub sample_id: SampleId,
+    #[serde(with = "serde_bytes")]
     pub image: Vec<u8>,
     pub width: u32,
     pub height: u32,
@@ -339,19 +334,22 @@ pub struct SampleRow {
     pub tags: Vec<String>,
     /// 64-bit DCT perceptual hash, for re-encode detection.
     pub phash: u64,
+    #[serde(with = "serde_as::micros")]
     pub received_at: DateTime<Utc>,
 }
 
 /// One author's label for one sample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelRow {
     pub sample_id: SampleId,
+    #[serde(with = "serde_as::label_u8")]
     pub label: Label,
     pub source: LabelSource,
     /// In [0,1]; 1 for dataset and human labels.
     pub confidence: f32,
     /// Who: dataset name, annotator, generator or teacher model id.
     pub author: String,
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
 }
 
@@ -370,7 +368,7 @@ impl LabelRow {
 }
 
 /// What a model answered for one request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionRow {
     pub request_id: String,
     pub sample_id: SampleId,
@@ -382,170 +380,47 @@ pub struct PredictionRow {
     /// What was sent: in [0,1], or -1 for an image that could not be decoded.
     pub final_score: f32,
     pub latency_ms: f32,
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
     /// Validator hotkey (ss58), when the request came from one.
     pub validator: Option<String>,
 }
 
-pub(crate) fn micros(t: &DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub(crate) fn from_micros(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_micros(v).single().unwrap_or_default()
-}
-
-pub(crate) fn finish(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
-    RecordBatch::try_new(schema, cols)
-}
-
-pub(crate) fn ts_array(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for v in values {
-        b.append_option(v);
+impl TableRow for SampleRow {
+    const TABLE: &'static str = tables::SAMPLES;
+    const DERIVED: &'static [&'static str] = &[col::BYTES];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.image.len() as u64),
+        ))]
     }
-    Arc::new(b.finish())
 }
 
-pub(crate) fn str_array<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(values))
-}
-
-/// A nullable string column.
-pub(crate) fn opt_str_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(StringArray::from_iter(values))
-}
-
-/// Rows → one Arrow batch of [`samples_schema`].
-pub fn samples_to_batch(rows: &[SampleRow]) -> Result<RecordBatch, ArrowError> {
-    let mut image = LargeBinaryBuilder::new();
-    let mut tags =
-        ListBuilder::new(StringBuilder::new()).with_field(Field::new("item", DataType::Utf8, true));
-    let (mut w, mut h, mut bytes, mut phash) = (
-        UInt32Builder::new(),
-        UInt32Builder::new(),
-        UInt64Builder::new(),
-        UInt64Builder::new(),
-    );
-    for r in rows {
-        image.append_value(&r.image);
-        w.append_value(r.width);
-        h.append_value(r.height);
-        bytes.append_value(r.image.len() as u64);
-        phash.append_value(r.phash);
-        for t in &r.tags {
-            tags.values().append_value(t);
-        }
-        tags.append(true);
+impl TableRow for LabelRow {
+    const TABLE: &'static str = tables::LABELS;
+    const DERIVED: &'static [&'static str] = &[col::LABEL_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, LabelRow::label_id)]
     }
-    finish(
-        samples_schema(),
-        vec![
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            Arc::new(image.finish()),
-            Arc::new(w.finish()),
-            Arc::new(h.finish()),
-            str_array(rows.iter().map(|r| r.format.as_str())),
-            Arc::new(bytes.finish()),
-            str_array(rows.iter().map(|r| r.source.as_str())),
-            str_array(rows.iter().map(|r| r.source_ref.as_str())),
-            str_array(rows.iter().map(|r| r.era.as_str())),
-            Arc::new(tags.finish()),
-            Arc::new(phash.finish()),
-            ts_array(rows.iter().map(|r| Some(micros(&r.received_at)))),
-        ],
-    )
 }
 
-/// Rows → one Arrow batch of [`labels_schema`].
-pub fn labels_to_batch(rows: &[LabelRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows.iter().map(LabelRow::label_id).collect();
-    let mut label = UInt8Builder::new();
-    let mut conf = Float32Builder::new();
-    for r in rows {
-        label.append_value(r.label.as_u8());
-        conf.append_value(r.confidence);
-    }
-    finish(
-        labels_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            Arc::new(label.finish()),
-            str_array(rows.iter().map(|r| r.source.as_str())),
-            Arc::new(conf.finish()),
-            str_array(rows.iter().map(|r| r.author.as_str())),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-        ],
-    )
+impl TableRow for PredictionRow {
+    const TABLE: &'static str = tables::PREDICTIONS;
 }
 
-/// Rows → one Arrow batch of [`predictions_schema`].
-pub fn predictions_to_batch(rows: &[PredictionRow]) -> Result<RecordBatch, ArrowError> {
-    let mut tier = UInt8Builder::new();
-    let (mut s1, mut s2, mut fin, mut lat) = (
-        Float32Builder::new(),
-        Float32Builder::new(),
-        Float32Builder::new(),
-        Float32Builder::new(),
-    );
-    let mut validator = StringBuilder::new();
-    for r in rows {
-        tier.append_value(r.tier);
-        s1.append_option(r.score_tier1);
-        s2.append_option(r.score_tier2);
-        fin.append_value(r.final_score);
-        lat.append_value(r.latency_ms);
-        validator.append_option(r.validator.as_deref());
-    }
-    finish(
-        predictions_schema(),
-        vec![
-            str_array(rows.iter().map(|r| r.request_id.as_str())),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            str_array(rows.iter().map(|r| r.model_version.as_str())),
-            Arc::new(tier.finish()),
-            Arc::new(s1.finish()),
-            Arc::new(s2.finish()),
-            Arc::new(fin.finish()),
-            Arc::new(lat.finish()),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-            Arc::new(validator.finish()),
-        ],
-    )
+impl TableRow for RunRow {
+    const TABLE: &'static str = tables::RUNS;
 }
 
-/// Rows → one Arrow batch of [`runs_schema`].
-pub fn runs_to_batch(rows: &[RunRow]) -> Result<RecordBatch, ArrowError> {
-    let json = |v: &TableVersions| serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
-    let reads: Vec<String> = rows.iter().map(|r| json(&r.reads)).collect();
-    let writes: Vec<String> = rows.iter().map(|r| json(&r.writes)).collect();
-    finish(
-        runs_schema(),
-        vec![
-            str_array(rows.iter().map(|r| r.run_id.as_str())),
-            str_array(rows.iter().map(|r| r.kind.as_str())),
-            ts_array(rows.iter().map(|r| Some(micros(&r.started_at)))),
-            ts_array(rows.iter().map(|r| r.finished_at.as_ref().map(micros))),
-            str_array(rows.iter().map(|r| r.status.as_str())),
-            str_array(rows.iter().map(|r| r.params.as_str())),
-            str_array(rows.iter().map(|r| r.summary.as_str())),
-            opt_str_array(rows.iter().map(|r| r.parent.as_ref().map(RunId::as_str))),
-            str_array(reads.iter().map(String::as_str)),
-            str_array(writes.iter().map(String::as_str)),
-        ],
-    )
+/// One key/value fact of [`meta_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaRow {
+    pub key: String,
+    pub value: String,
 }
 
-/// Key/value pairs → one Arrow batch of [`meta_schema`].
-pub fn meta_to_batch(rows: &[(&str, String)]) -> Result<RecordBatch, ArrowError> {
-    finish(
-        meta_schema(),
-        vec![
-            str_array(rows.iter().map(|(k, _)| *k)),
-            str_array(rows.iter().map(|(_, v)| v.as_str())),
-        ],
-    )
+impl TableRow for MetaRow {
+    const TABLE: &'static str = tables::META;
 }
 
 /// Typed access to one column of a batch read back from the store.
@@ -559,152 +434,4 @@ pub(crate) fn column<'a, T: 'static>(
         .as_any()
         .downcast_ref::<T>()
         .ok_or_else(|| ArrowError::SchemaError(format!("column {name:?} has an unexpected type")))
-}
-
-fn parse_id(s: &str) -> Result<SampleId, ArrowError> {
-    s.parse()
-        .map_err(|e: super::ids::BadSampleId| ArrowError::ParseError(e.to_string()))
-}
-
-/// A batch of [`samples_schema`] (all columns) → rows.
-pub fn samples_from_batch(batch: &RecordBatch) -> Result<Vec<SampleRow>, ArrowError> {
-    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
-    let image = column::<LargeBinaryArray>(batch, col::IMAGE)?;
-    let w = column::<UInt32Array>(batch, col::WIDTH)?;
-    let h = column::<UInt32Array>(batch, col::HEIGHT)?;
-    let format = column::<StringArray>(batch, col::FORMAT)?;
-    let source = column::<StringArray>(batch, col::SOURCE)?;
-    let source_ref = column::<StringArray>(batch, col::SOURCE_REF)?;
-    let era = column::<StringArray>(batch, col::ERA)?;
-    let tags = column::<ListArray>(batch, col::TAGS)?;
-    let phash = column::<UInt64Array>(batch, col::PHASH)?;
-    let at = column::<TimestampMicrosecondArray>(batch, col::RECEIVED_AT)?;
-    (0..batch.num_rows())
-        .map(|i| {
-            let t = tags.value(i);
-            let t = t
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| ArrowError::SchemaError("tags are not strings".into()))?;
-            Ok(SampleRow {
-                sample_id: parse_id(id.value(i))?,
-                image: image.value(i).to_vec(),
-                width: w.value(i),
-                height: h.value(i),
-                format: format.value(i).to_string(),
-                source: source.value(i).to_string(),
-                source_ref: source_ref.value(i).to_string(),
-                era: era.value(i).to_string(),
-                tags: t.iter().flatten().map(str::to_string).collect(),
-                phash: phash.value(i),
-                received_at: from_micros(at.value(i)),
-            })
-        })
-        .collect()
-}
-
-/// A batch of [`labels_schema`] → rows.
-pub fn labels_from_batch(batch: &RecordBatch) -> Result<Vec<LabelRow>, ArrowError> {
-    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
-    let label = column::<UInt8Array>(batch, col::LABEL)?;
-    let source = column::<StringArray>(batch, col::SOURCE)?;
-    let conf = column::<Float32Array>(batch, col::CONFIDENCE)?;
-    let author = column::<StringArray>(batch, col::AUTHOR)?;
-    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
-    (0..batch.num_rows())
-        .map(|i| {
-            let bad = |what: &str| ArrowError::ParseError(format!("labels row {i}: bad {what}"));
-            Ok(LabelRow {
-                sample_id: parse_id(id.value(i))?,
-                label: Label::from_int(label.value(i).into()).ok_or_else(|| bad("label"))?,
-                source: LabelSource::parse(source.value(i)).ok_or_else(|| bad("source"))?,
-                confidence: conf.value(i),
-                author: author.value(i).to_string(),
-                ts: from_micros(ts.value(i)),
-            })
-        })
-        .collect()
-}
-
-/// A batch of [`predictions_schema`] → rows.
-pub fn predictions_from_batch(batch: &RecordBatch) -> Result<Vec<PredictionRow>, ArrowError> {
-    let req = column::<StringArray>(batch, col::REQUEST_ID)?;
-    let id = column::<StringArray>(batch, col::SAMPLE_ID)?;
-    let mv = column::<StringArray>(batch, col::MODEL_VERSION)?;
-    let tier = column::<UInt8Array>(batch, col::TIER)?;
-    let s1 = column::<Float32Array>(batch, col::SCORE_TIER1)?;
-    let s2 = column::<Float32Array>(batch, col::SCORE_TIER2)?;
-    let fin = column::<Float32Array>(batch, col::FINAL_SCORE)?;
-    let lat = column::<Float32Array>(batch, col::LATENCY_MS)?;
-    let ts = column::<TimestampMicrosecondArray>(batch, col::TS)?;
-    let val = column::<StringArray>(batch, col::VALIDATOR)?;
-    let opt = |a: &Float32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    (0..batch.num_rows())
-        .map(|i| {
-            Ok(PredictionRow {
-                request_id: req.value(i).to_string(),
-                sample_id: parse_id(id.value(i))?,
-                model_version: mv.value(i).to_string(),
-                tier: tier.value(i),
-                score_tier1: opt(s1, i),
-                score_tier2: opt(s2, i),
-                final_score: fin.value(i),
-                latency_ms: lat.value(i),
-                ts: from_micros(ts.value(i)),
-                validator: (!val.is_null(i)).then(|| val.value(i).to_string()),
-            })
-        })
-        .collect()
-}
-
-/// A batch of [`runs_schema`] → rows. Rows of older layouts (null `reads`/`writes`) read as
-/// empty maps.
-pub fn runs_from_batch(batch: &RecordBatch) -> Result<Vec<RunRow>, ArrowError> {
-    let id = column::<StringArray>(batch, col::RUN_ID)?;
-    let kind = column::<StringArray>(batch, col::KIND)?;
-    let st = column::<TimestampMicrosecondArray>(batch, col::STARTED_AT)?;
-    let fin = column::<TimestampMicrosecondArray>(batch, col::FINISHED_AT)?;
-    let status = column::<StringArray>(batch, col::STATUS)?;
-    let params = column::<StringArray>(batch, col::PARAMS)?;
-    let summary = column::<StringArray>(batch, col::SUMMARY)?;
-    // Absent when reading a version written before layout 4 (a snapshot), or not projected.
-    let parent = column::<StringArray>(batch, col::PARENT_RUN).ok();
-    let reads = column::<StringArray>(batch, col::READS).ok();
-    let writes = column::<StringArray>(batch, col::WRITES).ok();
-    let bad = |what: String| ArrowError::InvalidArgumentError(what);
-    let versions = |a: Option<&StringArray>, i: usize| -> Result<TableVersions, ArrowError> {
-        match a {
-            Some(a) if !a.is_null(i) => serde_json::from_str(a.value(i))
-                .map_err(|e| bad(format!("run table versions: {e}"))),
-            _ => Ok(TableVersions::new()),
-        }
-    };
-    (0..batch.num_rows())
-        .map(|i| {
-            Ok(RunRow {
-                run_id: RunId::parse(id.value(i)).map_err(bad)?,
-                kind: kind.value(i).parse().map_err(bad)?,
-                started_at: from_micros(st.value(i)),
-                finished_at: (!fin.is_null(i)).then(|| from_micros(fin.value(i))),
-                status: status.value(i).parse().map_err(bad)?,
-                params: params.value(i).to_string(),
-                summary: summary.value(i).to_string(),
-                parent: match parent {
-                    Some(p) if !p.is_null(i) => Some(RunId::parse(p.value(i)).map_err(bad)?),
-                    _ => None,
-                },
-                reads: versions(reads, i)?,
-                writes: versions(writes, i)?,
-            })
-        })
-        .collect()
-}
-
-/// A batch of [`meta_schema`] → pairs.
-pub fn meta_from_batch(batch: &RecordBatch) -> Result<Vec<(String, String)>, ArrowError> {
-    let k = column::<StringArray>(batch, col::KEY)?;
-    let v = column::<StringArray>(batch, col::VALUE)?;
-    Ok((0..batch.num_rows())
-        .map(|i| (k.value(i).to_string(), v.value(i).to_string()))
-        .collect())
 }

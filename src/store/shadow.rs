@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::{Array, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::schema::{
-    col, column, finish, from_micros, micros, opt_str_array, str_array, tables, ts_array, ts_type,
-};
-use super::{Merge, Store, StoreError, WriteResult, arrow};
+use super::rows::{TableRow, keys, serde_as};
+use super::schema::{col, tables, ts_type};
+use super::{Merge, Store, StoreError, WriteResult};
 
 /// `shadow_scores`: one row per (request, challenger).
 pub fn shadow_scores_schema() -> SchemaRef {
@@ -36,7 +36,7 @@ pub fn shadow_scores_schema() -> SchemaRef {
 }
 
 /// One shadow comparison. Scores are tier-1 head probabilities (calibrated, before any tier 2).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowRow {
     pub request_id: String,
     pub sample_id: String,
@@ -51,6 +51,7 @@ pub struct ShadowRow {
     /// The challenger head's forward on the same features.
     pub challenger_head_ms: f32,
     /// When the challenger scored.
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
     pub validator: Option<String>,
 }
@@ -62,73 +63,19 @@ impl ShadowRow {
     }
 }
 
-fn f32s(v: impl Iterator<Item = f32>) -> Arc<Float32Array> {
-    Arc::new(Float32Array::from_iter_values(v))
-}
-
-fn to_batch(rows: &[ShadowRow]) -> Result<RecordBatch, ArrowError> {
-    let ids: Vec<String> = rows.iter().map(ShadowRow::shadow_id).collect();
-    finish(
-        shadow_scores_schema(),
-        vec![
-            str_array(ids.iter().map(String::as_str)),
-            str_array(rows.iter().map(|r| r.request_id.as_str())),
-            str_array(rows.iter().map(|r| r.sample_id.as_str())),
-            str_array(rows.iter().map(|r| r.champion_version.as_str())),
-            f32s(rows.iter().map(|r| r.champion_score)),
-            str_array(rows.iter().map(|r| r.challenger_version.as_str())),
-            f32s(rows.iter().map(|r| r.challenger_score)),
-            f32s(rows.iter().map(|r| r.tier1_ms)),
-            f32s(rows.iter().map(|r| r.champion_head_ms)),
-            f32s(rows.iter().map(|r| r.challenger_head_ms)),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-            opt_str_array(rows.iter().map(|r| r.validator.as_deref())),
-        ],
-    )
-}
-
-fn from_batch(b: &RecordBatch) -> Result<Vec<ShadowRow>, ArrowError> {
-    let s = |name| column::<StringArray>(b, name);
-    let f = |name| column::<Float32Array>(b, name);
-    let (req, id, kv, cv) = (
-        s(col::REQUEST_ID)?,
-        s(col::SAMPLE_ID)?,
-        s(col::CHAMPION_VERSION)?,
-        s(col::CHALLENGER_VERSION)?,
-    );
-    let (ks, cs, t1, kh, ch) = (
-        f(col::CHAMPION_SCORE)?,
-        f(col::CHALLENGER_SCORE)?,
-        f(col::TIER1_MS)?,
-        f(col::CHAMPION_HEAD_MS)?,
-        f(col::CHALLENGER_HEAD_MS)?,
-    );
-    let ts = column::<TimestampMicrosecondArray>(b, col::TS)?;
-    let val = s(col::VALIDATOR)?;
-    Ok((0..b.num_rows())
-        .map(|i| ShadowRow {
-            request_id: req.value(i).to_string(),
-            sample_id: id.value(i).to_string(),
-            champion_version: kv.value(i).to_string(),
-            champion_score: ks.value(i),
-            challenger_version: cv.value(i).to_string(),
-            challenger_score: cs.value(i),
-            tier1_ms: t1.value(i),
-            champion_head_ms: kh.value(i),
-            challenger_head_ms: ch.value(i),
-            ts: from_micros(ts.value(i)),
-            validator: (!val.is_null(i)).then(|| val.value(i).to_string()),
-        })
-        .collect())
+impl TableRow for ShadowRow {
+    const TABLE: &'static str = tables::SHADOW_SCORES;
+    const DERIVED: &'static [&'static str] = &[col::SHADOW_ID];
+    fn derived(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![keys(rows, ShadowRow::shadow_id)]
+    }
 }
 
 impl Store {
     /// Writes shadow comparisons; a request already recorded for the same challenger is left as
     /// it is (re-ingesting a segment adds nothing).
     pub async fn put_shadow_scores(&self, rows: &[ShadowRow]) -> Result<WriteResult, StoreError> {
-        let b = to_batch(rows).map_err(arrow(tables::SHADOW_SCORES))?;
-        self.merge(tables::SHADOW_SCORES, b, Merge::InsertOnly)
-            .await
+        self.write_rows(rows, Merge::InsertOnly).await
     }
 
     /// Every shadow comparison of `challenger` (any champion when `champion` is `None`).
@@ -146,9 +93,7 @@ impl Store {
             parts.push(q(col::CHAMPION_VERSION, v));
         }
         let filter = (!parts.is_empty()).then(|| parts.join(" AND "));
-        let mut rows = self
-            .rows(tables::SHADOW_SCORES, filter.as_deref(), from_batch)
-            .await?;
+        let mut rows = self.read_rows::<ShadowRow>(filter.as_deref()).await?;
         rows.retain(|r| {
             challenger.is_none_or(|v| r.challenger_version == v)
                 && champion.is_none_or(|v| r.champion_version == v)

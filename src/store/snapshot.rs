@@ -5,9 +5,26 @@ use super::StoreError;
 
 const SEP: &str = "__";
 
-/// A validated snapshot name, e.g. `train/head-20261125-01`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A validated snapshot name, e.g. `train/head-20261125-01`. Serialized as the name; a
+/// deserialized one is validated like a parsed one.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct SnapshotName(String);
+
+impl TryFrom<String> for SnapshotName {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SnapshotName> for String {
+    fn from(n: SnapshotName) -> Self {
+        n.0
+    }
+}
 
 impl SnapshotName {
     /// Checks the name: non-empty `/`-separated segments of letters, digits, `.`, `-`, `_`, no `__`,

@@ -10,18 +10,13 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    Array, Float32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt8Array, UInt32Array, UInt64Array,
-};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{
-    col, column, finish, from_micros, micros, opt_str_array, str_array, tables, ts_array, ts_type,
-};
-use super::{Label, Merge, Store, StoreError, WriteResult, arrow};
+use super::rows::{TableRow, serde_as};
+use super::schema::{col, tables, ts_type};
+use super::{Label, Merge, Store, StoreError, WriteResult};
 
 /// `synth_images`: one row per generation job.
 pub fn synth_images_schema() -> SchemaRef {
@@ -74,20 +69,6 @@ impl SynthStatus {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, ArrowError> {
-        Ok(match s {
-            "accepted" => SynthStatus::Accepted,
-            "rejected" => SynthStatus::Rejected,
-            "filtered" => SynthStatus::Filtered,
-            "failed" => SynthStatus::Failed,
-            other => {
-                return Err(ArrowError::ParseError(format!(
-                    "unknown synth status {other:?}"
-                )));
-            }
-        })
-    }
-
     /// Whether a re-run asks again: only calls that produced nothing for a transient reason.
     pub fn is_final(self) -> bool {
         self != SynthStatus::Failed
@@ -95,7 +76,7 @@ impl SynthStatus {
 }
 
 /// One generation job and its outcome.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynthImageRow {
     /// Hash of (request id, image index): stable across re-runs of one plan.
     pub synth_id: String,
@@ -105,6 +86,7 @@ pub struct SynthImageRow {
     pub gap: String,
     pub cluster: Option<u32>,
     /// The label the image was made to carry.
+    #[serde(with = "serde_as::label_u8")]
     pub label: Label,
     /// `procedural` or `bedrock`.
     pub backend: String,
@@ -129,102 +111,12 @@ pub struct SynthImageRow {
     pub land_limit: Option<f32>,
     /// The mining run's cluster whose centroid is nearest.
     pub nearest_cluster: Option<u32>,
+    #[serde(with = "serde_as::micros")]
     pub ts: DateTime<Utc>,
 }
 
-fn to_batch(rows: &[SynthImageRow]) -> Result<RecordBatch, ArrowError> {
-    let s = |f: fn(&SynthImageRow) -> &str| str_array(rows.iter().map(f));
-    finish(
-        synth_images_schema(),
-        vec![
-            s(|r| &r.synth_id),
-            s(|r| &r.run_id),
-            s(|r| &r.request_id),
-            s(|r| &r.gap),
-            Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.cluster))),
-            Arc::new(UInt8Array::from_iter_values(
-                rows.iter().map(|r| r.label.as_u8()),
-            )),
-            s(|r| &r.backend),
-            s(|r| &r.model_id),
-            s(|r| &r.task),
-            s(|r| &r.prompt),
-            s(|r| &r.negative_prompt),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seed))),
-            opt_str_array(rows.iter().map(|r| r.source_sample.as_deref())),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.cost_usd),
-            )),
-            s(|r| r.status.as_str()),
-            s(|r| &r.reason),
-            opt_str_array(rows.iter().map(|r| r.sample_id.as_deref())),
-            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.distance))),
-            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.land_limit))),
-            Arc::new(UInt32Array::from_iter(
-                rows.iter().map(|r| r.nearest_cluster),
-            )),
-            ts_array(rows.iter().map(|r| Some(micros(&r.ts)))),
-        ],
-    )
-}
-
-fn from_batch(b: &RecordBatch) -> Result<Vec<SynthImageRow>, ArrowError> {
-    let s = |name| column::<StringArray>(b, name);
-    let u32s = |name| column::<UInt32Array>(b, name);
-    let f32s = |name| column::<Float32Array>(b, name);
-    let (id, run, req, gap, backend, model, task, prompt, neg, src, status, reason, sample) = (
-        s(col::SYNTH_ID)?,
-        s(col::RUN_ID)?,
-        s(col::REQUEST_ID)?,
-        s(col::GAP)?,
-        s(col::BACKEND)?,
-        s(col::MODEL_ID)?,
-        s(col::TASK)?,
-        s(col::PROMPT)?,
-        s(col::NEGATIVE_PROMPT)?,
-        s(col::SOURCE_SAMPLE)?,
-        s(col::STATUS)?,
-        s(col::REASON)?,
-        s(col::SAMPLE_ID)?,
-    );
-    let (cluster, nearest) = (u32s(col::CLUSTER)?, u32s(col::NEAREST_CLUSTER)?);
-    let (dist, limit) = (f32s(col::DISTANCE)?, f32s(col::LAND_LIMIT)?);
-    let label = column::<UInt8Array>(b, col::LABEL)?;
-    let seed = column::<UInt64Array>(b, col::SEED)?;
-    let cost = column::<Float64Array>(b, col::COST_USD)?;
-    let ts = column::<TimestampMicrosecondArray>(b, col::TS)?;
-    let opt_s = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
-    let opt_u = |a: &UInt32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    let opt_f = |a: &Float32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    (0..b.num_rows())
-        .map(|i| {
-            Ok(SynthImageRow {
-                synth_id: id.value(i).to_string(),
-                run_id: run.value(i).to_string(),
-                request_id: req.value(i).to_string(),
-                gap: gap.value(i).to_string(),
-                cluster: opt_u(cluster, i),
-                label: Label::from_int(i64::from(label.value(i))).ok_or_else(|| {
-                    ArrowError::ParseError(format!("label {} is not 0 or 1", label.value(i)))
-                })?,
-                backend: backend.value(i).to_string(),
-                model_id: model.value(i).to_string(),
-                task: task.value(i).to_string(),
-                prompt: prompt.value(i).to_string(),
-                negative_prompt: neg.value(i).to_string(),
-                seed: seed.value(i),
-                source_sample: opt_s(src, i),
-                cost_usd: cost.value(i),
-                status: SynthStatus::parse(status.value(i))?,
-                reason: reason.value(i).to_string(),
-                sample_id: opt_s(sample, i),
-                distance: opt_f(dist, i),
-                land_limit: opt_f(limit, i),
-                nearest_cluster: opt_u(nearest, i),
-                ts: from_micros(ts.value(i)),
-            })
-        })
-        .collect()
+impl TableRow for SynthImageRow {
+    const TABLE: &'static str = tables::SYNTH_IMAGES;
 }
 
 impl Store {
@@ -234,8 +126,7 @@ impl Store {
         &self,
         rows: &[SynthImageRow],
     ) -> Result<WriteResult, StoreError> {
-        let b = to_batch(rows).map_err(arrow(tables::SYNTH_IMAGES))?;
-        self.merge(tables::SYNTH_IMAGES, b, Merge::Upsert).await
+        self.write_rows(rows, Merge::Upsert).await
     }
 
     /// Every recorded job, or those of one run.
@@ -244,9 +135,7 @@ impl Store {
         run_id: Option<&str>,
     ) -> Result<Vec<SynthImageRow>, StoreError> {
         let filter = run_id.map(|r| format!("{} = '{}'", col::RUN_ID, r.replace('\'', "''")));
-        let mut rows = self
-            .rows(tables::SYNTH_IMAGES, filter.as_deref(), from_batch)
-            .await?;
+        let mut rows = self.read_rows::<SynthImageRow>(filter.as_deref()).await?;
         rows.retain(|r| run_id.is_none_or(|id| r.run_id == id));
         Ok(rows)
     }

@@ -13,10 +13,11 @@ use arrow_array::cast::AsArray;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use crate::store::schema::{col, labels_from_batch, runs_from_batch, tables};
+use crate::store::rows::from_batch;
+use crate::store::schema::{col, tables};
 use crate::store::{
-    RunId, RunKind, RunRow, RunStatus, SampleId, SampleSource, SnapshotName, Store, VECTOR,
-    collect_vectors, effective_labels, embeddings_table,
+    LabelRow, RunId, RunKind, RunRow, RunStatus, SampleId, SampleSource, SnapshotName, Store,
+    VECTOR, collect_vectors, effective_labels, embeddings_table,
 };
 
 /// Shares of real samples held out of training (`[train.split]`).
@@ -161,7 +162,7 @@ async fn read(
     cols: &[&str],
 ) -> Result<Vec<RecordBatch>, TrainError> {
     Ok(match at {
-        Some(s) => store.scan_at(s, table, Some(cols)).await?,
+        Some(s) => store.scan_at(s, table, Some(cols), None).await?,
         None => store.scan(table, Some(cols), None, None).await?,
     })
 }
@@ -274,7 +275,7 @@ pub async fn slice_run(
     .await?;
     let mut latest: Option<RunRow> = None;
     for b in &batches {
-        for r in runs_from_batch(b).map_err(|e| TrainError::BadTable {
+        for r in from_batch::<RunRow>(b).map_err(|e| TrainError::BadTable {
             table: tables::RUNS.into(),
             why: e.to_string(),
         })? {
@@ -357,10 +358,12 @@ pub async fn load(
     )
     .await?
     {
-        label_rows.extend(labels_from_batch(&b).map_err(|e| TrainError::BadTable {
-            table: tables::LABELS.into(),
-            why: e.to_string(),
-        })?);
+        label_rows.extend(
+            from_batch::<LabelRow>(&b).map_err(|e| TrainError::BadTable {
+                table: tables::LABELS.into(),
+                why: e.to_string(),
+            })?,
+        );
     }
     let labels: HashMap<String, u8> = effective_labels(&label_rows)
         .into_iter()

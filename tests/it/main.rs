@@ -5,8 +5,10 @@ mod support;
 
 mod cli;
 mod embed;
+mod export;
 mod formats;
 mod ingest;
+mod interop;
 mod labels;
 mod layering;
 mod mine;

@@ -279,10 +279,10 @@ async fn the_loop_closes_and_a_rerun_on_unchanged_inputs_changes_nothing() {
     let reg = Registry::open(f.cfg.train.registry_dir(&f.cfg.data.dir)).unwrap();
     let (card, _) = reg.load(&version).unwrap();
     let snap = roadwork::store::SnapshotName::parse(&card.snapshot).unwrap();
-    let batches = s.scan_at(&snap, tables::LABELS, None).await.unwrap();
+    let batches = s.scan_at(&snap, tables::LABELS, None, None).await.unwrap();
     let mut human = BTreeSet::new();
     for b in &batches {
-        for l in roadwork::store::schema::labels_from_batch(b).unwrap() {
+        for l in roadwork::store::rows::from_batch::<roadwork::store::LabelRow>(b).unwrap() {
             if l.source == LabelSource::Human {
                 assert_eq!(l.author, "erin");
                 human.insert((l.sample_id.to_string(), l.label.as_u8()));

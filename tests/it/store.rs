@@ -234,7 +234,7 @@ async fn snapshots_pin_versions() {
     store.insert_samples(&[sample(b"b")]).await.unwrap();
     assert_eq!(store.count_rows(tables::SAMPLES, None).await.unwrap(), 2);
     let old = store
-        .scan_at(&name, tables::SAMPLES, Some(&["sample_id"]))
+        .scan_at(&name, tables::SAMPLES, Some(&["sample_id"]), None)
         .await
         .unwrap();
     assert_eq!(old.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
