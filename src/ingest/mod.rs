@@ -14,6 +14,7 @@ mod folder;
 mod natix;
 mod parquet;
 mod querylog;
+mod shards;
 mod summary;
 
 use std::path::PathBuf;

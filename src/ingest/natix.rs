@@ -6,7 +6,6 @@
 //! Every file's columns are checked before anything is written, so a shard without a required
 //! column fails the whole command with one error naming it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::util::display::array_value_to_string;
@@ -14,11 +13,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use chrono::Utc;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
-use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use super::{IngestError, IngestSummary, Ingestor, shards};
 use crate::store::RunKind;
 use crate::store::{Era, Label, LabelRow, LabelSource, SampleRow, SampleSource};
 
@@ -122,17 +119,6 @@ fn check_schema(path: &Path, schema: &Schema) -> Result<(), IngestError> {
     }
 }
 
-fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, IngestError> {
-    let file = File::open(path).map_err(|source| IngestError::Io {
-        path: path.into(),
-        source,
-    })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| IngestError::Parquet {
-        path: path.into(),
-        detail: e.to_string(),
-    })
-}
-
 fn binary_value(col: &dyn Array, i: usize) -> Option<&[u8]> {
     if col.is_null(i) {
         return None;
@@ -208,8 +194,6 @@ fn rows_of(batch: &RecordBatch, file: &str, first_row: usize, max_cell: u64) -> 
         .collect()
 }
 
-type Prepared = (RawRow, Result<super::ImageFacts, String>);
-
 impl Ingestor {
     /// Ingests NATIX parquet shards. All files are checked first; a missing required column in any
     /// of them fails the command before anything is written.
@@ -220,7 +204,7 @@ impl Ingestor {
     ) -> Result<IngestSummary, IngestError> {
         let mut total_rows = 0u64;
         for f in files {
-            let b = open_reader(f)?;
+            let b = shards::open(f)?;
             check_schema(f, b.schema())?;
             total_rows += b.metadata().file_metadata().num_rows().max(0) as u64;
         }
@@ -249,57 +233,18 @@ impl Ingestor {
         w: &mut Writer,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), IngestError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Prepared>, IngestError>>(2);
-        let limits = self.limits;
         let max_cell = self.cfg.max_file_bytes();
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let owned = path.to_path_buf();
-        let reader_task = tokio::task::spawn_blocking(move || {
-            let reader = match open_reader(&owned).and_then(|b| {
-                b.with_batch_size(READ_BATCH)
-                    .build()
-                    .map_err(|e| IngestError::Parquet {
-                        path: owned.clone(),
-                        detail: e.to_string(),
-                    })
-            }) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            let mut row = 0;
-            for batch in reader {
-                let msg = batch
-                    .map_err(|e| IngestError::Parquet {
-                        path: owned.clone(),
-                        detail: e.to_string(),
-                    })
-                    .map(|b| {
-                        let raw = rows_of(&b, &file_name, row, max_cell);
-                        row += b.num_rows();
-                        raw.into_par_iter()
-                            .map(|r| {
-                                let facts = match &r.bytes {
-                                    Ok(bytes) => {
-                                        image_facts(bytes, &limits).map_err(|e| e.to_string())
-                                    }
-                                    Err(why) => Err(why.clone()),
-                                };
-                                (r, facts)
-                            })
-                            .collect::<Vec<_>>()
-                    });
-                let stop = msg.is_err();
-                if tx.blocking_send(msg).is_err() || stop {
-                    return;
-                }
-            }
-        });
+        let (mut rx, reader_task) = shards::read(
+            path.to_path_buf(),
+            READ_BATCH,
+            self.limits,
+            move |b, row| rows_of(b, &file_name, row, max_cell),
+            |r: &RawRow| r.bytes.as_deref().map_err(Clone::clone),
+        );
         while let Some(msg) = rx.recv().await {
             for (raw, facts) in msg? {
                 w.summary.scanned += 1;

@@ -12,12 +12,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use chrono::Utc;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rayon::prelude::*;
 
 use super::batch::{Item, Writer};
 use super::folder::read_bounded;
-use super::{IngestError, IngestSummary, Ingestor, image_facts};
+use super::{IngestError, IngestSummary, Ingestor, shards};
 use crate::export::ExportRecord;
 use crate::store::{Era, RunKind, SampleRow, SampleSource};
 
@@ -96,7 +94,7 @@ impl Ingestor {
     pub async fn ingest_parquet(&self, files: &[PathBuf]) -> Result<IngestSummary, IngestError> {
         let mut total = 0u64;
         for f in files {
-            let b = open(f)?;
+            let b = shards::open(f)?;
             for col in ["sample_id", "labels", "received_at"] {
                 if b.schema().field_with_name(col).is_err() {
                     return Err(IngestError::MissingColumn {
@@ -144,9 +142,7 @@ impl Ingestor {
         w: &mut Writer,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), IngestError> {
-        type Prepared = (Raw, Result<super::ImageFacts, String>);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Prepared>, IngestError>>(2);
-        let (limits, max) = (self.limits, self.cfg.max_file_bytes());
+        let max = self.cfg.max_file_bytes();
         let base = path
             .parent()
             .unwrap_or(Path::new("."))
@@ -159,51 +155,13 @@ impl Ingestor {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let owned = path.to_path_buf();
-        let reader = tokio::task::spawn_blocking(move || {
-            let built = open(&owned).and_then(|b| {
-                b.with_batch_size(READ_BATCH)
-                    .build()
-                    .map_err(|e| IngestError::Parquet {
-                        path: owned.clone(),
-                        detail: e.to_string(),
-                    })
-            });
-            let reader = match built {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            let mut row = 0;
-            for batch in reader {
-                let msg = batch
-                    .map_err(|e| IngestError::Parquet {
-                        path: owned.clone(),
-                        detail: e.to_string(),
-                    })
-                    .map(|b| {
-                        let raw = rows_of(&b, &name, row, &base, max);
-                        row += b.num_rows();
-                        raw.into_par_iter()
-                            .map(|r| {
-                                let facts = match &r.2 {
-                                    Ok(bytes) => {
-                                        image_facts(bytes, &limits).map_err(|e| e.to_string())
-                                    }
-                                    Err(why) => Err(why.clone()),
-                                };
-                                (r, facts)
-                            })
-                            .collect::<Vec<_>>()
-                    });
-                let stop = msg.is_err();
-                if tx.blocking_send(msg).is_err() || stop {
-                    return;
-                }
-            }
-        });
+        let (mut rx, reader) = shards::read(
+            path.to_path_buf(),
+            READ_BATCH,
+            self.limits,
+            move |b, row| rows_of(b, &name, row, &base, max),
+            |r: &Raw| r.2.as_deref().map_err(Clone::clone),
+        );
         while let Some(msg) = rx.recv().await {
             for ((item, rec, bytes), facts) in msg? {
                 w.summary.scanned += 1;
@@ -257,15 +215,4 @@ impl Ingestor {
         reader.await.map_err(|e| IngestError::Task(e.to_string()))?;
         Ok(())
     }
-}
-
-fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, IngestError> {
-    let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
-        path: path.into(),
-        source,
-    })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| IngestError::Parquet {
-        path: path.into(),
-        detail: e.to_string(),
-    })
 }
