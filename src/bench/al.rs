@@ -90,6 +90,36 @@ impl Softmax {
     }
 }
 
+/// Accuracy of `folds`-fold cross-validation of the softmax on `rows` (fold = position mod
+/// `folds`); `None` with fewer than two rows per fold.
+pub fn cross_validated(
+    x: &Vectors,
+    rows: &[usize],
+    y: &[usize],
+    classes: usize,
+    folds: usize,
+) -> Option<f64> {
+    if folds < 2 || rows.len() < 2 * folds {
+        return None;
+    }
+    let mut correct = 0usize;
+    for f in 0..folds {
+        let train: Vec<usize> = (0..rows.len())
+            .filter(|i| i % folds != f)
+            .map(|i| rows[i])
+            .collect();
+        let m = Softmax::fit(x, &train, y, classes, 1.0 / train.len() as f64);
+        for i in (0..rows.len()).filter(|i| i % folds == f) {
+            let p = m.probs_row(x.row(rows[i]));
+            let pred = (0..classes)
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .unwrap_or(0);
+            correct += usize::from(pred == y[rows[i]]);
+        }
+    }
+    Some(correct as f64 / rows.len() as f64)
+}
+
 /// Benchmark settings.
 #[derive(Debug, Clone)]
 pub struct AlConfig {
@@ -156,6 +186,11 @@ pub fn run<B: Backend>(
                         .copied()
                         .filter(|r| !labelled.contains(r))
                         .collect();
+                    // `auto` switches on the model's competence: its 3-fold cross-validated
+                    // accuracy on the rows labelled so far (the others do not look at it).
+                    let competence = (strategy == Strategy::Auto)
+                        .then(|| cross_validated(&x, &labelled, &data.y, 10, 3))
+                        .flatten();
                     let p = Pool {
                         x: &x,
                         labelled: &labelled,
@@ -163,6 +198,7 @@ pub fn run<B: Backend>(
                         probs: probs.as_deref(),
                         classes: 10,
                         metric: cfg.metric,
+                        competence,
                     };
                     let sc = SelectConfig {
                         strategy,

@@ -81,6 +81,8 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Train(String),
     #[error("config: {0}")]
+    Ingest(String),
+    #[error("config: {0}")]
     Mine(String),
     #[error("config: {0}")]
     Serve(String),
@@ -167,6 +169,9 @@ impl Config {
         }
         if let Err(why) = self.pipeline.validate() {
             return Err(ConfigError::Pipeline(why));
+        }
+        if let Err(why) = self.ingest.quality.validate() {
+            return Err(ConfigError::Ingest(why));
         }
         if !(16..=65_535).contains(&self.decode.max_side_px) {
             return bad(

@@ -2,10 +2,13 @@
 //! resolution with antialiased bilinear filtering (no crop), scale to [0,1], normalise with the
 //! ImageNet mean/std. Optionally letterbox instead of stretching.
 //!
-//! The resize follows the published separable antialiased filter (PIL / torchvision on uint8): per
-//! axis, output pixel `i` averages inputs around `centre = (i + ½)·scale` with a triangle kernel
-//! whose support grows with the downscale factor; the horizontal pass is rounded to 8 bits before the
-//! vertical pass, as the uint8 path does.
+//! The resize follows the published separable antialiased filter (PIL / torchvision): per axis,
+//! output pixel `i` averages inputs around `centre = (i + ½)·scale` with a triangle kernel whose
+//! support grows with the downscale factor. The model input is resized in floating point, as
+//! transformers' DINOv3 image processor does (no rounding between or after the passes: rounding to
+//! 8 bits moves pixels by up to one level, 0.0175 after normalisation, and pooled features by
+//! ~2e-3). [`resize_bilinear_aa`] is the 8-bit variant (torchvision's uint8 path, rounded after
+//! each pass) for images that are looked at rather than encoded.
 
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -106,6 +109,41 @@ pub fn resize_bilinear_aa(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     RgbImage::from_raw(out_w, out_h, out).unwrap_or_else(|| RgbImage::new(out_w, out_h))
 }
 
+/// Antialiased bilinear resize in floating point: interleaved RGB `out_h × out_w × 3`, values on
+/// the 0–255 scale, not rounded.
+pub fn resize_bilinear_aa_f32(src: &RgbImage, out_w: u32, out_h: u32) -> Vec<f32> {
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    let src = src.as_raw();
+    let tx = taps(w, ow);
+    let mut mid = vec![0f32; h * ow * 3];
+    for y in 0..h {
+        for (x, t) in tx.iter().enumerate() {
+            let o = (y * ow + x) * 3;
+            for (k, wt) in t.weights.iter().enumerate() {
+                let p = (y * w + t.start + k) * 3;
+                for c in 0..3 {
+                    mid[o + c] += wt * f32::from(src[p + c]);
+                }
+            }
+        }
+    }
+    let ty = taps(h, oh);
+    let mut out = vec![0f32; oh * ow * 3];
+    for (y, t) in ty.iter().enumerate() {
+        for x in 0..ow {
+            let o = (y * ow + x) * 3;
+            for (k, wt) in t.weights.iter().enumerate() {
+                let p = ((t.start + k) * ow + x) * 3;
+                for c in 0..3 {
+                    out[o + c] += wt * mid[p + c];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Fits `img` into `width`×`height` keeping its aspect ratio, centred on a mean-colour canvas.
 fn letterbox(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let s = (width as f64 / img.width() as f64).min(height as f64 / img.height() as f64);
@@ -146,16 +184,33 @@ impl Preprocess {
         }
     }
 
+    /// The resized image as interleaved RGB floats on the 0–255 scale, before normalisation:
+    /// stretched in floating point (as the reference processor), or letterboxed (the 8-bit
+    /// letterbox; the processor has no letterbox to match).
+    fn resized_f32(&self, img: &DynamicImage) -> Vec<f32> {
+        let rgb = img.to_rgb8();
+        match self.mode {
+            _ if rgb.width() == self.width && rgb.height() == self.height => {
+                rgb.as_raw().iter().map(|&v| f32::from(v)).collect()
+            }
+            ResizeMode::Stretch => resize_bilinear_aa_f32(&rgb, self.width, self.height),
+            ResizeMode::Letterbox => letterbox(&rgb, self.width, self.height)
+                .as_raw()
+                .iter()
+                .map(|&v| f32::from(v))
+                .collect(),
+        }
+    }
+
     /// Normalised `[3, height, width]` floats, appended to `out` (so a batch is one buffer).
     pub fn append_pixels(&self, img: &DynamicImage, out: &mut Vec<f32>) {
-        let rgb = self.resized(img);
+        let rgb = self.resized_f32(img);
         let plane = (self.width * self.height) as usize;
         let base = out.len();
         out.resize(base + 3 * plane, 0.0);
-        for (i, p) in rgb.pixels().enumerate() {
+        for (i, p) in rgb.chunks_exact(3).enumerate() {
             for c in 0..3 {
-                out[base + c * plane + i] =
-                    (f32::from(p.0[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                out[base + c * plane + i] = (p[c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
             }
         }
     }

@@ -5,13 +5,18 @@
 //! bomb is an error, not an out-of-memory kill. EXIF orientation is applied, so a phone photo is
 //! upright before anything looks at it.
 
+pub mod augment;
+mod letterbox;
 mod phash;
+mod quality;
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
+pub use letterbox::has_letterbox_bars;
 pub use phash::{hamming, phash};
+pub use quality::{QualityIssue, QualityScores, QualityThresholds, score as quality_scores};
 
 /// Caps on what one image may cost to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

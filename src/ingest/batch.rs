@@ -4,8 +4,10 @@ use std::time::Instant;
 
 use super::IngestConfig;
 use super::{IngestError, IngestSummary, Skipped};
+use crate::imaging::QualityScores;
 use crate::store::{
-    LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, ShadowRow, Store, tables,
+    ImageQualityRow, LabelRow, PredictionRow, RunKind, RunLedger, SampleRow, ShadowRow, Store,
+    tables,
 };
 
 /// What one input item contributes.
@@ -17,6 +19,8 @@ pub(crate) struct Item {
     pub prediction: Option<PredictionRow>,
     /// A challenger's shadow score (query logs).
     pub shadow: Option<ShadowRow>,
+    /// The sample's quality scores: stored in `image_quality`, its issues added as `quality=` tags.
+    pub quality: Option<QualityScores>,
 }
 
 /// Accumulates items and commits them in batches; owns the run's summary and ledger row.
@@ -27,6 +31,7 @@ pub(crate) struct Writer {
     labels: Vec<LabelRow>,
     predictions: Vec<PredictionRow>,
     shadows: Vec<ShadowRow>,
+    quality: Vec<ImageQualityRow>,
     pending_bytes: usize,
     offered_samples: usize,
     run: RunLedger,
@@ -52,6 +57,7 @@ impl Writer {
             labels: Vec::new(),
             predictions: Vec::new(),
             shadows: Vec::new(),
+            quality: Vec::new(),
             pending_bytes: 0,
             offered_samples: 0,
             run,
@@ -75,7 +81,17 @@ impl Writer {
     /// Queues one accepted item; commits when the batch is full.
     pub async fn push(&mut self, item: Item) -> Result<(), IngestError> {
         self.summary.accepted += 1;
-        if let Some(s) = item.sample {
+        if let Some(mut s) = item.sample {
+            if let Some(q) = &item.quality {
+                let t = &self.cfg.quality;
+                for tag in t.tags(q) {
+                    if !s.tags.contains(&tag) {
+                        s.tags.push(tag);
+                    }
+                }
+                self.quality
+                    .push(ImageQualityRow::of(s.sample_id.as_str(), q, t));
+            }
             self.pending_bytes += s.image.len();
             self.offered_samples += 1;
             self.samples.push(s);
@@ -103,6 +119,12 @@ impl Writer {
             self.summary.new_samples += r.inserted;
             self.summary.commits += 1;
             self.samples.clear();
+        }
+        if !self.quality.is_empty() {
+            let r = self.store.put_image_quality(&self.quality).await?;
+            self.run.wrote(tables::IMAGE_QUALITY, &r);
+            self.summary.commits += 1;
+            self.quality.clear();
         }
         if !self.labels.is_empty() {
             let r = self.store.put_labels(&self.labels).await?;

@@ -420,6 +420,7 @@ impl Ingestor {
                     labels,
                     prediction: None,
                     shadow: None,
+                    quality: Some(facts.quality),
                 };
                 if let Err(e) = w.push(item).await {
                     return Err(w.fail(e).await);

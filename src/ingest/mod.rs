@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::imaging::{DecodeError, DecodeLimits, decode, phash};
+use crate::imaging::{DecodeError, DecodeLimits, QualityScores, decode, phash};
 use crate::store::{SampleId, StoreError};
 
 pub use folder::FolderOptions;
@@ -78,6 +78,9 @@ pub(crate) struct ImageFacts {
     pub height: u32,
     pub format: &'static str,
     pub phash: u64,
+    pub quality: QualityScores,
+    /// A 224×224 image with a validator's letterbox bars (only 224² images are looked at).
+    pub letterboxed: bool,
 }
 
 /// Decodes once and derives everything; the error is the reason shown in the summary.
@@ -89,6 +92,9 @@ pub(crate) fn image_facts(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageFa
         height: d.image.height(),
         format: d.format,
         phash: phash(&d.image),
+        quality: crate::imaging::quality_scores(&d.image),
+        letterboxed: (d.image.width(), d.image.height()) == (224, 224)
+            && crate::imaging::has_letterbox_bars(&d.image),
     })
 }
 
@@ -148,6 +154,9 @@ pub struct IngestConfig {
     /// Largest image file (folder ingest) or Parquet image cell accepted, MiB; larger ones are
     /// skipped with their size before being read (phone photos are a few MB).
     pub max_file_mib: usize,
+    /// Thresholds of the image-quality issues stored with every new sample
+    /// (`image_quality` and `quality=` tags).
+    pub quality: crate::imaging::QualityThresholds,
 }
 
 impl IngestConfig {
@@ -163,6 +172,7 @@ impl Default for IngestConfig {
             batch_rows: 512,
             batch_mib: 256,
             max_file_mib: 64,
+            quality: Default::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! NATIX `roadwork` parquet ingest (DESIGN.md §5): `image` (struct with `bytes`, or plain binary),
-//! `label` (int), optional `id`, `city_name`, `scene_level_tags.{daytime,scene_environment,
-//! travel_alteration,weather}` (nested struct or flattened names). Scene tags become sample tags; the
-//! label goes to `labels` with source `dataset`.
+//! `label` (int), optional `id`, `city_name`, `gps`, `scene_description`,
+//! `video_info.{seq_id,vid_id,frame_id}`, `scene_level_tags.{daytime,scene_environment,
+//! travel_alteration,weather}` (nested struct or flattened names). These become sample tags
+//! (`seq_id` groups a drive's frames into one split); the label goes to `labels` with source
+//! `dataset`.
 //!
 //! Every file's columns are checked before anything is written, so a shard without a required
 //! column fails the whole command with one error naming it.
@@ -23,12 +25,19 @@ use crate::store::{Era, Label, LabelRow, LabelSource, SampleRow, SampleSource};
 pub const REQUIRED_COLUMNS: [&str; 2] = ["image", "label"];
 
 /// Scene-tag columns and the tag key each becomes.
-const TAG_COLUMNS: [(&str, &str); 5] = [
+const TAG_COLUMNS: [(&str, &str); 10] = [
     ("scene_level_tags.daytime", "daytime"),
     ("scene_level_tags.scene_environment", "environment"),
     ("scene_level_tags.travel_alteration", "travel_alteration"),
     ("scene_level_tags.weather", "weather"),
     ("city_name", "city"),
+    // The drive a frame belongs to: frames of one `seq_id` are near-identical, so the split
+    // groups them (train.split.group_tags) and they never straddle train and eval.
+    ("video_info.seq_id", "seq_id"),
+    ("video_info.vid_id", "vid_id"),
+    ("video_info.frame_id", "frame_id"),
+    ("gps", "gps"),
+    ("scene_description", "scene_description"),
 ];
 
 /// Rows decoded per parallel step.
@@ -293,6 +302,7 @@ impl Ingestor {
                     labels: label.into_iter().collect(),
                     prediction: None,
                     shadow: None,
+                    quality: Some(facts.quality),
                 })
                 .await?;
             }

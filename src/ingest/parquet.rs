@@ -207,6 +207,7 @@ impl Ingestor {
                 w.push(Item {
                     sample: Some(sample),
                     labels,
+                    quality: Some(facts.quality),
                     ..Default::default()
                 })
                 .await?;

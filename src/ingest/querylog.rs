@@ -131,6 +131,7 @@ impl Ingestor {
                 // A record whose image was cut (junk payload, disk floor) has no sample: the
                 // bytes kept are not the image.
                 let facts = facts.ok().filter(|_| rec.image_cut.is_none());
+                let quality = facts.as_ref().map(|f| f.quality);
                 let sample = facts.map(|f| SampleRow {
                     sample_id,
                     width: f.width,
@@ -147,7 +148,9 @@ impl Ingestor {
                         .validator_hotkey
                         .clone()
                         .unwrap_or_else(|| format!("local:{}", rec.profile)),
-                    era: Era::guess_from_size(f.width, f.height).as_str().into(),
+                    era: Era::of_query(rec.received_at, f.width, f.height, f.letterboxed)
+                        .as_str()
+                        .into(),
                     tags: vec![format!("profile={}", rec.profile)],
                     phash: f.phash,
                     received_at: rec.received_at,
@@ -156,6 +159,7 @@ impl Ingestor {
                 let item = Item {
                     sample,
                     prediction: Some(prediction),
+                    quality,
                     ..Default::default()
                 };
                 if let Err(e) = w.push(item).await {

@@ -194,7 +194,7 @@ pub struct LeakageReport {
 
 /// Sets whose overlap with an evaluation set is leakage.
 const TRAINING_SETS: [&str; 2] = ["train", "synthetic"];
-const HELD_OUT_SETS: [&str; 2] = ["eval", "calib"];
+const HELD_OUT_SETS: [&str; 3] = ["eval", "calib", "eval_synthetic"];
 
 /// Counts duplicate edges between sets. `sets[i]` lists every set row `i` belongs to (a labelled
 /// eval image that validators also sent is in `eval` and `traffic`).

@@ -8,11 +8,18 @@
 //!   from everything labelled or already taken.
 //! - `typiclust` (Hacohen et al. 2022): cluster into |labelled| + budget clusters, then repeatedly
 //!   take the most typical candidate of the largest cluster with the fewest labels.
-//! - `auto`: switches by budget regime. With no model yet, or while labelled + budget is at most
-//!   `low_budget_per_class × classes`, typicality and coverage win (the low-budget regime). Above
-//!   it, a greedy that multiplies uncertainty (margin), diversity (distance to the labelled and
+//! - `probcover` (Yehuda et al. 2022): max coverage of δ-balls, δ the largest radius whose balls
+//!   stay ≥ `probcover_purity` pure under k-means pseudo-labels (k = classes); greedily take the
+//!   candidate whose ball holds the most points not yet covered by a labelled or chosen one.
+//! - `auto`: coverage while the model is weak, uncertainty once it is competent (DCoM, Mahmood
+//!   et al. 2025). With no model it covers (TypiClust). With a model whose cross-validated
+//!   accuracy on the labelled rows (`Pool::competence`) is below `competence`, it covers; at or
+//!   above, a greedy that multiplies uncertainty (margin), diversity (distance to the labelled and
 //!   chosen set) and class balance (predicted classes below their fair share are preferred),
-//!   Lightly-style.
+//!   Lightly-style. Without a competence estimate the budget decides as before: coverage while
+//!   labelled + budget ≤ `low_budget_per_class × classes`.
+//! - Any strategy can reserve `control_share` of the budget for a uniformly random control arm,
+//!   so that what the strategy buys can be compared with what chance buys on the same night.
 //!
 //! Every chosen item carries its score and the reasons it was chosen.
 
@@ -26,7 +33,7 @@ use super::MineError;
 use super::compute::Compute;
 use super::density::typicality;
 use super::kmeans::{KMeansConfig, KMeansMode, kmeans};
-use super::knn::{Prepared, nearest_in};
+use super::knn::{KnnGraph, Prepared, exact_neighbors, nearest_in};
 use super::vectors::{Metric, Vectors, distance_from_dot};
 
 /// A selection strategy.
@@ -40,6 +47,7 @@ pub enum Strategy {
     Typiclust,
     Coreset,
     Margin,
+    Probcover,
     Random,
 }
 
@@ -50,18 +58,23 @@ impl Strategy {
             Strategy::Typiclust => "typiclust",
             Strategy::Coreset => "coreset",
             Strategy::Margin => "margin",
+            Strategy::Probcover => "probcover",
             Strategy::Random => "random",
         }
     }
 
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Auto,
         Strategy::Typiclust,
         Strategy::Coreset,
         Strategy::Margin,
+        Strategy::Probcover,
         Strategy::Random,
     ];
 }
+
+/// The reason every control-arm pick carries.
+pub const CONTROL_ARM: &str = "control arm: random";
 
 /// Selection settings (`[mine.select]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +95,15 @@ pub struct SelectConfig {
     pub diversity_weight: f64,
     /// Score factor for a candidate whose predicted class already has its share; 1 = no balance.
     pub balance_penalty: f64,
+    /// `auto` switches from coverage to uncertainty once the model's cross-validated accuracy on
+    /// the labelled rows reaches this.
+    pub competence: f64,
+    /// Neighbours per row ProbCover's balls are drawn from (a ball holds at most this many).
+    pub probcover_k: usize,
+    /// ProbCover's radius is the largest whose balls are at least this pure.
+    pub probcover_purity: f64,
+    /// Share of every selection's budget picked uniformly at random as a control arm (0 = none).
+    pub control_share: f64,
 }
 
 impl Default for SelectConfig {
@@ -96,7 +118,32 @@ impl Default for SelectConfig {
             uncertainty_weight: 1.0,
             diversity_weight: 1.0,
             balance_penalty: 0.5,
+            competence: 0.92,
+            probcover_k: 32,
+            probcover_purity: 0.95,
+            control_share: 0.0,
         }
+    }
+}
+
+impl SelectConfig {
+    /// Range checks serde cannot do.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..1.0).contains(&self.control_share) {
+            return Err(format!(
+                "mine.select.control_share = {} is not in [0, 1)",
+                self.control_share
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.probcover_purity) || self.probcover_k == 0 {
+            return Err(
+                "mine.select.probcover_purity must be in [0, 1] and probcover_k ≥ 1".into(),
+            );
+        }
+        if !self.competence.is_finite() {
+            return Err("mine.select.competence must be finite".into());
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +157,9 @@ pub struct Pool<'a> {
     pub probs: Option<&'a [f64]>,
     pub classes: usize,
     pub metric: Metric,
+    /// The current model's cross-validated accuracy on the labelled rows, when known: `auto`'s
+    /// switch from coverage to uncertainty.
+    pub competence: Option<f64>,
 }
 
 /// One chosen row.
@@ -127,8 +177,11 @@ pub struct Selection {
     pub requested: Strategy,
     /// The strategy that ran (`auto` resolves to one; `margin` without a model runs `random`).
     pub used: Strategy,
-    /// `low-budget`, `high-budget`, or empty when not `auto`.
+    /// `low-budget`, `high-budget` (by budget) or `weak-model`, `competent-model` (by
+    /// competence), or empty when not `auto`.
     pub regime: String,
+    /// Items from this index on are the random control arm (`items.len()` when there is none).
+    pub control_from: usize,
     pub budget: usize,
     /// Why fewer than `budget` items came back, if so.
     pub clamped: Option<String>,
@@ -188,30 +241,51 @@ pub fn select<B: Backend>(
             pool.candidates.len()
         )
     });
-    let (used, regime) = match (cfg.strategy, pool.probs) {
-        (Strategy::Auto, None) => (Strategy::Typiclust, "low-budget"),
-        (Strategy::Auto, Some(_))
-            if (pool.labelled.len() + n) as f64
-                <= cfg.low_budget_per_class * pool.classes.max(2) as f64 =>
-        {
-            (Strategy::Typiclust, "low-budget")
-        }
-        (Strategy::Auto, Some(_)) => (Strategy::Auto, "high-budget"),
-        (Strategy::Margin, None) => (Strategy::Random, ""),
-        (s, _) => (s, ""),
+    let (used, regime) = strategy_of(cfg, pool, n);
+    // The control arm: drawn first (seeded), so the strategy never sees those rows.
+    let control_n = ((n as f64 * cfg.control_share).round() as usize).min(n);
+    let control = random(pool, control_n, cfg.seed ^ 0xc0_47_20_1a);
+    let taken: std::collections::HashSet<usize> = control.iter().map(|s| s.row).collect();
+    let reduced: Vec<usize> = pool
+        .candidates
+        .iter()
+        .copied()
+        .filter(|r| !taken.contains(r))
+        .collect();
+    let main_n = n - control.len();
+    let main_pool = &Pool {
+        candidates: &reduced,
+        ..*pool
     };
-    let mut items = match used {
-        Strategy::Random => random(pool, n, cfg.seed),
-        Strategy::Margin => margin(pool, n),
-        Strategy::Coreset => coreset(c, pool, n, cfg, None)?,
-        Strategy::Typiclust => typiclust(c, pool, n, cfg)?,
-        Strategy::Auto => coreset(c, pool, n, cfg, pool.probs)?,
+    let mut items = if main_n == 0 || main_pool.candidates.is_empty() {
+        Vec::new()
+    } else {
+        match used {
+            Strategy::Random => random(main_pool, main_n, cfg.seed),
+            Strategy::Margin => margin(main_pool, main_n),
+            Strategy::Coreset => coreset(c, main_pool, main_n, cfg, None)?,
+            Strategy::Typiclust => typiclust(c, main_pool, main_n, cfg)?,
+            Strategy::Probcover => probcover(c, main_pool, main_n, cfg)?,
+            Strategy::Auto => coreset(c, main_pool, main_n, cfg, main_pool.probs)?,
+        }
     };
     if cfg.strategy == Strategy::Margin && pool.probs.is_none() {
         items
             .iter_mut()
             .for_each(|i| i.reasons.push("no model yet: random".into()));
     }
+    if let Some(comp) = pool.competence.filter(|_| cfg.strategy == Strategy::Auto) {
+        let why = format!(
+            "model competence {comp:.3} (switch at {:.3})",
+            cfg.competence
+        );
+        items.iter_mut().for_each(|i| i.reasons.push(why.clone()));
+    }
+    let control_from = items.len();
+    items.extend(control.into_iter().map(|mut s| {
+        s.reasons = vec![CONTROL_ARM.into()];
+        s
+    }));
     for (rank, it) in items.iter_mut().enumerate() {
         it.rank = rank + 1;
     }
@@ -219,10 +293,31 @@ pub fn select<B: Backend>(
         requested: cfg.strategy,
         used,
         regime: regime.into(),
+        control_from,
         budget,
         clamped,
         items,
     })
+}
+
+/// The strategy that runs for `cfg.strategy` on `pool` with `n` picks, and `auto`'s regime.
+pub fn strategy_of(cfg: &SelectConfig, pool: &Pool, n: usize) -> (Strategy, &'static str) {
+    match (cfg.strategy, pool.probs, pool.competence) {
+        (Strategy::Auto, None, _) => (Strategy::Typiclust, "low-budget"),
+        (Strategy::Auto, Some(_), Some(comp)) if comp < cfg.competence => {
+            (Strategy::Typiclust, "weak-model")
+        }
+        (Strategy::Auto, Some(_), Some(_)) => (Strategy::Auto, "competent-model"),
+        (Strategy::Auto, Some(_), None)
+            if (pool.labelled.len() + n) as f64
+                <= cfg.low_budget_per_class * pool.classes.max(2) as f64 =>
+        {
+            (Strategy::Typiclust, "low-budget")
+        }
+        (Strategy::Auto, Some(_), None) => (Strategy::Auto, "high-budget"),
+        (Strategy::Margin, None, _) => (Strategy::Random, ""),
+        (s, _, _) => (s, ""),
+    }
 }
 
 fn random(pool: &Pool, n: usize, seed: u64) -> Vec<Selected> {
@@ -434,6 +529,138 @@ fn typiclust<B: Backend>(
     Ok(out)
 }
 
+/// ProbCover's radius: the largest of the candidate radii (quantiles of the neighbour
+/// distances) at which at least `purity` of the balls hold only their centre's pseudo-label.
+fn probcover_radius(graph: &KnnGraph, pseudo: &[u32], purity: f64) -> f32 {
+    let mut all: Vec<f32> = graph
+        .distances
+        .iter()
+        .copied()
+        .filter(|d| d.is_finite())
+        .collect();
+    if all.is_empty() {
+        return 0.0;
+    }
+    all.sort_by(f32::total_cmp);
+    let n = graph.len().max(1);
+    let pure_at = |delta: f32| {
+        let pure = (0..graph.len())
+            .filter(|&i| {
+                graph
+                    .of(i)
+                    .take_while(|&(_, d)| d < delta)
+                    .all(|(j, _)| pseudo[j] == pseudo[i])
+            })
+            .count();
+        pure as f64 / n as f64
+    };
+    let mut best = all[0];
+    for q in 1..=40 {
+        let delta = all[((all.len() - 1) * q) / 40];
+        if pure_at(delta) >= purity {
+            best = delta;
+        } else {
+            break;
+        }
+    }
+    best
+}
+
+fn probcover<B: Backend>(
+    c: &Compute<B>,
+    pool: &Pool,
+    n: usize,
+    cfg: &SelectConfig,
+) -> Result<Vec<Selected>, MineError> {
+    let rows: Vec<usize> = pool
+        .labelled
+        .iter()
+        .chain(pool.candidates)
+        .copied()
+        .collect();
+    let x = pool.x.gather(&rows).for_metric(pool.metric);
+    let prepared = Prepared::new(&x, pool.metric);
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let graph = exact_neighbors(c, &prepared, &all, cfg.probcover_k)?;
+    let km = kmeans(
+        c,
+        &x,
+        pool.classes.clamp(2, rows.len().max(2)).min(rows.len()),
+        &KMeansConfig {
+            mode: KMeansMode::Lloyd,
+            restarts: 1,
+            seed: cfg.seed,
+            ..KMeansConfig::default()
+        },
+    )?;
+    let delta = probcover_radius(&graph, &km.assignments, cfg.probcover_purity);
+    // ball[i]: i itself and its neighbours closer than δ.
+    let ball = |i: usize| {
+        std::iter::once(i).chain(
+            graph
+                .of(i)
+                .take_while(move |&(_, d)| d < delta)
+                .map(|(j, _)| j),
+        )
+    };
+    let mut covered = vec![false; rows.len()];
+    for i in 0..pool.labelled.len() {
+        ball(i).for_each(|j| covered[j] = true);
+    }
+    let first = pool.labelled.len();
+    let mut taken = vec![false; rows.len()];
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut best: Option<(usize, usize)> = None;
+        for i in first..rows.len() {
+            if taken[i] {
+                continue;
+            }
+            let gain = ball(i).filter(|&j| !covered[j]).count();
+            if best.is_none_or(|(g, _)| gain > g) {
+                best = Some((gain, i));
+            }
+        }
+        let Some((gain, i)) = best else {
+            break;
+        };
+        if gain == 0 {
+            // Everything is covered at δ: the rest by farthest-first coverage.
+            let chosen: Vec<usize> = pool
+                .labelled
+                .iter()
+                .copied()
+                .chain(out.iter().map(|s: &Selected| s.row))
+                .collect();
+            let rest: Vec<usize> = (first..rows.len())
+                .filter(|&k| !taken[k])
+                .map(|k| rows[k])
+                .collect();
+            let sub = Pool {
+                labelled: &chosen,
+                candidates: &rest,
+                ..*pool
+            };
+            let more = coreset(c, &sub, n - out.len(), cfg, None)?;
+            out.extend(more.into_iter().map(|mut s| {
+                s.reasons
+                    .push(format!("all points covered at radius {delta:.3}"));
+                s
+            }));
+            break;
+        }
+        taken[i] = true;
+        ball(i).for_each(|j| covered[j] = true);
+        out.push(Selected {
+            row: rows[i],
+            rank: 0,
+            score: gain as f64,
+            reasons: vec![format!("covers {gain} new points within radius {delta:.3}")],
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +692,7 @@ mod tests {
                     probs,
                     classes: 2,
                     metric: Metric::Cosine,
+                    competence: None,
                 };
                 let cfg = SelectConfig {
                     strategy: s,
@@ -497,6 +725,7 @@ mod tests {
             probs: None,
             classes: 2,
             metric: Metric::Cosine,
+            competence: None,
         };
         let sel = select(&c, &pool, 6, &SelectConfig::default()).unwrap();
         assert_eq!(sel.used, Strategy::Typiclust);
@@ -517,6 +746,7 @@ mod tests {
             probs: None,
             classes: 2,
             metric: Metric::Cosine,
+            competence: None,
         };
         let sel = select(&c, &pool, 50, &SelectConfig::default()).unwrap();
         assert_eq!(sel.items.len(), 7);
@@ -533,5 +763,104 @@ mod tests {
             select(&c, &none, 3, &SelectConfig::default()),
             Err(MineError::Empty(_))
         ));
+    }
+
+    #[test]
+    fn probcover_covers_every_cluster_and_the_control_arm_is_random_and_apart() {
+        let c = Compute::<Cpu>::new(Default::default());
+        let x = pool_data(); // 6 well separated clusters
+        let candidates: Vec<usize> = (0..300).collect();
+        let pool = Pool {
+            x: &x,
+            labelled: &[],
+            candidates: &candidates,
+            probs: None,
+            classes: 6,
+            metric: Metric::Cosine,
+            competence: None,
+        };
+        let cfg = SelectConfig {
+            strategy: Strategy::Probcover,
+            ..Default::default()
+        };
+        let sel = select(&c, &pool, 6, &cfg).unwrap();
+        assert_eq!(sel.used, Strategy::Probcover);
+        let truth = |r: usize| crate::testdata::clustered_centre(r, 300, 6);
+        let hit: HashSet<usize> = sel.items.iter().map(|i| truth(i.row)).collect();
+        assert_eq!(hit.len(), 6, "one ball per true cluster: {:?}", sel.items);
+        assert!(sel.items[0].score >= sel.items[5].score);
+        // A control share of 0.25 of 20 picks: 5 random rows at the end, none twice.
+        let cfg = SelectConfig {
+            strategy: Strategy::Typiclust,
+            control_share: 0.25,
+            ..Default::default()
+        };
+        let sel = select(&c, &pool, 20, &cfg).unwrap();
+        assert_eq!((sel.items.len(), sel.control_from), (20, 15));
+        assert!(
+            sel.items[15..]
+                .iter()
+                .all(|i| i.reasons == vec![CONTROL_ARM.to_string()])
+        );
+        assert!(
+            sel.items[..15]
+                .iter()
+                .all(|i| !i.reasons.contains(&CONTROL_ARM.to_string()))
+        );
+        let rows: HashSet<usize> = sel.items.iter().map(|i| i.row).collect();
+        assert_eq!(rows.len(), 20);
+        assert!(cfg.validate().is_ok());
+        assert!(
+            SelectConfig {
+                control_share: 1.0,
+                ..cfg
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn auto_covers_while_the_model_is_weak_and_turns_to_uncertainty_once_competent() {
+        let x = pool_data();
+        let labelled: Vec<usize> = (0..200).collect();
+        let candidates: Vec<usize> = (200..300).collect();
+        let probs = vec![0.5; 600];
+        let pool = |competence| Pool {
+            x: &x,
+            labelled: &labelled,
+            candidates: &candidates,
+            probs: Some(&probs[..]),
+            classes: 2,
+            metric: Metric::Cosine,
+            competence,
+        };
+        let cfg = SelectConfig::default();
+        // 200 labels are far past the budget rule's low-budget regime…
+        assert_eq!(
+            strategy_of(&cfg, &pool(None), 10),
+            (Strategy::Auto, "high-budget")
+        );
+        // …but a weak model still gets coverage, and a competent one uncertainty.
+        assert_eq!(
+            strategy_of(&cfg, &pool(Some(0.7)), 10),
+            (Strategy::Typiclust, "weak-model")
+        );
+        assert_eq!(
+            strategy_of(&cfg, &pool(Some(0.95)), 10),
+            (Strategy::Auto, "competent-model")
+        );
+        let sel = select(
+            &Compute::<Cpu>::new(Default::default()),
+            &pool(Some(0.95)),
+            10,
+            &cfg,
+        )
+        .unwrap();
+        assert!(
+            sel.items
+                .iter()
+                .all(|i| i.reasons.iter().any(|r| r.starts_with("model competence")))
+        );
     }
 }

@@ -34,7 +34,7 @@ use crate::labels::{ExportOptions, TeachTargets, Teacher, export_selection};
 use crate::mine::{Compute, Miner};
 use crate::store::lock::WriterLock;
 use crate::store::{
-    RunKind, RunLedger, RunRow, RunStatus, SampleId, SampleSource, Store, embeddings_table, tables,
+    RunKind, RunLedger, RunRow, RunStatus, SampleSource, Store, embeddings_table, tables,
 };
 use crate::train::{
     Registry, ShadowStats, Split, TrainError, Trainer, evaluate_version, judge, promote,
@@ -1193,34 +1193,19 @@ fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, PipelineError> {
 }
 
 /// Samples whose split is `train` (labels bought for them train a head; the eval set stays the
-/// frozen, id-drawn one).
+/// frozen, group-drawn one): the splits training will draw, grouped by the latest mining run's
+/// duplicate links as the training run that follows will group them.
 async fn train_split_ids(
     store: &Store,
     split: &crate::train::SplitConfig,
 ) -> Result<HashSet<String>, PipelineError> {
-    use arrow_array::{Array, StringArray};
-    let mut out = HashSet::new();
-    for b in store
-        .scan(tables::SAMPLES, Some(&["sample_id", "source"]), None, None)
-        .await?
-    {
-        let (Some(id), Some(src)) = (
-            b.column_by_name("sample_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-            b.column_by_name("source")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-        ) else {
-            continue;
-        };
-        for i in 0..id.len() {
-            if let Ok(sid) = id.value(i).parse::<SampleId>()
-                && crate::train::split_of(&sid, src.value(i), split) == Split::Train
-            {
-                out.insert(sid.to_string());
-            }
-        }
-    }
-    Ok(out)
+    let run = crate::train::slice_run(store, None).await?;
+    let splits = crate::train::read_splits(store, None, split, run.as_ref()).await?;
+    Ok(splits
+        .iter()
+        .filter(|(_, p)| p.split == Split::Train)
+        .map(|(id, _)| id.clone())
+        .collect())
 }
 
 /// The dry run: what each stage would read and write, and whether it would run.

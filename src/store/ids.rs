@@ -235,6 +235,29 @@ impl Era {
             .find(|e| e.as_str() == s)
     }
 
+    /// The era of a validator query, from when it was received and what its image is
+    /// (DESIGN.md §5): from 2026-05-03 validators send unaugmented images at full resolution;
+    /// before that every image was a 224×224 JPEG, letterboxed with black bars from 2026-04-06 when
+    /// its augmentation level was 0, a crop otherwise. `letterboxed` is whether the image shows
+    /// such bars ([`crate::imaging::has_letterbox_bars`]).
+    pub fn of_query(
+        received_at: chrono::DateTime<chrono::Utc>,
+        width: u32,
+        height: u32,
+        letterboxed: bool,
+    ) -> Self {
+        let day = received_at.date_naive();
+        let ymd = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default();
+        if day >= ymd(2026, 5, 3) {
+            return Era::Fullres;
+        }
+        match (width, height) {
+            (224, 224) if letterboxed && day >= ymd(2026, 4, 6) => Era::Letterbox224,
+            (224, 224) => Era::Crop224,
+            (w, h) => Self::guess_from_size(w, h),
+        }
+    }
+
     /// A best guess from the image size alone: 224×224 is a crop, anything larger is full resolution.
     pub fn guess_from_size(width: u32, height: u32) -> Self {
         match (width, height) {
@@ -258,6 +281,28 @@ mod tests {
         );
         assert!("xyz".parse::<SampleId>().is_err());
         assert_eq!(id.as_str().to_uppercase().parse::<SampleId>().unwrap(), id);
+    }
+
+    #[test]
+    fn the_era_of_a_query_follows_the_validator_timeline() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|d| d.with_timezone(&chrono::Utc))
+                .unwrap()
+        };
+        let march = at("2026-03-20T12:00:00Z");
+        let april = at("2026-04-20T12:00:00Z");
+        let may = at("2026-05-03T00:00:01Z");
+        assert_eq!(Era::of_query(march, 224, 224, false), Era::Crop224);
+        // No letterboxing before 2026-04-06: bars in March are part of the picture.
+        assert_eq!(Era::of_query(march, 224, 224, true), Era::Crop224);
+        assert_eq!(Era::of_query(april, 224, 224, true), Era::Letterbox224);
+        assert_eq!(Era::of_query(april, 224, 224, false), Era::Crop224);
+        // From 3 May everything is full resolution, whatever its size.
+        assert_eq!(Era::of_query(may, 224, 224, true), Era::Fullres);
+        assert_eq!(Era::of_query(may, 1920, 1080, false), Era::Fullres);
+        assert_eq!(Era::of_query(april, 1920, 1080, false), Era::Fullres);
+        assert_eq!(Era::of_query(april, 100, 100, false), Era::Unknown);
     }
 
     #[test]

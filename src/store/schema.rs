@@ -17,7 +17,7 @@ use super::ids::{Label, LabelSource, SampleId};
 
 /// Version of the table layout below. Stored in the `roadwork_meta` table; a store written by a newer
 /// layout is refused instead of misread.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Table names.
 pub mod tables {
@@ -49,8 +49,10 @@ pub mod tables {
     pub const SHADOW_SCORES: &str = "shadow_scores";
     /// Every image synthesis asked for, with its provenance and fate (layout 6).
     pub const SYNTH_IMAGES: &str = "synth_images";
+    /// Image-quality scores and issues of every ingested sample (layout 7).
+    pub const IMAGE_QUALITY: &str = "image_quality";
     /// Every table the store creates on open, in a stable order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SAMPLES,
         LABELS,
         PREDICTIONS,
@@ -65,6 +67,7 @@ pub mod tables {
         SELECTIONS,
         SHADOW_SCORES,
         SYNTH_IMAGES,
+        IMAGE_QUALITY,
     ];
 }
 
@@ -164,6 +167,12 @@ pub mod col {
     pub const CHAMPION_HEAD_MS: &str = "champion_head_ms";
     pub const CHALLENGER_HEAD_MS: &str = "challenger_head_ms";
     pub const SYNTH_ID: &str = "synth_id";
+    pub const BRIGHTNESS: &str = "brightness";
+    pub const SHARPNESS: &str = "sharpness";
+    pub const ENTROPY: &str = "entropy";
+    pub const COLORFULNESS: &str = "colorfulness";
+    pub const ASPECT_RATIO: &str = "aspect_ratio";
+    pub const ISSUES: &str = "issues";
     pub const GAP: &str = "gap";
     pub const BACKEND: &str = "backend";
     pub const MODEL_ID: &str = "model_id";
@@ -287,6 +296,7 @@ pub fn schema_of(table: &str) -> Option<SchemaRef> {
         tables::SELECTIONS => Some(super::mining::selections_schema()),
         tables::SHADOW_SCORES => Some(super::shadow::shadow_scores_schema()),
         tables::SYNTH_IMAGES => Some(super::synth::synth_images_schema()),
+        tables::IMAGE_QUALITY => Some(super::quality::image_quality_schema()),
         _ => None,
     }
 }
@@ -310,6 +320,7 @@ pub fn key_of(table: &str) -> &'static str {
         tables::SELECTIONS => col::SELECTION_ROW,
         tables::SHADOW_SCORES => col::SHADOW_ID,
         tables::SYNTH_IMAGES => col::SYNTH_ID,
+        tables::IMAGE_QUALITY => col::SAMPLE_ID,
         _ => col::KEY,
     }
 }

@@ -433,6 +433,12 @@ pub fn check(
             .collect();
         tags.push(format!("synth_task={}", c.job.task.as_str()));
         tags.push(format!("synth_gap={}", c.job.gap));
+        // The split's groups (train::Splits): one request is one group, and an edit follows the
+        // frame it was made from, so neither can leak across the eval line.
+        tags.push(format!("synth_request={}", c.job.request_id));
+        if let Some(src) = &c.job.source {
+            tags.push(format!("synth_source={}", src.sample_id));
+        }
         let format = crate::imaging::decode(&c.bytes, &limits)
             .map(|d| d.format)
             .unwrap_or("jpeg");

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::SynthError;
 use super::plan::{ClusterFacts, Member, PlanInputs};
+use crate::store::RunId;
 use crate::store::schema::{col, tables};
 use crate::store::{
     RunKind, RunStatus, SampleId, Store, VECTOR, VectorRows, collect_vectors, embeddings_table,
@@ -269,6 +270,16 @@ pub async fn load(
             s.iter_mut().for_each(|x| *x /= n);
         }
     }
+    // The same groups training splits by (frames of one drive, requests, the mining run's
+    // duplicate groups): a frame synthesis may edit is one that trains.
+    let splits = crate::train::read_splits(store, None, split, RunId::parse(&run_id).ok().as_ref())
+        .await
+        .map_err(|e| SynthError::Shape(format!("splits: {e}")))?;
+    let split_at = |id: &str, sid: &SampleId, source: &str| {
+        splits
+            .get(id)
+            .map_or_else(|| split_of(sid, source, split), |p| p.split)
+    };
     let mut members = Vec::new();
     for (id, cluster, prob) in scored {
         let Some(f) = samples.get(&id) else { continue };
@@ -286,7 +297,7 @@ pub async fn load(
             _ => f32::MAX,
         };
         members.push(Member {
-            split: split_of(&sid, &f.source, split),
+            split: split_at(&id, &sid, &f.source),
             sample_id: id.clone(),
             cluster,
             source: f.source.clone(),
@@ -305,7 +316,7 @@ pub async fn load(
         .iter()
         .filter(|(id, f)| {
             id.parse::<SampleId>()
-                .is_ok_and(|sid| split_of(&sid, &f.source, split) != Split::Train)
+                .is_ok_and(|sid| split_at(id, &sid, &f.source) != Split::Train)
         })
         .map(|(id, _)| id.clone())
         .collect();

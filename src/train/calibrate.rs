@@ -1,9 +1,15 @@
-//! Temperature scaling and the served probability.
+//! Calibration and the served probability.
 //!
 //! A head trained with class weights and early stopping is rarely calibrated; the validator only
 //! rounds at 0.5, but the cascade's thresholds, the mining stage's uncertainty and the EMA of the
-//! reward all read the probability itself. One scalar `T` fitted on held-out real data fixes the
-//! scale without changing the ranking.
+//! reward all read the probability itself. Platt scaling — `sigmoid(z / T + b)`, fitted on
+//! held-out real data — fixes the scale (and an offset) without changing the ranking.
+//!
+//! The calibrated probability is right for the class prior of the data it was fitted on, but
+//! validators draw their challenges 50/50 by label. The prior shift (Saerens, Latinne & Decaestecker
+//! 2002) moves it to the test prior: with training prior π, the posterior under a prior of ½ has
+//! odds `p/(1−p) · (1−π)/π`, i.e. the logit moves by `−logit(π)`. A head that is right about
+//! the odds then decides at 0.5 exactly as a validator's MCC and accuracy reward.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +20,15 @@ pub struct Temperature {
     pub t: f64,
     /// Samples it was fitted on (0 = not fitted, `t` = 1).
     pub fitted_on: u64,
+    /// Platt offset added to `z / t` (0 for a temperature-only fit and for older cards).
+    #[serde(default)]
+    pub bias: f64,
+    /// The positive share of the data the calibration was fitted on, when the prior was corrected.
+    #[serde(default)]
+    pub prior: Option<f64>,
+    /// Added to the logit to move the prior to ½: `−logit(prior)` (0 without correction).
+    #[serde(default)]
+    pub prior_shift: f64,
 }
 
 impl Default for Temperature {
@@ -21,6 +36,9 @@ impl Default for Temperature {
         Self {
             t: 1.0,
             fitted_on: 0,
+            bias: 0.0,
+            prior: None,
+            prior_shift: 0.0,
         }
     }
 }
@@ -83,12 +101,107 @@ impl Temperature {
         Self {
             t: 1.0 / ((a + b) / 2.0).exp(),
             fitted_on: z.len() as u64,
+            ..Self::default()
+        }
+    }
+
+    /// Fits Platt scaling `sigmoid(a·z + b)` (then `t = 1/a`, `bias = b`) by Newton's method with
+    /// a backtracking line search on the NLL, with Platt's smoothed targets
+    /// (`(N₊+1)/(N₊+2)` and `1/(N₋+2)`) so that separable data still gives a finite slope. `a`
+    /// stays in [0.01, 100] as in [`Temperature::fit`]; non-finite logits are ignored; one class
+    /// only leaves the identity.
+    pub fn fit_with_bias(logits: &[f32], labels: &[u8]) -> Self {
+        let (z, y): (Vec<f64>, Vec<u8>) = logits
+            .iter()
+            .zip(labels)
+            .filter(|(z, _)| z.is_finite())
+            .map(|(z, y)| (*z as f64, *y))
+            .unzip();
+        let pos = y.iter().filter(|&&v| v == 1).count();
+        let neg = y.len() - pos;
+        if pos == 0 || neg == 0 {
+            return Self::default();
+        }
+        let hi = (pos as f64 + 1.0) / (pos as f64 + 2.0);
+        let lo = 1.0 / (neg as f64 + 2.0);
+        let target: Vec<f64> = y.iter().map(|&v| if v == 1 { hi } else { lo }).collect();
+        let loss = |a: f64, b: f64| -> f64 {
+            z.iter()
+                .zip(&target)
+                .map(|(&z, &t)| {
+                    let s = a * z + b;
+                    s.max(0.0) + (-s.abs()).exp().ln_1p() - t * s
+                })
+                .sum::<f64>()
+        };
+        let (mut a, mut b) = (1.0f64, 0.0f64);
+        let mut f = loss(a, b);
+        for _ in 0..100 {
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for (&z, &t) in z.iter().zip(&target) {
+                let p = sigmoid(a * z + b);
+                let w = (p * (1.0 - p)).max(1e-12);
+                ga += (p - t) * z;
+                gb += p - t;
+                haa += w * z * z;
+                hab += w * z;
+                hbb += w;
+            }
+            // A tiny ridge keeps the 2×2 system solvable when all logits are equal.
+            let ridge = 1e-9 * z.len() as f64;
+            let (haa, hbb) = (haa + ridge, hbb + ridge);
+            let det = haa * hbb - hab * hab;
+            if !det.is_finite() || det <= 0.0 {
+                break;
+            }
+            let da = (hbb * ga - hab * gb) / det;
+            let db = (haa * gb - hab * ga) / det;
+            let mut step = 1.0;
+            let mut improved = false;
+            while step > 1e-10 {
+                let (na, nb) = ((a - step * da).clamp(0.01, 100.0), b - step * db);
+                let nf = loss(na, nb);
+                if nf.is_finite() && nf <= f {
+                    improved = (f - nf) > 1e-12 * f.abs().max(1.0);
+                    (a, b, f) = (na, nb, nf);
+                    break;
+                }
+                step /= 2.0;
+            }
+            if !improved {
+                break;
+            }
+        }
+        Self {
+            t: 1.0 / a,
+            fitted_on: z.len() as u64,
+            bias: b,
+            ..Self::default()
+        }
+    }
+
+    /// The same calibration, with its prior `prior` (the positive share of the data it was fitted
+    /// on) moved to ½. A prior outside (0, 1) leaves it unchanged.
+    pub fn shifted_to_balanced(self, prior: f64) -> Self {
+        if !(prior > 0.0 && prior < 1.0) {
+            return self;
+        }
+        Self {
+            prior: Some(prior),
+            prior_shift: -(prior / (1.0 - prior)).ln(),
+            ..self
         }
     }
 
     /// The calibrated probability of a logit, before the serving guards.
     pub fn probability(&self, logit: f32) -> f64 {
-        sigmoid(logit as f64 / self.t)
+        sigmoid(logit as f64 / self.t + self.bias + self.prior_shift)
+    }
+
+    /// The calibrated probability for the data's own prior (without the shift to ½): what a
+    /// reliability diagram on that data should compare against.
+    pub fn probability_unshifted(&self, logit: f32) -> f64 {
+        sigmoid(logit as f64 / self.t + self.bias)
     }
 
     /// What leaves the server: finite, in [0,1], never exactly 0.5 (the validator's rounding
@@ -138,6 +251,7 @@ mod tests {
         let t = Temperature {
             t: 2.0,
             fitted_on: 1,
+            ..Default::default()
         };
         for z in [
             0.0f32,
@@ -164,5 +278,54 @@ mod tests {
             Temperature::fit(&[1.0, 2.0], &[1, 1]),
             Temperature::default()
         );
+    }
+
+    #[test]
+    fn platt_recovers_slope_and_offset() {
+        // Labels drawn from sigmoid(z/2 − 1).
+        let mut logits = Vec::new();
+        let mut labels = Vec::new();
+        let mut state = 777u64;
+        for i in 0..40_000 {
+            let z = (i as f32 / 40_000.0 - 0.5) * 20.0;
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            labels.push(u8::from(u < sigmoid(z as f64 / 2.0 - 1.0)));
+            logits.push(z);
+        }
+        let p = Temperature::fit_with_bias(&logits, &labels);
+        assert!((p.t - 2.0).abs() < 0.1, "T = {}", p.t);
+        assert!((p.bias + 1.0).abs() < 0.1, "b = {}", p.bias);
+        // Separable data still gets a finite, bounded slope.
+        let s = Temperature::fit_with_bias(&[-3.0, -2.0, 2.0, 3.0], &[0, 0, 1, 1]);
+        assert!(s.t.is_finite() && s.t >= 0.01 && s.t <= 100.0, "{s:?}");
+        assert_eq!(
+            Temperature::fit_with_bias(&[1.0], &[1]),
+            Temperature::default()
+        );
+    }
+
+    #[test]
+    fn prior_shift_matches_the_hand_computed_posterior() {
+        // Calibrated p = 0.8 on data with 20 % positives: odds 4 · (0.8/0.2) = 16 → 16/17.
+        let cal = Temperature::default();
+        let z = 4f32.ln();
+        assert!((cal.probability(z) - 0.8).abs() < 1e-6);
+        let balanced = cal.shifted_to_balanced(0.2);
+        assert!((balanced.probability(z) - 16.0 / 17.0).abs() < 1e-6);
+        assert_eq!(balanced.prior, Some(0.2));
+        assert!((balanced.probability_unshifted(z) - 0.8).abs() < 1e-6);
+        // With 80 % positives the same p = 0.8 is exactly the prior: a tie at ½, which the
+        // server answers just below ½ (numpy rounds ½ to 0, "no roadwork").
+        let tie = cal.shifted_to_balanced(0.8);
+        assert!((tie.probability(z) - 0.5).abs() < 1e-6);
+        let served = tie.served(z);
+        assert!(served < 0.5 && served > 0.4999, "{served}");
+        assert_eq!(crate::train::reward::numpy_round(served as f64), 0.0);
+        // A degenerate prior changes nothing.
+        assert_eq!(cal.shifted_to_balanced(0.0), cal);
+        assert_eq!(cal.shifted_to_balanced(f64::NAN), cal);
     }
 }

@@ -15,7 +15,7 @@ use super::data::{self, Dataset, Split, SplitConfig};
 use super::metrics::{Curve, Metrics, Reliability, pr_curve, reliability, roc_curve};
 use super::model::{TrainedHead, sha256_hex};
 use super::registry::{ChampionPointer, Registry};
-use super::reward::{Replay, replay};
+use super::reward::{Replay, replay, reward_interval};
 use crate::store::{EvaluationRow, RunId, SnapshotName, Store};
 
 /// Metrics of one slice (e.g. `weather=rain`).
@@ -95,6 +95,7 @@ pub fn evaluate(
     slices: &[Vec<String>],
     t: Temperature,
     replay_queries: usize,
+    resamples: usize,
     seed: u64,
 ) -> Evaluation {
     let probs: Vec<f32> = logits.iter().map(|&z| t.served(z)).collect();
@@ -128,7 +129,10 @@ pub fn evaluate(
         metrics: Metrics::compute(&probs, labels),
         uncalibrated: Metrics::compute(&raw, labels),
         slices,
-        replay: replay(&probs, labels, replay_queries, seed),
+        replay: replay(&probs, labels, replay_queries, seed).map(|r| Replay {
+            interval: reward_interval(&probs, labels, replay_queries, seed, resamples, 0.95),
+            ..r
+        }),
         roc: roc_curve(&probs, labels),
         pr: pr_curve(&probs, labels),
         reliability: reliability(&probs, labels, super::metrics::ECE_BINS),
@@ -166,6 +170,7 @@ async fn eval_set(
             out.x.extend_from_slice(ds.row(i));
             out.y.push(ds.y[i]);
             out.split.push(Split::Eval);
+            out.group.push(ds.group[i].clone());
             out.slices.push(ds.slices[i].clone());
         }
     }
@@ -183,6 +188,7 @@ fn restrict(ds: &Dataset, keep: &HashSet<String>) -> Dataset {
         dim: ds.dim,
         y: part.y,
         split: vec![Split::Eval; rows.len()],
+        group: rows.iter().map(|&i| ds.group[i].clone()).collect(),
         slices: slices_of(ds, &rows),
         pool_ids: vec![],
         pool_x: vec![],
@@ -193,6 +199,7 @@ fn run_eval(
     head: &TrainedHead<crate::backend::Cpu>,
     ds: &Dataset,
     queries: usize,
+    resamples: usize,
     seed: u64,
 ) -> Result<Evaluation, TrainError> {
     if ds.is_empty() {
@@ -211,6 +218,7 @@ fn run_eval(
         &ds.slices,
         head.card.calibration.temperature,
         queries,
+        resamples,
         seed,
     ))
 }
@@ -240,9 +248,11 @@ pub async fn evaluate_version(
         slices.as_ref(),
     )
     .await?;
-    let e = tokio::task::spawn_blocking(move || run_eval(&head, &ds, replay_queries, seed))
-        .await
-        .map_err(|e| TrainError::Task(e.to_string()))??;
+    let e = tokio::task::spawn_blocking(move || {
+        run_eval(&head, &ds, replay_queries, GATE_RESAMPLES, seed)
+    })
+    .await
+    .map_err(|e| TrainError::Task(e.to_string()))??;
     store.put_evaluation(&e.to_row()?).await?;
     Ok(e)
 }
@@ -256,19 +266,67 @@ pub enum GateMetric {
     Mcc,
     /// Mean reward of the validator replay.
     Reward,
+    /// The lower end of the replayed reward's 95 % bootstrap interval, against the champion's
+    /// point estimate: a challenger is promoted only when even its pessimistic reward beats the
+    /// champion's, so one lucky eval draw does not replace a champion.
+    RewardLcb,
+    /// MCC on the eval set reweighted to 50/50 labels, as validators draw them.
+    BalancedMcc,
     RocAuc,
     Accuracy,
 }
 
 impl GateMetric {
+    /// The challenger's score under this metric.
     fn of(self, e: &Evaluation) -> f64 {
         match self {
             GateMetric::Mcc => e.metrics.mcc,
             GateMetric::Reward => e.replay.as_ref().map_or(0.0, |r| r.mean_reward),
+            GateMetric::RewardLcb => e
+                .replay
+                .as_ref()
+                .map_or(0.0, |r| r.interval.map_or(r.mean_reward, |i| i.lo)),
+            GateMetric::BalancedMcc => e.metrics.balanced_mcc,
             GateMetric::RocAuc => e.metrics.roc_auc.unwrap_or(0.0),
             GateMetric::Accuracy => e.metrics.accuracy,
         }
     }
+
+    /// The champion's score it is compared with (its point estimate for `reward_lcb`).
+    fn of_champion(self, e: &Evaluation) -> f64 {
+        match self {
+            GateMetric::RewardLcb => GateMetric::Reward.of(e),
+            m => m.of(e),
+        }
+    }
+}
+
+/// Bootstrap resamples of the gate's reward intervals.
+const GATE_RESAMPLES: usize = 200;
+
+/// Why a challenger's evaluation `ce` does not replace the champion's `ke` (both on the same
+/// eval set): the gate metric's gain, then every large-enough slice's accuracy. Empty: promote.
+pub fn gate_reasons(cfg: &PromoteConfig, ce: &Evaluation, ke: &Evaluation) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let (score, champ) = (cfg.metric.of(ce), cfg.metric.of_champion(ke));
+    if score < champ + cfg.min_gain {
+        reasons.push(format!(
+            "{:?} {score:.4} does not beat the champion's {champ:.4} by {}",
+            cfg.metric, cfg.min_gain
+        ));
+    }
+    for s in &ce.slices {
+        let Some(k) = ke.slices.iter().find(|k| k.slice == s.slice) else {
+            continue;
+        };
+        if s.n >= cfg.min_slice_n && s.accuracy < k.accuracy - cfg.slice_tolerance {
+            reasons.push(format!(
+                "slice {} regresses: accuracy {:.3} vs {:.3} (n = {})",
+                s.slice, s.accuracy, k.accuracy, s.n
+            ));
+        }
+    }
+    reasons
 }
 
 /// The promotion gate (`[train.promote]`).
@@ -388,9 +446,9 @@ pub async fn judge(
     let queries = 2000;
     // Both evaluations (head forward passes and the reward replays) on a blocking thread.
     let (ce, ke, champion) = tokio::task::spawn_blocking(move || {
-        let ce = run_eval(&challenger, &c_set, queries, seed);
+        let ce = run_eval(&challenger, &c_set, queries, GATE_RESAMPLES, seed);
         let ke = match (&champion, &k_set, &ce) {
-            (Some(k), Some(s), Ok(_)) => Some(run_eval(k, s, queries, seed)),
+            (Some(k), Some(s), Ok(_)) => Some(run_eval(k, s, queries, GATE_RESAMPLES, seed)),
             _ => None,
         };
         (ce, ke, champion)
@@ -419,24 +477,7 @@ pub async fn judge(
     };
     let score = ce.as_ref().map_or(f64::NAN, |e| cfg.metric.of(e));
     if let (Some(ce), Some(ke)) = (&ce, &ke) {
-        let champ = cfg.metric.of(ke);
-        if score < champ + cfg.min_gain {
-            reasons.push(format!(
-                "{:?} {score:.4} does not beat the champion's {champ:.4} by {}",
-                cfg.metric, cfg.min_gain
-            ));
-        }
-        for s in &ce.slices {
-            let Some(k) = ke.slices.iter().find(|k| k.slice == s.slice) else {
-                continue;
-            };
-            if s.n >= cfg.min_slice_n && s.accuracy < k.accuracy - cfg.slice_tolerance {
-                reasons.push(format!(
-                    "slice {} regresses: accuracy {:.3} vs {:.3} (n = {})",
-                    s.slice, s.accuracy, k.accuracy, s.n
-                ));
-            }
-        }
+        reasons.extend(gate_reasons(cfg, ce, ke));
     }
     // Without an eval set there is nothing to compare: a first head may still serve (anything beats
     // no head), a challenger may not replace a champion.
@@ -449,9 +490,65 @@ pub async fn judge(
         promoted: reasons.is_empty(),
         metric: cfg.metric,
         challenger_score: score,
-        champion_score: ke.as_ref().map(|e| cfg.metric.of(e)),
+        champion_score: ke.as_ref().map(|e| cfg.metric.of_champion(e)),
         n: ce.as_ref().map_or(0, |e| e.metrics.n),
         reasons,
         pointer: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evaluation of a head that answers `right` of every 100 samples correctly, on `n`
+    /// label-alternating samples.
+    fn head_with(n: usize, right: usize) -> Evaluation {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let logits: Vec<f32> = (0..n)
+            .map(|i| {
+                let ok = (i * 37) % 100 < right;
+                if (labels[i] == 1) == ok { 3.0 } else { -3.0 }
+            })
+            .collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        evaluate(
+            "h",
+            &ids,
+            &logits,
+            &labels,
+            &vec![vec![]; n],
+            Temperature::default(),
+            2000,
+            200,
+            7,
+        )
+    }
+
+    #[test]
+    fn the_lower_bound_gate_refuses_a_lucky_challenger_and_takes_a_clear_winner() {
+        let champion = head_with(100, 80);
+        let lucky = head_with(100, 82);
+        let clear = head_with(100, 97);
+        let point = PromoteConfig {
+            metric: GateMetric::Reward,
+            ..Default::default()
+        };
+        let lcb = PromoteConfig {
+            metric: GateMetric::RewardLcb,
+            ..Default::default()
+        };
+        // On the point estimate the 82 % head wins; its interval reaches below the champion.
+        assert!(gate_reasons(&point, &lucky, &champion).is_empty());
+        let i = lucky.replay.as_ref().and_then(|r| r.interval).unwrap();
+        let champ = champion.replay.as_ref().unwrap().mean_reward;
+        assert!(i.lo < champ && champ < i.hi, "{i:?} vs {champ}");
+        let refused = gate_reasons(&lcb, &lucky, &champion);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].starts_with("RewardLcb"), "{refused:?}");
+        assert!(gate_reasons(&lcb, &clear, &champion).is_empty());
+        // Balanced MCC equals plain MCC on a 50/50 set.
+        assert!((clear.metrics.balanced_mcc - clear.metrics.mcc).abs() < 1e-12);
+    }
 }

@@ -48,6 +48,40 @@ impl Confusion {
         ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
     }
 
+    /// Mean of the recalls of both classes: the accuracy on a 50/50 draw of these samples, which
+    /// is how validators draw challenges.
+    pub fn balanced_accuracy(&self) -> f64 {
+        let tnr = ratio(self.tn, self.tn + self.fp);
+        match (self.tp + self.fn_ > 0, self.tn + self.fp > 0) {
+            (true, true) => 0.5 * (self.recall() + tnr),
+            (true, false) => self.recall(),
+            (false, true) => tnr,
+            (false, false) => 0.0,
+        }
+    }
+
+    /// MCC of the confusion reweighted to 50/50 classes (each class's counts divided by its
+    /// size): the expected MCC of a validator's label-balanced window of these samples, where the
+    /// plain MCC mixes in the eval set's own prior. 0 with one class only.
+    pub fn balanced_mcc(&self) -> f64 {
+        let (p, n) = ((self.tp + self.fn_) as f64, (self.tn + self.fp) as f64);
+        if p == 0.0 || n == 0.0 {
+            return 0.0;
+        }
+        let (tp, fn_, tn, fp) = (
+            self.tp as f64 / p,
+            self.fn_ as f64 / p,
+            self.tn as f64 / n,
+            self.fp as f64 / n,
+        );
+        let den = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
+        if den == 0.0 {
+            0.0
+        } else {
+            (tp * tn - fp * fn_) / den
+        }
+    }
+
     /// Matthews correlation; 0 when any marginal is empty (as scikit-learn returns).
     pub fn mcc(&self) -> f64 {
         let (tp, fp, tn, fn_) = (
@@ -81,6 +115,12 @@ pub struct Metrics {
     pub positives: u64,
     pub accuracy: f64,
     pub mcc: f64,
+    /// Accuracy and MCC as a 50/50 resample of the set would measure them (the validators'
+    /// draw; see [`Confusion::balanced_mcc`]). Absent in cards before format 3.
+    #[serde(default)]
+    pub balanced_accuracy: f64,
+    #[serde(default)]
+    pub balanced_mcc: f64,
     pub f1: f64,
     pub precision: f64,
     pub recall: f64,
@@ -117,6 +157,8 @@ impl Metrics {
             positives: labels.iter().filter(|&&y| y == 1).count() as u64,
             accuracy: confusion.accuracy(),
             mcc: confusion.mcc(),
+            balanced_accuracy: confusion.balanced_accuracy(),
+            balanced_mcc: confusion.balanced_mcc(),
             f1: confusion.f1(),
             precision: confusion.precision(),
             recall: confusion.recall(),
@@ -327,5 +369,34 @@ mod tests {
         assert!(reliability(&p, &y, 15).ece < 1e-6);
         let p = [0.99f32; 10];
         assert!((reliability(&p, &y, 15).ece - 0.29).abs() < 1e-6);
+    }
+
+    #[test]
+    fn balanced_metrics_are_those_of_a_fifty_fifty_resample() {
+        // 90 negatives (81 right), 10 positives (5 right).
+        let c = Confusion {
+            tp: 5,
+            fn_: 5,
+            tn: 81,
+            fp: 9,
+        };
+        assert!((c.balanced_accuracy() - 0.5 * (0.5 + 0.9)).abs() < 1e-12);
+        // The same rates on 100 + 100: tp 50, fn 50, tn 90, fp 10.
+        let resampled = Confusion {
+            tp: 50,
+            fn_: 50,
+            tn: 90,
+            fp: 10,
+        };
+        assert!((c.balanced_mcc() - resampled.mcc()).abs() < 1e-12);
+        assert!((resampled.balanced_mcc() - resampled.mcc()).abs() < 1e-12);
+        assert!(c.balanced_mcc() > c.mcc());
+        let one_class = Confusion {
+            tp: 3,
+            fn_: 1,
+            ..Default::default()
+        };
+        assert_eq!(one_class.balanced_mcc(), 0.0);
+        assert!((one_class.balanced_accuracy() - 0.75).abs() < 1e-12);
     }
 }

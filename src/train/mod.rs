@@ -35,7 +35,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use calibrate::{Temperature, UNDECIDED};
-pub use data::{Dataset, Split, SplitConfig, fold_of, split_of};
+pub use data::{
+    Dataset, Placement, Split, SplitConfig, SplitFacts, Splits, fold_of, fold_of_group,
+    read_splits, slice_run, split_of,
+};
 pub use eval::{
     Evaluation, GateDecision, GateMetric, PromoteConfig, SliceMetrics, evaluate, evaluate_version,
     judge, promote,
@@ -78,6 +81,11 @@ pub struct TrainConfig {
     pub min_calibration: usize,
     /// Validator queries in the reward replay.
     pub replay_queries: usize,
+    /// Bootstrap resamples of the eval set behind the replayed reward's 95 % interval (0: none).
+    pub reward_resamples: usize,
+    /// Moves the calibrated probability from the calibration data's class prior to the
+    /// validators' 50/50 (see [`Temperature::shifted_to_balanced`]).
+    pub prior_correction: bool,
     pub device: ComputeDevice,
     pub promote: PromoteConfig,
 }
@@ -95,6 +103,8 @@ impl Default for TrainConfig {
             min_per_class: 10,
             min_calibration: 20,
             replay_queries: 2000,
+            reward_resamples: 200,
+            prior_correction: true,
             device: ComputeDevice::Cpu,
             promote: PromoteConfig::default(),
         }
@@ -145,7 +155,7 @@ impl TrainConfig {
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(why.to_string()),
-            None => Ok(()),
+            None => self.split.validate(),
         }
     }
 }

@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::reward::Replay;
 
 /// Version of the model card layout; a card from a newer layout is refused.
-pub const CARD_FORMAT: u32 = 2;
+pub const CARD_FORMAT: u32 = 3;
 
 /// Calibration before and after temperature scaling, on the calibration split.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,10 @@ pub struct ModelCard {
     pub fold_histories: Vec<Vec<EpochLog>>,
     /// Calibrated metrics on the eval split of the training snapshot.
     pub metrics: Option<Metrics>,
+    /// The same on the held-out synthetic images (`eval_synthetic`), never mixed into `metrics`.
+    /// Format 3.
+    #[serde(default)]
+    pub metrics_synthetic: Option<Metrics>,
     pub replay: Option<Replay>,
     /// sha256 of `head.safetensors`.
     pub weights_sha256: String,
@@ -104,6 +108,7 @@ impl ModelCard {
             history: vec![],
             fold_histories: vec![],
             metrics: None,
+            metrics_synthetic: None,
             replay: None,
             weights_sha256: sha256_hex(weights),
             parent: None,

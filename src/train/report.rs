@@ -167,20 +167,36 @@ pub fn write_report(
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}\
 td:first-child{{text-align:left}}svg{{margin:6px;border:1px solid #eee}}</style></head><body>\
-<h1>{v}</h1><p>Eval set <code>{set}</code>: {n} samples, {pos} roadwork. Temperature {t:.3} \
-(fitted on {fo} calibration samples).</p>",
+<h1>{v}</h1><p>Eval set <code>{set}</code>: {n} samples, {pos} roadwork. Platt scaling T = {t:.3}, \
+b = {b:.3} (fitted on {fo} calibration samples){prior}.</p>",
         v = esc(&e.model_version),
         set = e.eval_set,
         n = m.n,
         pos = m.positives,
         t = e.temperature.t,
+        b = e.temperature.bias,
         fo = e.temperature.fitted_on,
+        prior = e.temperature.prior.map_or(String::new(), |p| format!(
+            "; prior {:.1} % roadwork moved to the validators' 50 % (logit {:+.3})",
+            100.0 * p,
+            e.temperature.prior_shift
+        )),
     );
     h.push_str("<h2>Metrics</h2><table><tr><th>metric</th><th>calibrated</th><th>raw</th></tr>");
     let u = &e.uncalibrated;
     for (name, a, b) in [
         ("accuracy", Some(m.accuracy), Some(u.accuracy)),
         ("MCC", Some(m.mcc), Some(u.mcc)),
+        (
+            "balanced accuracy (50/50)",
+            Some(m.balanced_accuracy),
+            Some(u.balanced_accuracy),
+        ),
+        (
+            "balanced MCC (50/50)",
+            Some(m.balanced_mcc),
+            Some(u.balanced_mcc),
+        ),
         ("F1", Some(m.f1), Some(u.f1)),
         ("precision", Some(m.precision), Some(u.precision)),
         ("recall", Some(m.recall), Some(u.recall)),
@@ -202,10 +218,32 @@ td:first-child{{text-align:left}}svg{{margin:6px;border:1px solid #eee}}</style>
         let _ = write!(
             h,
             "<h2>Subnet reward replay</h2><p>{q} validator queries (50/50 labels): mean reward \
-{mr:.4} per query after the first 100, validator EMA {ema:.4}.</p>",
+{mr:.4} per query after the first 100{ci}, validator EMA {ema:.4}.</p>",
             q = r.queries,
             mr = r.mean_reward,
+            ci = r.interval.map_or(String::new(), |i| format!(
+                " ({:.0} % bootstrap interval {:.4} – {:.4} over {} resamples of the eval set)",
+                100.0 * i.level,
+                i.lo,
+                i.hi,
+                i.resamples
+            )),
             ema = r.final_ema
+        );
+    }
+    if let Some(sm) = card.and_then(|c| c.metrics_synthetic.as_ref()) {
+        let _ = write!(
+            h,
+            "<h2>Held-out synthetic images</h2><p>{n} images of the <code>eval_synthetic</code> \
+split ({pos} roadwork), never in the real eval set above: accuracy {acc:.4}, MCC {mcc:.4}, \
+balanced accuracy {bacc:.4}, ROC-AUC {auc}. A gap to the real metrics is how far the synthetic \
+images are from what the head meets in traffic.</p>",
+            n = sm.n,
+            pos = sm.positives,
+            acc = sm.accuracy,
+            mcc = sm.mcc,
+            bacc = sm.balanced_accuracy,
+            auc = opt(sm.roc_auc),
         );
     }
     h.push_str("<h2>Plots</h2>");

@@ -93,6 +93,74 @@ pub struct Replay {
     pub mean_reward: f64,
     /// The validator's EMA score after the last query.
     pub final_ema: f64,
+    /// Bootstrap interval of `mean_reward` (absent when not computed, and in older cards).
+    #[serde(default)]
+    pub interval: Option<RewardInterval>,
+}
+
+/// A percentile bootstrap interval of the replayed mean reward: the eval set resampled with
+/// replacement within each class, each resample replayed with its own query draw. It says how much
+/// of a reward difference between two heads the eval set's size can explain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardInterval {
+    pub lo: f64,
+    pub hi: f64,
+    /// Coverage, e.g. 0.95.
+    pub level: f64,
+    pub resamples: usize,
+}
+
+/// The percentile bootstrap interval (`level`, e.g. 0.95) of the replayed mean reward over
+/// `resamples` class-stratified resamples of the eval set. `None` without both classes or
+/// resamples.
+pub fn reward_interval(
+    probs: &[f32],
+    labels: &[u8],
+    queries: usize,
+    seed: u64,
+    resamples: usize,
+    level: f64,
+) -> Option<RewardInterval> {
+    let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1).collect();
+    let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
+    if pos.is_empty() || neg.is_empty() || resamples == 0 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut means = Vec::with_capacity(resamples);
+    let (mut p, mut y) = (
+        Vec::with_capacity(labels.len()),
+        Vec::with_capacity(labels.len()),
+    );
+    for r in 0..resamples {
+        p.clear();
+        y.clear();
+        for class in [&pos, &neg] {
+            for _ in 0..class.len() {
+                let i = class[rng.random_range(0..class.len())];
+                p.push(probs[i]);
+                y.push(labels[i]);
+            }
+        }
+        if let Some(rep) = replay(&p, &y, queries, seed.wrapping_add(1 + r as u64)) {
+            means.push(rep.mean_reward);
+        }
+    }
+    if means.is_empty() {
+        return None;
+    }
+    means.sort_by(f64::total_cmp);
+    let q = |f: f64| {
+        let at = (f * (means.len() - 1) as f64).round() as usize;
+        means[at.min(means.len() - 1)]
+    };
+    let tail = (1.0 - level.clamp(0.0, 1.0)) / 2.0;
+    Some(RewardInterval {
+        lo: q(tail),
+        hi: q(1.0 - tail),
+        level,
+        resamples,
+    })
 }
 
 /// Replays `queries` validator queries: each draws a label 0/1 with probability ½, then a random
@@ -124,6 +192,7 @@ pub fn replay(probs: &[f32], labels: &[u8], queries: usize, seed: u64) -> Option
             0.0
         },
         final_ema: tracker.ema,
+        interval: None,
     })
 }
 
@@ -201,5 +270,37 @@ mod tests {
         // Always "roadwork": MCC 0, accuracy ≈ 0.5 → ≈ 0.25³.
         assert!(r.mean_reward < 0.05, "{}", r.mean_reward);
         assert!(replay(&constant, &[1; 200], 10, 1).is_none());
+    }
+
+    #[test]
+    fn the_interval_brackets_the_reward_and_narrows_with_more_data() {
+        let make = |n: usize, right: usize| {
+            // `right` of every 100 answers correct, both classes alike.
+            let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+            let probs: Vec<f32> = (0..n)
+                .map(|i| {
+                    let ok = (i / 2) % 100 < right;
+                    match (labels[i], ok) {
+                        (1, true) | (0, false) => 0.9,
+                        _ => 0.1,
+                    }
+                })
+                .collect();
+            (probs, labels)
+        };
+        let (p, y) = make(200, 85);
+        let point = replay(&p, &y, 1000, 3).unwrap().mean_reward;
+        let small = reward_interval(&p, &y, 1000, 3, 100, 0.95).unwrap();
+        assert!(small.lo < point && point < small.hi, "{small:?} vs {point}");
+        assert_eq!(small.resamples, 100);
+        let (p, y) = make(4000, 85);
+        let large = reward_interval(&p, &y, 1000, 3, 100, 0.95).unwrap();
+        assert!(
+            large.hi - large.lo < small.hi - small.lo,
+            "{large:?} vs {small:?}"
+        );
+        assert_eq!(reward_interval(&p, &y, 1000, 3, 100, 0.95), Some(large));
+        assert!(reward_interval(&p, &[1; 4000], 1000, 3, 100, 0.95).is_none());
+        assert!(reward_interval(&p, &y, 1000, 3, 0, 0.95).is_none());
     }
 }

@@ -105,7 +105,7 @@ fn compute<B: AutodiffBackend>(
     let train_rows: Vec<usize> = (0..ds.len())
         .filter(|&i| ds.split[i] == Split::Train)
         .collect();
-    let fold: Vec<usize> = ds.ids.iter().map(|id| data::fold_of(id, k)).collect();
+    let fold: Vec<usize> = (0..ds.len()).map(|i| ds.fold(i, k)).collect();
     let mut oof = vec![None; ds.len()];
     let (mut fold_probs, mut fold_pool_probs) = (Vec::new(), Vec::new());
     let (mut fold_best, mut fold_histories) = (Vec::new(), Vec::new());
@@ -430,7 +430,7 @@ fn compute_card(
     bar: &ProgressBar,
 ) -> Result<(ModelCard, Computed, Option<super::eval::Evaluation>), TrainError> {
     let c = compute_on_device(ds, cfg, bar)?;
-    let calibration = calibrate(ds, &c.logits, cfg.min_calibration);
+    let calibration = calibrate(ds, &c.logits, cfg.min_calibration, cfg.prior_correction);
     let t = calibration.temperature;
     let eval_rows: Vec<usize> = (0..ds.len())
         .filter(|&i| ds.split[i] == Split::Eval)
@@ -448,8 +448,21 @@ fn compute_card(
             &slices,
             t,
             cfg.replay_queries,
+            cfg.reward_resamples,
             cfg.seed,
         )
+    });
+    // The held-out synthetic images, measured apart from the real eval set.
+    let synthetic_rows: Vec<usize> = (0..ds.len())
+        .filter(|&i| ds.split[i] == Split::EvalSynthetic)
+        .collect();
+    let metrics_synthetic = (!synthetic_rows.is_empty()).then(|| {
+        let p: Vec<f32> = synthetic_rows
+            .iter()
+            .map(|&i| t.served(c.logits[i]))
+            .collect();
+        let y: Vec<u8> = synthetic_rows.iter().map(|&i| ds.y[i]).collect();
+        super::metrics::Metrics::compute(&p, &y)
     });
     let card = ModelCard {
         format: super::model::CARD_FORMAT,
@@ -470,6 +483,7 @@ fn compute_card(
         history: c.history.clone(),
         fold_histories: c.fold_histories.clone(),
         metrics: evaluation.as_ref().map(|e| e.metrics.clone()),
+        metrics_synthetic,
         replay: evaluation.as_ref().and_then(|e| e.replay.clone()),
         weights_sha256: sha256_hex(&c.weights),
         parent: plan.parent.clone(),
@@ -478,8 +492,16 @@ fn compute_card(
     Ok((card, c, evaluation))
 }
 
-/// Fits the temperature on the calibration split (real data only), if it is usable.
-fn calibrate(ds: &Dataset, z_all: &[f32], min_calibration: usize) -> CalibrationReport {
+/// Fits Platt scaling on the calibration split (real data only), if it is usable, and with
+/// `prior_correction` moves its prior (the split's positive share) to the validators' ½. The
+/// reliability after calibration is measured before the shift: on this split's own prior, that is
+/// what calibration can be judged by.
+fn calibrate(
+    ds: &Dataset,
+    z_all: &[f32],
+    min_calibration: usize,
+    prior_correction: bool,
+) -> CalibrationReport {
     let rows: Vec<usize> = (0..ds.len())
         .filter(|&i| ds.split[i] == Split::Calib)
         .collect();
@@ -500,9 +522,18 @@ fn calibrate(ds: &Dataset, z_all: &[f32], min_calibration: usize) -> Calibration
     let temperature = if skipped.is_some() {
         Temperature::default()
     } else {
-        Temperature::fit(&z, &y)
+        let fitted = Temperature::fit_with_bias(&z, &y);
+        let prior = y.iter().filter(|&&v| v == 1).count() as f64 / y.len().max(1) as f64;
+        if prior_correction {
+            fitted.shifted_to_balanced(prior)
+        } else {
+            fitted
+        }
     };
-    let cal: Vec<f32> = z.iter().map(|&z| temperature.served(z)).collect();
+    let cal: Vec<f32> = z
+        .iter()
+        .map(|&z| temperature.probability_unshifted(z) as f32)
+        .collect();
     CalibrationReport {
         temperature,
         ece_before,

@@ -200,6 +200,10 @@ async fn natix_shard_brings_samples_tags_and_dataset_labels() {
             "weather=",
             "travel_alteration=",
             "city=",
+            "seq_id=",
+            "vid_id=",
+            "frame_id=",
+            "gps=",
         ] {
             assert!(
                 s.tags.iter().any(|t| t.starts_with(key)),
@@ -208,6 +212,23 @@ async fn natix_shard_brings_samples_tags_and_dataset_labels() {
             );
         }
     }
+    // Frames of one drive share a seq_id (three per drive in generated shards); roadwork frames
+    // carry their scene description.
+    let mut drives = std::collections::HashMap::new();
+    for s in &samples {
+        if let Some(seq) = s.tags.iter().find(|t| t.starts_with("seq_id=")) {
+            *drives.entry(seq.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(drives.len(), 2, "{drives:?}");
+    assert!(drives.values().all(|&n| n == 3));
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s.tags.iter().any(|t| t.starts_with("scene_description=")))
+            .count(),
+        3
+    );
     let eff = store.effective_labels().await.unwrap();
     assert!(
         eff.iter()

@@ -203,6 +203,7 @@ fn cold_start_typicality_covers_the_digit_classes() {
             probs: None,
             classes: 10,
             metric: Metric::Euclidean,
+            competence: None,
         };
         let cfg = SelectConfig {
             strategy: Strategy::Auto,

@@ -457,7 +457,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn select_label_retrain_beats_a_random_selection_of_the_same_size() {
     use roadwork::mine::{Compute, Miner, Strategy};
-    use roadwork::train::{Split, Trainer, split_of};
+    use roadwork::train::{Split, Trainer, read_splits, slice_run};
     // Big enough for labels to matter: 100 frozen eval samples, 30 labelled training samples,
     // and a pool of 240 to choose 60 from.
     let mut f = fixture_with(21, 200, 240);
@@ -480,14 +480,17 @@ async fn select_label_retrain_beats_a_random_selection_of_the_same_size() {
             copy_dir(&f.cfg.data.dir, &cfg.data.dir);
             cfg.mine.select.seed = seed;
             let s = Store::open(&cfg.data.store_uri()).await.unwrap();
-            let only: std::collections::HashSet<String> = s
-                .samples(None)
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|r| split_of(&r.sample_id, &r.source, &cfg.train.split) == Split::Train)
-                .map(|r| r.sample_id.to_string())
-                .collect();
+            // The training split as training will draw it (groups, the latest mining run's
+            // duplicate links).
+            let run = slice_run(&s, None).await.unwrap();
+            let only: std::collections::HashSet<String> =
+                read_splits(&s, None, &cfg.train.split, run.as_ref())
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, p)| p.split == Split::Train)
+                    .map(|(id, _)| id.clone())
+                    .collect();
             let miner = Miner::new(s.clone(), cfg.mine.clone()).unwrap();
             let (_, rows) = miner
                 .select(

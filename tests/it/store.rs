@@ -49,7 +49,7 @@ fn layout_is_pinned() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(schema::SCHEMA_VERSION, 6);
+    assert_eq!(schema::SCHEMA_VERSION, 7);
     assert_eq!(
         show(schema::runs_schema()),
         "run_id:Utf8,kind:Utf8,started_at:Timestamp(µs, \"UTC\"),finished_at:Timestamp(µs, \"UTC\"),\
@@ -115,6 +115,11 @@ challenger_head_ms:Float32,ts:Timestamp(µs, \"UTC\"),validator:Utf8"
 model_id:Utf8,task:Utf8,prompt:Utf8,negative_prompt:Utf8,seed:UInt64,source_sample:Utf8,cost_usd:Float64,\
 status:Utf8,reason:Utf8,sample_id:Utf8,distance:Float32,land_limit:Float32,nearest_cluster:UInt32,\
 ts:Timestamp(µs, \"UTC\")"
+    );
+    assert_eq!(
+        show(schema::schema_of(tables::IMAGE_QUALITY).unwrap()),
+        "sample_id:Utf8,brightness:Float32,sharpness:Float32,entropy:Float32,colorfulness:Float32,\
+aspect_ratio:Float32,issues:List(Utf8),ts:Timestamp(µs, \"UTC\")"
     );
 }
 

@@ -44,11 +44,23 @@ fn baseline() -> (EmbedConfig, Arc<dyn ImageEncoder>) {
 /// night-fog validator crops, embedded with the baseline encoder and mined (6 clusters): the
 /// night traffic is an under-covered cluster and `daytime=night` has no positives.
 async fn gapped_store() -> (tempfile::TempDir, Store) {
+    gapped_store_with(usize::MAX).await
+}
+
+/// [`gapped_store`] keeping only the first `roadwork` of its roadwork day scenes.
+async fn gapped_store_with(roadwork: usize) -> (tempfile::TempDir, Store) {
     let (dir, store) = support::tmp_store().await;
     let data = dir.path().join("dataset");
     let mut manifest = String::new();
+    let mut kept_roadwork = 0;
     for i in 0..72u64 {
         let mut spec = SceneSpec::draw(21, i);
+        if spec.label == Label::Roadwork {
+            if kept_roadwork == roadwork {
+                continue;
+            }
+            kept_roadwork += 1;
+        }
         spec.daytime = Daytime::Day;
         spec.width = 192;
         spec.height = 144;
@@ -124,7 +136,9 @@ fn procedural_cfg() -> SynthConfig {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn procedural_synthesis_fills_the_gaps_and_a_rerun_adds_nothing() {
-    let (dir, store) = gapped_store().await;
+    // Eight roadwork day frames against 36 clean ones: the night traffic clusters hold no
+    // labelled frames to edit, the imbalanced day stratum does.
+    let (dir, store) = gapped_store_with(8).await;
     let (_, enc) = baseline();
     let split = SplitConfig::default();
     let cfg = procedural_cfg();
@@ -195,7 +209,12 @@ async fn procedural_synthesis_fills_the_gaps_and_a_rerun_adds_nothing() {
             .filter(|j| j.status != SynthStatus::Accepted)
             .all(|j| !j.reason.is_empty())
     );
-    // Edits of procedural frames were used, from real training frames.
+    // Edits of procedural frames were used, from real training frames: the day stratum has
+    // too few roadwork frames, and roadwork is drawn into its clean ones.
+    assert!(
+        plan.gaps.iter().any(|g| g.key == "imbalance:daytime=day"),
+        "{plan}"
+    );
     assert!(
         jobs.iter()
             .any(|j| j.task == "add-element" && j.source_sample.is_some())

@@ -134,7 +134,7 @@ pub(super) fn analyse<B: Backend>(
     // Hardness.
     let hard: Vec<HardCase> = (0..n)
         .map(|i| {
-            score(
+            let mut h = score(
                 &Signals {
                     prob: inp.prob[i],
                     ensemble_mi: inp.mi[i],
@@ -144,7 +144,14 @@ pub(super) fn analyse<B: Backend>(
                     outlier: out.is_outlier[i].then_some((out.knn_mean[i] as f64, out.fence)),
                 },
                 cfg.reason_min,
-            )
+            );
+            // Image-quality issues are reasons to look, not evidence the model is wrong: they
+            // are listed without raising the hardness.
+            if !inp.quality[i].is_empty() {
+                h.reasons
+                    .push(format!("quality: {}", inp.quality[i].join(", ")));
+            }
+            h
         })
         .collect();
     // Drift.

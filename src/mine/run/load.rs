@@ -32,6 +32,8 @@ pub(super) struct Inputs {
     /// Seen in validator traffic within the recent window.
     pub recent_traffic: Vec<bool>,
     pub traffic: Vec<bool>,
+    /// Image-quality issues found at ingest (`image_quality.issues`).
+    pub quality: Vec<Vec<String>>,
 }
 
 impl Inputs {
@@ -40,7 +42,7 @@ impl Inputs {
         let mut s = Vec::new();
         match self.split[i].as_deref() {
             Some("train") if self.source[i] == "synthetic" => s.push("synthetic".to_string()),
-            Some(sp @ ("train" | "calib" | "eval")) => s.push(sp.to_string()),
+            Some(sp @ ("train" | "calib" | "eval" | "eval_synthetic")) => s.push(sp.to_string()),
             _ if self.source[i] == "synthetic" => s.push("synthetic".into()),
             _ if self.label[i].is_some() => s.push("labelled".into()),
             _ => {}
@@ -96,6 +98,7 @@ pub(super) async fn load(
         shadow: vec![None; n],
         recent_traffic: vec![false; n],
         traffic: vec![false; n],
+        quality: vec![Vec::new(); n],
         ids: Vec::new(),
     };
     let recent = Utc::now() - Duration::days(cfg.drift.recent_days as i64);
@@ -130,6 +133,11 @@ pub(super) async fn load(
                     inp.recent_traffic[r] = ts.is_some_and(|t| t >= recent);
                 }
             }
+        }
+    }
+    for q in store.image_quality().await? {
+        if let Some(&r) = index.get(q.sample_id.as_str()) {
+            inp.quality[r] = q.issues;
         }
     }
     for l in store.effective_labels().await? {

@@ -83,9 +83,13 @@ impl MineConfig {
         if self.phash_max_hamming > 32 {
             return bad("mine.phash_max_hamming above 32 bits matches unrelated images");
         }
-        Ok(())
+        self.select.validate().map_err(MineError::Config)
     }
 }
+
+/// Fewer out-of-fold scored labels than this give no competence estimate (the budget rule
+/// decides `auto`'s regime instead).
+const MIN_COMPETENCE_ROWS: usize = 20;
 
 /// One hard case for printing.
 #[derive(Debug, Clone, Serialize)]
@@ -261,6 +265,16 @@ impl Miner {
                         })
                         .collect()
                 });
+            // The head's competence: accuracy of its out-of-fold scores on the labelled rows
+            // (the K-fold of training), when enough rows have one.
+            let oof: Vec<(f64, u8)> = labelled
+                .iter()
+                .filter_map(|&i| Some((inp.oof[i]?, inp.label[i]?)))
+                .collect();
+            let competence = (oof.len() >= MIN_COMPETENCE_ROWS).then(|| {
+                oof.iter().filter(|&&(p, y)| (p > 0.5) == (y == 1)).count() as f64
+                    / oof.len() as f64
+            });
             let pool = Pool {
                 x: &inp.x,
                 labelled: &labelled,
@@ -268,6 +282,7 @@ impl Miner {
                 probs: probs.as_deref(),
                 classes: 2,
                 metric,
+                competence: competence.filter(|_| scored),
             };
             select(&c, &pool, budget, &sc).map(|sel| (sel, inp))
         })

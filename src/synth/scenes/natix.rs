@@ -27,6 +27,14 @@ fn scene_tag_fields() -> Fields {
     ])
 }
 
+fn video_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("frame_id", DataType::Int64, true),
+        s("seq_id"),
+        s("vid_id"),
+    ])
+}
+
 fn image_fields() -> Fields {
     Fields::from(vec![
         Field::new("bytes", DataType::Binary, true),
@@ -44,6 +52,8 @@ pub fn natix_schema() -> Arc<Schema> {
         s("license"),
         s("city_name"),
         s("scene_description"),
+        s("gps"),
+        Field::new("video_info", DataType::Struct(video_fields()), true),
         Field::new(
             "scene_level_tags",
             DataType::Struct(scene_tag_fields()),
@@ -72,6 +82,9 @@ fn describe(spec: &SceneSpec) -> String {
 
 /// Writes scenes `indices` of `seed` to `path` as one NATIX-schema parquet file. Ids are
 /// `1_000_000 * seed + index`. Positives carry a scene description, negatives an empty one.
+/// Frames per drive in generated shards.
+const FRAMES_PER_SEQ: u64 = 3;
+
 pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usize, SceneError> {
     let specs: Vec<SceneSpec> = indices.iter().map(|&i| SceneSpec::draw(seed, i)).collect();
     let jpegs = specs
@@ -92,7 +105,23 @@ pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usiz
         StringBuilder::new(),
     );
     let mut tags: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
+    let (mut gps, mut frame, mut seq, mut vid) = (
+        StringBuilder::new(),
+        Int64Builder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     for (spec, jpg) in specs.iter().zip(&jpegs) {
+        // Three consecutive indices are frames of one drive (one seq_id), as NATIX clips are.
+        let drive = spec.index / FRAMES_PER_SEQ;
+        frame.append_value((spec.index % FRAMES_PER_SEQ) as i64);
+        seq.append_value(format!("{}-{drive}", spec.seed));
+        vid.append_value(format!("vid-{}-{}", spec.seed, drive / 4));
+        gps.append_value(format!(
+            "{:.5},{:.5}",
+            52.0 + (drive % 97) as f64 * 0.001,
+            13.0 + (drive % 89) as f64 * 0.001
+        ));
         bytes.append_value(jpg);
         img_path.append_value(format!("{}.jpg", spec.index));
         id.append_value(1_000_000 * spec.seed as i64 + spec.index as i64);
@@ -131,6 +160,15 @@ pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usiz
             .collect(),
         None,
     );
+    let video = StructArray::new(
+        video_fields(),
+        vec![
+            Arc::new(frame.finish()) as ArrayRef,
+            Arc::new(seq.finish()),
+            Arc::new(vid.finish()),
+        ],
+        None,
+    );
     let schema = natix_schema();
     let cols: Vec<ArrayRef> = vec![
         Arc::new(image),
@@ -140,6 +178,8 @@ pub fn write_natix_shard(path: &Path, seed: u64, indices: &[u64]) -> Result<usiz
         Arc::new(license.finish()),
         Arc::new(city.finish()),
         Arc::new(desc.finish()),
+        Arc::new(gps.finish()),
+        Arc::new(video),
         Arc::new(scene),
         Arc::new(label.finish()),
     ];
