@@ -384,7 +384,7 @@ mod tests {
             Rgb([
                 (x * 150 / 320) as u8 + stripe,
                 (y * 150 / 240) as u8 + 40,
-                (200 - stripe) as u8,
+                200 - stripe,
             ])
         })
     }

@@ -447,12 +447,8 @@ fn coreset<B: Backend>(
     Ok(out)
 }
 
-fn typiclust<B: Backend>(
-    c: &Compute<B>,
-    pool: &Pool,
-    n: usize,
-    cfg: &SelectConfig,
-) -> Result<Vec<Selected>, MineError> {
+/// The labelled rows then the candidates, and their vectors prepared for the pool's metric.
+fn pool_rows(pool: &Pool) -> (Vec<usize>, Vectors) {
     let rows: Vec<usize> = pool
         .labelled
         .iter()
@@ -460,20 +456,40 @@ fn typiclust<B: Backend>(
         .copied()
         .collect();
     let x = pool.x.gather(&rows).for_metric(pool.metric);
-    let k = (pool.labelled.len() + n)
-        .min(cfg.max_clusters)
-        .clamp(1, rows.len());
-    let km = kmeans(
+    (rows, x)
+}
+
+/// One seeded Lloyd k-means run (the coverage strategies' clusters).
+fn lloyd_once<B: Backend>(
+    c: &Compute<B>,
+    x: &Vectors,
+    k: usize,
+    seed: u64,
+) -> Result<super::kmeans::KMeans, MineError> {
+    kmeans(
         c,
-        &x,
+        x,
         k,
         &KMeansConfig {
             mode: KMeansMode::Lloyd,
             restarts: 1,
-            seed: cfg.seed,
+            seed,
             ..KMeansConfig::default()
         },
-    )?;
+    )
+}
+
+fn typiclust<B: Backend>(
+    c: &Compute<B>,
+    pool: &Pool,
+    n: usize,
+    cfg: &SelectConfig,
+) -> Result<Vec<Selected>, MineError> {
+    let (rows, x) = pool_rows(pool);
+    let k = (pool.labelled.len() + n)
+        .min(cfg.max_clusters)
+        .clamp(1, rows.len());
+    let km = lloyd_once(c, &x, k, cfg.seed)?;
     let typ = typicality(
         c,
         &x,
@@ -572,26 +588,15 @@ fn probcover<B: Backend>(
     n: usize,
     cfg: &SelectConfig,
 ) -> Result<Vec<Selected>, MineError> {
-    let rows: Vec<usize> = pool
-        .labelled
-        .iter()
-        .chain(pool.candidates)
-        .copied()
-        .collect();
-    let x = pool.x.gather(&rows).for_metric(pool.metric);
+    let (rows, x) = pool_rows(pool);
     let prepared = Prepared::new(&x, pool.metric);
     let all: Vec<usize> = (0..rows.len()).collect();
     let graph = exact_neighbors(c, &prepared, &all, cfg.probcover_k)?;
-    let km = kmeans(
+    let km = lloyd_once(
         c,
         &x,
         pool.classes.clamp(2, rows.len().max(2)).min(rows.len()),
-        &KMeansConfig {
-            mode: KMeansMode::Lloyd,
-            restarts: 1,
-            seed: cfg.seed,
-            ..KMeansConfig::default()
-        },
+        cfg.seed,
     )?;
     let delta = probcover_radius(&graph, &km.assignments, cfg.probcover_purity);
     // ball[i]: i itself and its neighbours closer than δ.
@@ -612,10 +617,7 @@ fn probcover<B: Backend>(
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let mut best: Option<(usize, usize)> = None;
-        for i in first..rows.len() {
-            if taken[i] {
-                continue;
-            }
+        for (i, _) in taken.iter().enumerate().skip(first).filter(|(_, t)| !**t) {
             let gain = ball(i).filter(|&j| !covered[j]).count();
             if best.is_none_or(|(g, _)| gain > g) {
                 best = Some((gain, i));

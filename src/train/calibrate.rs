@@ -226,21 +226,25 @@ pub const UNDECIDED: f32 = 0.499_999_97;
 mod tests {
     use super::*;
 
+    /// `n` logits evenly over `±span/2` with labels drawn from `p(z)` by a fixed LCG.
+    fn drawn(n: usize, span: f32, seed: u64, p: impl Fn(f64) -> f64) -> (Vec<f32>, Vec<u8>) {
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                let z = (i as f32 / n as f32 - 0.5) * span;
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                (z, u8::from(u < p(z as f64)))
+            })
+            .unzip()
+    }
+
     #[test]
     fn recovers_the_temperature_of_an_overconfident_model() {
         // Labels drawn from sigmoid(z/3); the model reports z, i.e. 3× too confident.
-        let mut logits = Vec::new();
-        let mut labels = Vec::new();
-        let mut state = 12345u64;
-        for i in 0..20_000 {
-            let z = (i as f32 / 20_000.0 - 0.5) * 24.0;
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-            labels.push(u8::from(u < sigmoid(z as f64 / 3.0)));
-            logits.push(z);
-        }
+        let (logits, labels) = drawn(20_000, 24.0, 12345, |z| sigmoid(z / 3.0));
         let t = Temperature::fit(&logits, &labels);
         assert!((t.t - 3.0).abs() < 0.15, "T = {}", t.t);
         assert_eq!(t.fitted_on, 20_000);
@@ -283,18 +287,7 @@ mod tests {
     #[test]
     fn platt_recovers_slope_and_offset() {
         // Labels drawn from sigmoid(z/2 − 1).
-        let mut logits = Vec::new();
-        let mut labels = Vec::new();
-        let mut state = 777u64;
-        for i in 0..40_000 {
-            let z = (i as f32 / 40_000.0 - 0.5) * 20.0;
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-            labels.push(u8::from(u < sigmoid(z as f64 / 2.0 - 1.0)));
-            logits.push(z);
-        }
+        let (logits, labels) = drawn(40_000, 20.0, 777, |z| sigmoid(z / 2.0 - 1.0));
         let p = Temperature::fit_with_bias(&logits, &labels);
         assert!((p.t - 2.0).abs() < 0.1, "T = {}", p.t);
         assert!((p.bias + 1.0).abs() < 0.1, "b = {}", p.bias);
