@@ -273,7 +273,7 @@ enum BenchCmd {
     Train(cli::train::BenchTrain),
     /// Active-learning strategies on the committed digits data, 10 to 500 labels.
     #[command(
-        after_help = "Examples:\n  roadwork bench al\n  roadwork bench al --seeds 3 --strategies auto,random"
+        after_help = "Examples:\n  roadwork bench al\n  roadwork bench al --seeds 3 --strategies auto,random\n  roadwork --config nightly.toml bench al --strategies auto,margin   # with its [mine.select]"
     )]
     Al(cli::mine::BenchAl),
     /// kNN graph, k-means and duplicate search at scale, with peak memory.
@@ -579,7 +579,8 @@ async fn run(mut cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCmd::Al(b)) => {
-            tokio::task::spawn_blocking(move || cli::mine::bench_al(b)).await?
+            let select = cfg.mine.select.clone();
+            tokio::task::spawn_blocking(move || cli::mine::bench_al(b, select)).await?
         }
         Command::Bench(BenchCmd::Ingest {
             n,

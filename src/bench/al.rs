@@ -152,6 +152,9 @@ pub struct AlRow {
     pub mean: f64,
     pub se: f64,
     pub seeds: usize,
+    /// Seeds whose round for this budget ran `auto`'s uncertainty regime (`competent-model` or
+    /// `high-budget`): where the switch fired.
+    pub uncertainty_rounds: usize,
 }
 
 /// Runs every strategy over every budget and seed.
@@ -170,6 +173,7 @@ pub fn run<B: Backend>(
         )));
     }
     let mut acc: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    let mut switched: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for seed in 0..cfg.seeds {
         let mut rng = ChaCha8Rng::seed_from_u64(seed as u64);
         let mut order: Vec<usize> = (0..n).collect();
@@ -206,6 +210,9 @@ pub fn run<B: Backend>(
                         ..cfg.select.clone()
                     };
                     let sel = select(c, &p, want, &sc)?;
+                    if matches!(sel.regime.as_str(), "competent-model" | "high-budget") {
+                        *switched.entry((si, budget)).or_default() += 1;
+                    }
                     labelled.extend(sel.items.iter().map(|i| i.row));
                 }
                 let model = Softmax::fit(
@@ -246,6 +253,7 @@ pub fn run<B: Backend>(
                 mean,
                 se: (var / k).sqrt(),
                 seeds: v.len(),
+                uncertainty_rounds: switched.get(&(si, budget)).copied().unwrap_or(0),
             }
         })
         .collect())
@@ -274,6 +282,21 @@ pub fn markdown(rows: &[AlRow]) -> String {
             }
         }
         out.push('\n');
+    }
+    let switch: Vec<String> = rows
+        .iter()
+        .filter(|r| r.strategy == Strategy::Auto.as_str() && r.uncertainty_rounds > 0)
+        .map(|r| format!("{} ({}/{})", r.budget, r.uncertainty_rounds, r.seeds))
+        .collect();
+    if rows.iter().any(|r| r.strategy == Strategy::Auto.as_str()) {
+        out.push_str(&format!(
+            "\nauto ran uncertainty × diversity (seeds) at: {}\n",
+            if switch.is_empty() {
+                "never".to_string()
+            } else {
+                switch.join(", ")
+            }
+        ));
     }
     out
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use roadwork::bench::al::{AlConfig, load_digits, markdown, run};
 use roadwork::embed::Cpu;
-use roadwork::mine::{Compute, Strategy};
+use roadwork::mine::{Compute, SelectConfig, Strategy};
 
 #[derive(clap::Args)]
 pub struct BenchAl {
@@ -27,7 +27,7 @@ pub struct BenchAl {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "auto,typiclust,coreset,margin,random"
+        default_value = "auto,typiclust,coreset,margin,probcover,random"
     )]
     strategies: Vec<Strategy>,
     /// `auto` stays in the low-budget regime while labelled + budget ≤ this × classes.
@@ -37,13 +37,16 @@ pub struct BenchAl {
     json: Option<PathBuf>,
 }
 
-/// Runs the active-learning benchmark and prints its table.
-pub fn bench_al(b: BenchAl) -> Result<()> {
+/// Runs the active-learning benchmark with the selection settings of `[mine.select]` (so a
+/// config's thresholds and weights can be tried before a nightly run uses them) and prints its
+/// table.
+pub fn bench_al(b: BenchAl, select: SelectConfig) -> Result<()> {
     let data = load_digits(&b.data).with_context(|| "run from the checkout, or pass --data")?;
     let mut cfg = AlConfig {
         budgets: b.budgets,
         seeds: b.seeds,
         strategies: b.strategies,
+        select,
         ..AlConfig::default()
     };
     if let Some(v) = b.low_budget_per_class {

@@ -83,6 +83,8 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Ingest(String),
     #[error("config: {0}")]
+    Embed(String),
+    #[error("config: {0}")]
     Mine(String),
     #[error("config: {0}")]
     Serve(String),
@@ -151,6 +153,9 @@ impl Config {
         }
         if self.embed.batch_size == 0 {
             return bad("embed.batch_size", 0, "must be at least 1");
+        }
+        if let Err(why) = self.embed.augment.validate() {
+            return Err(ConfigError::Embed(why));
         }
         if let Err(why) = self.train.validate() {
             return Err(ConfigError::Train(why));

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 #[cfg(feature = "cuda")]
 use super::Embedder;
-use super::{CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, embed_store};
+use super::{
+    AugmentSummary, CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, augment_store,
+    embed_store,
+};
 pub use crate::backend::{ComputeDevice, Precision};
 use crate::imaging::DecodeLimits;
 use crate::store::Store;
@@ -24,13 +27,34 @@ pub async fn embed(
     limits: DecodeLimits,
     progress: bool,
 ) -> Result<EmbedSummary, EmbedError> {
-    let weights = weights.or(cfg.weights.as_deref()).map(Path::to_path_buf);
-    // Reading (and converting) weights is blocking work: off the async workers.
-    let c = cfg.clone();
-    let encoder = tokio::task::spawn_blocking(move || load_encoder(&c, weights.as_deref()))
-        .await
-        .map_err(|e| EmbedError::Task(e.to_string()))??;
+    let encoder = encoder_off_the_workers(cfg, weights).await?;
     embed_store(store, encoder, cfg, limits, progress).await
+}
+
+/// Embeds the missing validator-augmented copies of the labelled samples on the configured
+/// device (the encoder loaded as [`embed`] loads it).
+pub async fn augment(
+    store: &Store,
+    cfg: &EmbedConfig,
+    weights: Option<&Path>,
+    limits: DecodeLimits,
+    progress: bool,
+) -> Result<AugmentSummary, EmbedError> {
+    let encoder = encoder_off_the_workers(cfg, weights).await?;
+    augment_store(store, encoder, cfg, limits, progress).await
+}
+
+/// The encoder of `cfg` (weights from the flag, else from the config): reading and converting
+/// weights is blocking work, so it runs off the async workers.
+async fn encoder_off_the_workers(
+    cfg: &EmbedConfig,
+    weights: Option<&Path>,
+) -> Result<Arc<dyn ImageEncoder>, EmbedError> {
+    let weights = weights.or(cfg.weights.as_deref()).map(Path::to_path_buf);
+    let c = cfg.clone();
+    tokio::task::spawn_blocking(move || load_encoder(&c, weights.as_deref()))
+        .await
+        .map_err(|e| EmbedError::Task(e.to_string()))?
 }
 
 /// Loads the encoder of `cfg` on its configured device and precision, behind the device-agnostic

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::{BASELINE_DIM, BaselineEncoder};
 pub use cpu::{CpuEncoder, CpuVit};
-pub use device::{ComputeDevice, Precision, embed, load_encoder};
+pub use device::{ComputeDevice, Precision, augment, embed, load_encoder};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
-pub use stage::{EmbedSummary, embed_store};
+pub use stage::{AugmentSummary, EmbedSummary, augment_store, embed_store};
 pub use vit::{Activation, DinoV3, DinoV3Config, DinoV3Output, DinoV3Size};
 pub use weights::{TensorMap, WeightsError};
 
@@ -94,6 +94,57 @@ pub struct EmbedConfig {
     /// DINOv3 weights (safetensors) for jobs that embed without a `--weights` flag (the nightly
     /// job); without either, the random model runs and says so.
     pub weights: Option<std::path::PathBuf>,
+    /// Validator-augmented copies of the labelled samples (`[embed.augment]`).
+    pub augment: AugmentConfig,
+}
+
+/// Distorted copies of every labelled sample, made as validators distorted their challenges
+/// before 2026-05-03 (levels 0–3, `crate::imaging::augment`, sent as JPEG quality 75) and embedded
+/// into `augmented_<model id>`: training learns from them and evaluation reports metrics per
+/// level and distortion on them. Unlabelled traffic is never augmented (nothing trains on it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Copies per labelled sample (0: none, the library default; the shipped pipelines use 2).
+    /// Copy `c` of a sample gets level `(s + c) mod 4` for
+    /// a per-sample offset `s`, so 4 copies cover every level once and fewer spread the levels
+    /// evenly over the samples.
+    pub copies: u32,
+    /// Share of level-0 copies letterboxed instead of centre-cropped (validators letterboxed
+    /// from 2026-04-06 on).
+    pub letterbox_share: f64,
+    /// Seed of the draws (rotation, crop, strengths); part of each copy's key, so another seed
+    /// makes new copies beside the cached ones.
+    pub seed: u64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            copies: 0,
+            letterbox_share: 0.5,
+            seed: 0,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// Range checks serde cannot do.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.copies > 16 {
+            return Err(format!(
+                "embed.augment.copies = {} is more than 16 per sample",
+                self.copies
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.letterbox_share) {
+            return Err(format!(
+                "embed.augment.letterbox_share = {} is not in [0, 1]",
+                self.letterbox_share
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for EmbedConfig {
@@ -112,6 +163,7 @@ impl Default for EmbedConfig {
             precision: Precision::F32,
             cpu_threads: 0,
             weights: None,
+            augment: AugmentConfig::default(),
         }
     }
 }

@@ -7,10 +7,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{EmbedConfig, EmbedError, ImageEncoder};
+use super::{AugmentConfig, EmbedConfig, EmbedError, ImageEncoder};
+use crate::imaging::augment::{augment, to_jpeg};
 use crate::imaging::{DecodeLimits, decode};
 use crate::ingest::Skipped;
-use crate::store::{IndexOutcome, RunKind, RunLedger, SampleId, Store, embeddings_table, tables};
+use crate::store::{
+    AugmentedVector, IndexOutcome, RunKind, RunLedger, SampleId, Store, augmented_table,
+    embeddings_table, tables,
+};
 
 /// What one embed run did.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +32,8 @@ pub struct EmbedSummary {
     pub images_per_s: f64,
     /// `below-threshold`, `created` or `refreshed`, with the row count.
     pub index: String,
+    /// The validator-augmented copies of the labelled samples (`embed.augment.copies` > 0).
+    pub augmented: Option<AugmentSummary>,
 }
 
 impl std::fmt::Display for EmbedSummary {
@@ -55,6 +61,12 @@ impl std::fmt::Display for EmbedSummary {
         )?;
         for s in &self.skipped {
             writeln!(f, "    {}: {}", s.item, s.reason)?;
+        }
+        if let Some(a) = &self.augmented {
+            write!(f, "{a}")?;
+            for s in &a.skipped {
+                writeln!(f, "    {}: {}", s.item, s.reason)?;
+            }
         }
         Ok(())
     }
@@ -105,8 +117,254 @@ pub async fn embed_store(
 ) -> Result<EmbedSummary, EmbedError> {
     let params = serde_json::json!({ "model_id": embedder.model_id(), "config": cfg });
     let mut run = RunLedger::start(store, RunKind::Embed, params).await?;
-    let result = embed_pending(store, embedder, cfg, limits, progress, &mut run).await;
+    let result = match embed_pending(store, embedder.clone(), cfg, limits, progress, &mut run).await
+    {
+        Ok(mut s) if cfg.augment.copies > 0 => {
+            let batch = cfg.batch_size;
+            augment_pending(
+                store,
+                embedder,
+                &cfg.augment,
+                batch,
+                limits,
+                progress,
+                &mut run,
+            )
+            .await
+            .map(|a| {
+                s.augmented = Some(a);
+                s
+            })
+        }
+        other => other,
+    };
     run.close(result).await
+}
+
+/// What one augmentation pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AugmentSummary {
+    pub run_id: String,
+    pub table: String,
+    /// Labelled samples and the copies each should have.
+    pub labelled: usize,
+    pub copies: u32,
+    /// Copies missing when the pass started, and embedded by it.
+    pub pending: usize,
+    pub embedded: usize,
+    pub skipped: Vec<Skipped>,
+    pub elapsed_s: f64,
+}
+
+impl std::fmt::Display for AugmentSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  augmented → {}: {} labelled × {} copies, pending {}, embedded {}, skipped {} in {:.1} s",
+            self.table,
+            self.labelled,
+            self.copies,
+            self.pending,
+            self.embedded,
+            self.skipped.len(),
+            self.elapsed_s
+        )
+    }
+}
+
+/// Embeds the missing validator-augmented copies of every labelled sample (the nightly job runs
+/// it again right before training, for the labels bought since the embed stage), recorded in the
+/// run ledger as an embed run.
+pub async fn augment_store(
+    store: &Store,
+    embedder: Arc<dyn ImageEncoder>,
+    cfg: &EmbedConfig,
+    limits: DecodeLimits,
+    progress: bool,
+) -> Result<AugmentSummary, EmbedError> {
+    let params = serde_json::json!({ "model_id": embedder.model_id(), "augment": cfg.augment });
+    let mut run = RunLedger::start(store, RunKind::Embed, params).await?;
+    let result = augment_pending(
+        store,
+        embedder,
+        &cfg.augment,
+        cfg.batch_size,
+        limits,
+        progress,
+        &mut run,
+    )
+    .await;
+    run.close(result).await
+}
+
+/// The draws of copy `copy` of `sample`: its own seed, its level and whether level 0 letterboxes.
+fn copy_plan(sample: &SampleId, cfg: &AugmentConfig, copy: u32) -> (u64, u8, bool) {
+    use sha2::{Digest, Sha256};
+    let h = |s: String| -> u64 {
+        let d = Sha256::digest(s.as_bytes());
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    };
+    let offset = h(format!("{}:{}", sample.as_str(), cfg.seed)) % 4;
+    let seed = h(AugmentedVector::key(sample.as_str(), cfg.seed, copy));
+    let level = ((offset + copy as u64) % 4) as u8;
+    let unit = (seed >> 11) as f64 / (1u64 << 53) as f64;
+    (seed, level, level == 0 && unit < cfg.letterbox_share)
+}
+
+/// Decodes, distorts (validator level, JPEG q75, decoded again) and preprocesses one chunk of
+/// copies in parallel; failures become skip reasons.
+fn prepare_copies(
+    embedder: &dyn ImageEncoder,
+    images: &std::collections::HashMap<SampleId, Vec<u8>>,
+    copies: &[(SampleId, u32)],
+    cfg: &AugmentConfig,
+    limits: &DecodeLimits,
+) -> (Vec<(AugmentedVector, Vec<f32>)>, Vec<Skipped>) {
+    let pre = embedder.preprocess();
+    let results: Vec<Result<(AugmentedVector, Vec<f32>), Skipped>> = copies
+        .par_iter()
+        .map(|(id, copy)| {
+            let skip = |reason: String| Skipped {
+                item: format!("{id} copy {copy}"),
+                reason,
+            };
+            let bytes = images
+                .get(id)
+                .ok_or_else(|| skip("image not in the store".into()))?;
+            let img = decode(bytes, limits).map_err(|e| skip(e.to_string()))?;
+            let (seed, level, letterbox) = copy_plan(id, cfg, *copy);
+            let (out, applied) = augment(&img.image.to_rgb8(), level, letterbox, seed);
+            let jpeg = to_jpeg(&out).map_err(|e| skip(format!("JPEG encoding: {e}")))?;
+            let sent = decode(&jpeg, limits).map_err(|e| skip(e.to_string()))?;
+            let mut px = Vec::new();
+            pre.append_pixels(&sent.image, &mut px);
+            Ok((
+                AugmentedVector {
+                    sample_id: id.clone(),
+                    seed: cfg.seed,
+                    copy: *copy,
+                    level: applied.level,
+                    letterbox: applied.letterbox,
+                    distortions: applied
+                        .distortions
+                        .iter()
+                        .map(|(d, k)| format!("{}={k}", d.code()))
+                        .collect(),
+                    vector: Vec::new(),
+                },
+                px,
+            ))
+        })
+        .collect();
+    let mut ok = Vec::new();
+    let mut skipped = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(s) => skipped.push(s),
+        }
+    }
+    (ok, skipped)
+}
+
+async fn augment_pending(
+    store: &Store,
+    embedder: Arc<dyn ImageEncoder>,
+    cfg: &AugmentConfig,
+    batch: usize,
+    limits: DecodeLimits,
+    progress: bool,
+    run: &mut RunLedger,
+) -> Result<AugmentSummary, EmbedError> {
+    let started = Instant::now();
+    let model_id = embedder.model_id().to_string();
+    let table = augmented_table(&model_id);
+    let mut summary = AugmentSummary {
+        run_id: run.id().to_string(),
+        table: table.clone(),
+        labelled: 0,
+        copies: cfg.copies,
+        pending: 0,
+        embedded: 0,
+        skipped: Vec::new(),
+        elapsed_s: 0.0,
+    };
+    if cfg.copies == 0 {
+        return Ok(summary);
+    }
+    let versions = store.versions().await?;
+    for t in [tables::SAMPLES, tables::LABELS] {
+        if let Some(&v) = versions.get(t) {
+            run.read(t, v);
+        }
+    }
+    store
+        .ensure_augmented_table(&model_id, embedder.dim())
+        .await?;
+    let mut labelled: Vec<SampleId> = store
+        .effective_labels()
+        .await?
+        .into_iter()
+        .map(|l| l.sample_id)
+        .collect();
+    labelled.sort();
+    labelled.dedup();
+    summary.labelled = labelled.len();
+    let done = store.augmented_keys(&model_id).await?;
+    let pending: Vec<(SampleId, u32)> = labelled
+        .iter()
+        .flat_map(|id| (0..cfg.copies).map(move |c| (id.clone(), c)))
+        .filter(|(id, c)| !done.contains(&AugmentedVector::key(id.as_str(), cfg.seed, *c)))
+        .collect();
+    summary.pending = pending.len();
+    let bar = if progress {
+        indicatif::ProgressBar::new(pending.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let batch = batch.max(1);
+    for chunk in pending.chunks(batch * 4) {
+        let mut ids: Vec<SampleId> = chunk.iter().map(|(id, _)| id.clone()).collect();
+        ids.dedup();
+        let images: std::collections::HashMap<SampleId, Vec<u8>> =
+            store.images(&ids).await?.into_iter().collect();
+        let (e, copies, cfg2) = (embedder.clone(), chunk.to_vec(), cfg.clone());
+        let (rows, skipped) = tokio::task::spawn_blocking(move || {
+            let (ok, skipped) = prepare_copies(e.as_ref(), &images, &copies, &cfg2, &limits);
+            let mut rows = Vec::with_capacity(ok.len());
+            for group in ok.chunks(batch) {
+                let n = group.len();
+                let px: Vec<f32> = group.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+                let feats = e.embed_pixels(px, n)?;
+                rows.extend(group.iter().zip(feats).map(|((r, _), v)| AugmentedVector {
+                    vector: v,
+                    ..r.clone()
+                }));
+            }
+            Ok::<_, EmbedError>((rows, skipped))
+        })
+        .await
+        .map_err(|e| EmbedError::Task(e.to_string()))??;
+        let (good, bad): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| r.vector.iter().all(|x| x.is_finite()));
+        summary.skipped.extend(skipped);
+        summary.skipped.extend(bad.into_iter().map(|r| Skipped {
+            item: format!("{} copy {}", r.sample_id, r.copy),
+            reason: "model produced a non-finite vector".into(),
+        }));
+        if !good.is_empty() {
+            let w = store
+                .put_augmented(&model_id, embedder.dim(), &good)
+                .await?;
+            run.wrote(&table, &w);
+        }
+        summary.embedded += good.len();
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
 }
 
 async fn embed_pending(
@@ -154,6 +412,7 @@ async fn embed_pending(
         elapsed_s: 0.0,
         images_per_s: 0.0,
         index: String::new(),
+        augmented: None,
     };
     let batch = cfg.batch_size.max(1);
     for chunk in pending.chunks(batch * 4) {

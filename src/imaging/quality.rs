@@ -174,12 +174,13 @@ impl QualityThresholds {
 /// Scores of a decoded image.
 pub fn score(img: &DynamicImage) -> QualityScores {
     let (width, height) = (img.width(), img.height());
-    let thumb = if width.max(height) > THUMB_SIDE {
+    // Large images are scored on a thumbnail; small ones are converted once, without a copy.
+    let rgb = if width.max(height) > THUMB_SIDE {
         img.resize(THUMB_SIDE, THUMB_SIDE, FilterType::Triangle)
+            .to_rgb8()
     } else {
-        img.clone()
+        img.to_rgb8()
     };
-    let rgb = thumb.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let n = (w * h).max(1);
     let mut luma = Vec::with_capacity(w * h);

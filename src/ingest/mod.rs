@@ -8,6 +8,7 @@
 //! the batch in flight and a re-run completes the job; a re-run of the same input inserts nothing.
 //! Each run is recorded in the `runs` ledger with its summary.
 
+mod backfill;
 mod batch;
 mod described;
 mod folder;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::imaging::{DecodeError, DecodeLimits, QualityScores, decode, phash};
 use crate::store::{SampleId, StoreError};
 
+pub use backfill::QualityBackfill;
 pub use folder::FolderOptions;
 pub use natix::{NatixOptions, REQUIRED_COLUMNS as NATIX_REQUIRED_COLUMNS};
 pub use summary::{IngestSummary, Skipped};

@@ -546,7 +546,10 @@ fn typiclust<B: Backend>(
 }
 
 /// ProbCover's radius: the largest of the candidate radii (quantiles of the neighbour
-/// distances) at which at least `purity` of the balls hold only their centre's pseudo-label.
+/// distances) at which at least `purity` of the balls hold only their centre's pseudo-label,
+/// capped at the median distance to the k-th neighbour. Balls are read from k-neighbour lists, so
+/// above that cap most balls would be cut at k + 1 points, every gain would tie and the greedy
+/// would degrade to index order.
 fn probcover_radius(graph: &KnnGraph, pseudo: &[u32], purity: f64) -> f32 {
     let mut all: Vec<f32> = graph
         .distances
@@ -558,6 +561,12 @@ fn probcover_radius(graph: &KnnGraph, pseudo: &[u32], purity: f64) -> f32 {
         return 0.0;
     }
     all.sort_by(f32::total_cmp);
+    let mut kth: Vec<f32> = (0..graph.len())
+        .filter_map(|i| graph.of(i).last().map(|(_, d)| d))
+        .filter(|d| d.is_finite())
+        .collect();
+    kth.sort_by(f32::total_cmp);
+    let cap = kth.get(kth.len() / 2).copied().unwrap_or(f32::INFINITY);
     let n = graph.len().max(1);
     let pure_at = |delta: f32| {
         let pure = (0..graph.len())
@@ -573,11 +582,10 @@ fn probcover_radius(graph: &KnnGraph, pseudo: &[u32], purity: f64) -> f32 {
     let mut best = all[0];
     for q in 1..=40 {
         let delta = all[((all.len() - 1) * q) / 40];
-        if pure_at(delta) >= purity {
-            best = delta;
-        } else {
+        if delta > cap || pure_at(delta) < purity {
             break;
         }
+        best = delta;
     }
     best
 }
@@ -599,6 +607,19 @@ fn probcover<B: Backend>(
         cfg.seed,
     )?;
     let delta = probcover_radius(&graph, &km.assignments, cfg.probcover_purity);
+    // Equal gains go to the denser point (smaller mean neighbour distance): the more typical one.
+    let spread: Vec<f32> = (0..rows.len())
+        .map(|i| {
+            let (sum, k) = graph
+                .of(i)
+                .fold((0f32, 0usize), |(s, k), (_, d)| (s + d, k + 1));
+            if k == 0 {
+                f32::INFINITY
+            } else {
+                sum / k as f32
+            }
+        })
+        .collect();
     // ball[i]: i itself and its neighbours closer than δ.
     let ball = |i: usize| {
         std::iter::once(i).chain(
@@ -619,7 +640,7 @@ fn probcover<B: Backend>(
         let mut best: Option<(usize, usize)> = None;
         for (i, _) in taken.iter().enumerate().skip(first).filter(|(_, t)| !**t) {
             let gain = ball(i).filter(|&j| !covered[j]).count();
-            if best.is_none_or(|(g, _)| gain > g) {
+            if best.is_none_or(|(g, b)| gain > g || (gain == g && spread[i] < spread[b])) {
                 best = Some((gain, i));
             }
         }

@@ -523,7 +523,14 @@ impl Night<'_> {
                 }
             }
         }
-        let o = Outcome::done(Value::Null, json!({ "sources": out }), runs);
+        // Samples from before the image_quality table get their scores (a no-op once done).
+        let q = ingestor.backfill_quality().await?;
+        let o = Outcome::done(
+            Value::Null,
+            json!({ "sources": out, "quality_backfilled": q.scored,
+                    "quality_undecodable": q.skipped.len() }),
+            runs,
+        );
         Ok(match note {
             Some(n) => o.with_note(n),
             None => o,
@@ -819,13 +826,38 @@ impl Night<'_> {
     }
 
     async fn train(&mut self) -> Result<Outcome, PipelineError> {
+        // Labels bought since the embed stage (selection, teacher, synthesis) get their
+        // validator-augmented copies before the head is trained on them.
+        let mut runs = Vec::new();
+        let mut augmented = None;
+        if self.cfg.embed.augment.copies > 0
+            && self
+                .embedding_model(self.cfg.train.embedding_model.as_deref())
+                .await?
+                .is_some()
+        {
+            let a = crate::embed::augment(
+                &self.store,
+                &self.cfg.embed,
+                None,
+                self.cfg.decode,
+                !self.quiet,
+            )
+            .await?;
+            runs.push(a.run_id.clone());
+            augmented = Some(a.table);
+        }
         let data = [tables::SAMPLES, tables::LABELS];
-        let Some(t) = self
+        let Some(mut t) = self
             .data_versions(self.cfg.train.embedding_model.as_deref(), &data)
             .await?
         else {
             return Ok(Outcome::skipped("the store has no embeddings yet"));
         };
+        if let (Some(table), Some(obj)) = (augmented, t.as_object_mut()) {
+            let v = self.versions().await?.of(&table);
+            obj.insert(table, json!(v));
+        }
         // The mining run only names the gate's slices (the card records it); a new mining run
         // on the same data is no reason to train again.
         let inputs = json!({"tables": t, "config": self.cfg.train});
@@ -845,8 +877,14 @@ impl Night<'_> {
                 inputs,
                 json!({"version": s.card.model_version, "weights_sha256": s.card.weights_sha256,
                        "snapshot": s.card.snapshot, "data": s.card.data,
-                       "metrics": s.card.metrics, "artifact_dir": s.artifact_dir}),
-                vec![s.run_id],
+                       "metrics": s.card.metrics, "artifact_dir": s.artifact_dir,
+                       "augmented": s.card.metrics_augmented.as_ref().map(|a| json!({
+                           "trained_on": a.trained_on, "n": a.n, "mcc": a.metrics.mcc,
+                           "accuracy": a.metrics.accuracy}))}),
+                {
+                    runs.push(s.run_id);
+                    runs
+                },
             )),
             Err(TrainError::NotEnoughData(why)) => {
                 Ok(Outcome::skipped(format!("not enough labelled data: {why}")))

@@ -54,6 +54,64 @@ struct Facts {
     new_labels: Vec<(String, u8, String, String)>,
     /// sample id → image bytes, for the galleries.
     images: HashMap<String, Vec<u8>>,
+    /// Label yield per arm of the last selections, oldest first.
+    arms: Vec<ArmYield>,
+}
+
+/// What the labels bought for one arm of one selection turned out to be: the strategy's picks
+/// against the random control arm drawn from the same candidates (`mine.select.control_share`).
+#[derive(Debug, Clone, PartialEq)]
+struct ArmYield {
+    selection: String,
+    /// The strategy that ran, or `control (random)`.
+    arm: String,
+    selected: usize,
+    /// Picks with an effective label now.
+    labelled: usize,
+    /// Labelled picks that are roadwork (the minority class validators draw half the time).
+    roadwork: usize,
+    /// Labelled picks the head that chose them had on the wrong side of ½ (its probability at
+    /// mining time): the labels that correct the head.
+    corrected: usize,
+    /// Labelled picks the head had a probability for.
+    scored: usize,
+}
+
+/// The arms of one selection, with their yield under the effective labels `labels` and the
+/// choosing head's probabilities `probs`.
+fn arm_yield(
+    selection: &str,
+    rows: &[crate::store::SelectionRow],
+    labels: &HashMap<String, u8>,
+    probs: &HashMap<String, f32>,
+) -> Vec<ArmYield> {
+    let mut by: BTreeMap<String, ArmYield> = BTreeMap::new();
+    for r in rows {
+        let arm = if r.reasons.contains(crate::mine::CONTROL_ARM) {
+            "control (random)".to_string()
+        } else {
+            r.strategy.clone()
+        };
+        let a = by.entry(arm.clone()).or_insert_with(|| ArmYield {
+            selection: selection.to_string(),
+            arm,
+            selected: 0,
+            labelled: 0,
+            roadwork: 0,
+            corrected: 0,
+            scored: 0,
+        });
+        a.selected += 1;
+        if let Some(&l) = labels.get(&r.sample_id) {
+            a.labelled += 1;
+            a.roadwork += usize::from(l == 1);
+            if let Some(&p) = probs.get(&r.sample_id) {
+                a.scored += 1;
+                a.corrected += usize::from((p >= 0.5) != (l == 1));
+            }
+        }
+    }
+    by.into_values().collect()
 }
 
 async fn read_facts(
@@ -192,6 +250,48 @@ async fn read_facts(
         })
         .collect();
     new_labels.sort();
+    // The last three jobs' selections, each judged by the probabilities of the head that chose
+    // it (the `head` its select stage names; its pool scores are in `head_scores`).
+    let select_head = |p: &NightlyProgress| {
+        p.stages
+            .iter()
+            .find(|r| r.stage == Stage::Select)
+            .and_then(|r| r.inputs.get("head"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut jobs: Vec<(chrono::DateTime<chrono::Utc>, String, Option<String>)> = runs
+        .iter()
+        .filter(|r| r.kind == RunKind::Nightly && r.run_id.as_str() != run_id)
+        .map(|r| {
+            let past = serde_json::from_str::<NightlyProgress>(&r.summary).ok();
+            (
+                r.started_at,
+                r.run_id.to_string(),
+                past.as_ref().and_then(select_head),
+            )
+        })
+        .collect();
+    jobs.sort();
+    jobs.push((chrono::Utc::now(), run_id.to_string(), select_head(p)));
+    let mut arms = Vec::new();
+    for (_, name, head) in jobs.iter().rev().take(3).rev() {
+        let rows = store.selection(name).await?;
+        if rows.is_empty() {
+            continue;
+        }
+        let mut chooser = HashMap::new();
+        if let Some(v) = head {
+            let filter = format!("model_version = '{}'", v.replace('\'', "''"));
+            chooser = store
+                .id_values(tables::HEAD_SCORES, "sample_id", "prob", Some(&filter))
+                .await?
+                .into_iter()
+                .filter_map(|(id, p)| Some((id, p?)))
+                .collect();
+        }
+        arms.extend(arm_yield(name, &rows, &labels, &chooser));
+    }
     let want: HashSet<String> = hard
         .iter()
         .map(|h| h.0.clone())
@@ -218,6 +318,7 @@ async fn read_facts(
         clusters,
         new_labels,
         images,
+        arms,
     })
 }
 
@@ -843,6 +944,36 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
             })
             .collect(),
     );
+    if !f.arms.is_empty() {
+        h.push_str(
+            "<h2>Label yield per selection arm</h2><p>What the labels bought for each selection \
+turned out to be. The control arm (<code>mine.select.control_share</code>) is a uniform random \
+draw from the same candidates: a strategy earns its keep when its labels find more roadwork, or \
+more samples the choosing head had on the wrong side of ½, than chance does.</p><table><tr>\
+<th>selection</th><th>arm</th><th>selected</th><th>labelled</th><th>roadwork</th>\
+<th>head was wrong</th></tr>",
+        );
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                "–".to_string()
+            } else {
+                format!("{a} ({:.0} %)", 100.0 * a as f64 / b as f64)
+            }
+        };
+        for a in &f.arms {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&a.selection),
+                esc(&a.arm),
+                a.selected,
+                pct(a.labelled, a.selected),
+                pct(a.roadwork, a.labelled),
+                pct(a.corrected, a.scored),
+            );
+        }
+        h.push_str("</table>");
+    }
     if let Some(sheet) = p.output(Stage::Select, "sheet").and_then(Value::as_str) {
         let _ = write!(
             h,
@@ -968,4 +1099,65 @@ fn shadow_section(h: &mut String, p: &NightlyProgress, min_shadow: usize) {
         ms(&s.champion_head_ms),
         ms(&s.challenger_head_ms),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SelectionRow;
+
+    fn row(id: &str, strategy: &str, reasons: &str) -> SelectionRow {
+        SelectionRow {
+            name: "job".into(),
+            created_at: chrono::Utc::now(),
+            sample_id: id.into(),
+            rank: 0,
+            score: 0.0,
+            strategy: strategy.into(),
+            reasons: reasons.into(),
+        }
+    }
+
+    #[test]
+    fn the_control_arm_is_counted_apart_and_yield_is_judged_by_the_choosing_head() {
+        let rows = [
+            row("a", "typiclust", "most typical of cluster 0"),
+            row("b", "typiclust", "most typical of cluster 1"),
+            row("c", "typiclust", "most typical of cluster 2"),
+            row("d", "typiclust", crate::mine::CONTROL_ARM),
+            row("e", "typiclust", crate::mine::CONTROL_ARM),
+        ];
+        let labels: HashMap<String, u8> = [("a", 1), ("b", 0), ("d", 0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        // The head had a at 0.2 (wrong: it is roadwork), b at 0.1 (right), d unscored.
+        let probs: HashMap<String, f32> = [("a", 0.2), ("b", 0.1), ("c", 0.9)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let arms = arm_yield("job", &rows, &labels, &probs);
+        assert_eq!(arms.len(), 2);
+        let control = arms.iter().find(|a| a.arm == "control (random)").unwrap();
+        assert_eq!(
+            (
+                control.selected,
+                control.labelled,
+                control.roadwork,
+                control.scored
+            ),
+            (2, 1, 0, 0)
+        );
+        let main = arms.iter().find(|a| a.arm == "typiclust").unwrap();
+        assert_eq!(
+            (
+                main.selected,
+                main.labelled,
+                main.roadwork,
+                main.corrected,
+                main.scored
+            ),
+            (3, 2, 1, 1, 2)
+        );
+    }
 }

@@ -10,6 +10,7 @@
 //!   maintenance never removes a tagged version.
 //! - The layout is versioned ([`schema::SCHEMA_VERSION`]); a store from a newer layout is refused.
 
+mod augmented;
 mod embeddings;
 mod error;
 mod ids;
@@ -37,6 +38,10 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use schema::col;
 
+pub use augmented::{
+    AUGMENTED_PREFIX, AugmentedVector, COPY_ID, augmented_schema, augmented_table,
+    collect_augmented,
+};
 pub use embeddings::{
     EMBEDDED_AT, IndexOutcome, MODEL_ID, VECTOR, VectorRows, collect_vectors, embeddings_schema,
     embeddings_table,

@@ -306,6 +306,9 @@ pub fn key_of(table: &str) -> &'static str {
     if table.starts_with("embeddings_") {
         return col::SAMPLE_ID;
     }
+    if table.starts_with(super::AUGMENTED_PREFIX) {
+        return super::COPY_ID;
+    }
     match table {
         tables::SAMPLES => col::SAMPLE_ID,
         tables::LABELS => col::LABEL_ID,

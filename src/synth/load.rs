@@ -16,7 +16,7 @@ use crate::store::schema::{col, tables};
 use crate::store::{
     RunKind, RunStatus, SampleId, Store, VECTOR, VectorRows, collect_vectors, embeddings_table,
 };
-use crate::train::{Split, SplitConfig, split_of};
+use crate::train::{Split, SplitConfig};
 
 /// What one stored sample is, without its bytes.
 #[derive(Debug, Clone)]
@@ -272,14 +272,22 @@ pub async fn load(
     }
     // The same groups training splits by (frames of one drive, requests, the mining run's
     // duplicate groups): a frame synthesis may edit is one that trains.
-    let splits = crate::train::read_splits(store, None, split, RunId::parse(&run_id).ok().as_ref())
+    let split_facts: std::collections::BTreeMap<String, crate::train::SplitFacts> = samples
+        .iter()
+        .map(|(id, f)| {
+            (
+                id.clone(),
+                crate::train::SplitFacts {
+                    source: f.source.clone(),
+                    tags: f.tags.clone(),
+                },
+            )
+        })
+        .collect();
+    let links = crate::train::read_links(store, None, RunId::parse(&run_id).ok().as_ref())
         .await
         .map_err(|e| SynthError::Shape(format!("splits: {e}")))?;
-    let split_at = |id: &str, sid: &SampleId, source: &str| {
-        splits
-            .get(id)
-            .map_or_else(|| split_of(sid, source, split), |p| p.split)
-    };
+    let splits = crate::train::Splits::assign(&split_facts, &links, split);
     let mut members = Vec::new();
     for (id, cluster, prob) in scored {
         let Some(f) = samples.get(&id) else { continue };
@@ -297,7 +305,7 @@ pub async fn load(
             _ => f32::MAX,
         };
         members.push(Member {
-            split: split_at(&id, &sid, &f.source),
+            split: splits.split(&sid, &f.source, split),
             sample_id: id.clone(),
             cluster,
             source: f.source.clone(),
@@ -316,7 +324,7 @@ pub async fn load(
         .iter()
         .filter(|(id, f)| {
             id.parse::<SampleId>()
-                .is_ok_and(|sid| split_at(id, &sid, &f.source) != Split::Train)
+                .is_ok_and(|sid| splits.split(&sid, &f.source, split) != Split::Train)
         })
         .map(|(id, _)| id.clone())
         .collect();

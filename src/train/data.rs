@@ -21,7 +21,8 @@ use crate::store::rows::from_batch;
 use crate::store::schema::{col, tables};
 use crate::store::{
     LabelRow, RunId, RunKind, RunRow, RunStatus, SampleId, SampleSource, SnapshotName, Store,
-    VECTOR, collect_vectors, effective_labels, embeddings_table,
+    StoreError, VECTOR, augmented_table, collect_augmented, collect_vectors, effective_labels,
+    embeddings_table,
 };
 
 /// How samples are split (`[train.split]`).
@@ -414,6 +415,41 @@ pub struct Dataset {
     /// head and the ensemble for mining, never trained on. Row-major like `x`.
     pub pool_ids: Vec<SampleId>,
     pub pool_x: Vec<f32>,
+    /// Validator-augmented copies of the rows (`augmented_<model id>`), kept apart from `x` so a
+    /// clean metric never sees one: training may add them, evaluation reports them on their own.
+    pub aug: Augmented,
+}
+
+/// Distorted copies of dataset rows, in (row, seed, copy) order.
+#[derive(Debug, Clone, Default)]
+pub struct Augmented {
+    /// The dataset row each copy was made from (its label, split and group).
+    pub of: Vec<usize>,
+    /// Row-major `len × dim`.
+    pub x: Vec<f32>,
+    pub level: Vec<u8>,
+    /// `<code>=<strength>` of the distortions that ran.
+    pub distortions: Vec<Vec<String>>,
+}
+
+impl Augmented {
+    pub fn len(&self) -> usize {
+        self.of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.of.is_empty()
+    }
+
+    /// Features of copy `j`.
+    pub fn row(&self, j: usize, dim: usize) -> &[f32] {
+        &self.x[j * dim..(j + 1) * dim]
+    }
+
+    /// Copies whose source row passes `keep`.
+    pub fn rows(&self, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+        (0..self.len()).filter(|&j| keep(self.of[j])).collect()
+    }
 }
 
 /// The rows of one split, as a sub-dataset.
@@ -590,7 +626,9 @@ async fn read_facts(
 }
 
 /// The duplicate links `(a, b)` of mining run `run` (none without one), read at `at`.
-async fn read_links(
+/// The duplicate links (pairs of sample ids) of mining run `run` as of `at`: what joins split
+/// groups beyond drives and requests. Empty without a run.
+pub async fn read_links(
     store: &Store,
     at: Option<&SnapshotName>,
     run: Option<&RunId>,
@@ -766,6 +804,13 @@ pub async fn load(
         cfg,
     );
     let clusters = clusters_of(store, at, slices_from).await?;
+    // Quality issues of samples scored after they were ingested (the backfill of stores older
+    // than the image_quality table): their tags lack them, the table has them.
+    let quality = if cfg.slice_tags.iter().any(|t| t == "quality") {
+        quality_issues(store, at).await?
+    } else {
+        HashMap::new()
+    };
     let mut ds = Dataset {
         dim,
         ..Default::default()
@@ -797,6 +842,14 @@ pub async fn load(
             }
         }
         let mut kept: Vec<String> = slices.into_iter().filter(|s| keep_tag(s)).collect();
+        if !kept.iter().any(|s| s.starts_with("quality="))
+            && let Some(issues) = quality.get(id.as_str())
+        {
+            if issues.is_empty() {
+                kept.push("quality=ok".into());
+            }
+            kept.extend(issues.iter().map(|i| format!("quality={i}")));
+        }
         if let Some(c) = clusters.get(id.as_str()) {
             kept.push(format!("cluster={c}"));
         }
@@ -805,7 +858,126 @@ pub async fn load(
         ds.y.push(y);
         ds.ids.push(id);
     }
+    ds.aug = read_augmented(store, at, embedding_model, &ds).await?;
     Ok(ds)
+}
+
+/// `image_quality` issues per scored sample (at the snapshot; empty list: no issue); none when
+/// the table or the tag is absent.
+async fn quality_issues(
+    store: &Store,
+    at: Option<&SnapshotName>,
+) -> Result<HashMap<String, Vec<String>>, TrainError> {
+    if !store
+        .table_names()
+        .await?
+        .iter()
+        .any(|t| t == tables::IMAGE_QUALITY)
+    {
+        return Ok(HashMap::new());
+    }
+    let batches = match read(
+        store,
+        at,
+        tables::IMAGE_QUALITY,
+        &[col::SAMPLE_ID, col::ISSUES],
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(TrainError::Store(StoreError::SnapshotNotFound { .. })) => return Ok(HashMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = HashMap::new();
+    for b in &batches {
+        let (Some(id), Some(issues)) = (
+            b.column_by_name(col::SAMPLE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            b.column_by_name(col::ISSUES)
+                .and_then(|c| c.as_list_opt::<i32>()),
+        ) else {
+            return Err(TrainError::BadTable {
+                table: tables::IMAGE_QUALITY.into(),
+                why: "sample_id or issues missing or mistyped".into(),
+            });
+        };
+        for i in 0..b.num_rows() {
+            let list: Vec<String> = issues
+                .value(i)
+                .as_string_opt::<i32>()
+                .map(|t| t.iter().flatten().map(str::to_string).collect())
+                .unwrap_or_default();
+            out.insert(id.value(i).to_string(), list);
+        }
+    }
+    Ok(out)
+}
+
+/// The distorted copies of `ds`'s rows stored for `embedding_model` (at the snapshot); none when
+/// the table does not exist or the snapshot predates it.
+async fn read_augmented(
+    store: &Store,
+    at: Option<&SnapshotName>,
+    embedding_model: &str,
+    ds: &Dataset,
+) -> Result<Augmented, TrainError> {
+    let table = augmented_table(embedding_model);
+    if !store.table_names().await?.contains(&table) {
+        return Ok(Augmented::default());
+    }
+    let cols = [
+        col::SAMPLE_ID,
+        "seed",
+        "copy",
+        "level",
+        "letterbox",
+        "distortions",
+        VECTOR,
+    ];
+    let batches = match read(store, at, &table, &cols).await {
+        Ok(b) => b,
+        Err(TrainError::Store(StoreError::SnapshotNotFound { .. })) => {
+            return Ok(Augmented::default());
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut copies, skipped) = collect_augmented(&table, &batches)?;
+    if skipped > 0 {
+        tracing::warn!(
+            table,
+            skipped,
+            "augmented copies with a bad id or value left out"
+        );
+    }
+    let row_of: HashMap<&str, usize> = ds
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    copies.retain(|c| row_of.contains_key(c.sample_id.as_str()));
+    copies.sort_by(|a, b| {
+        (a.sample_id.as_str(), a.seed, a.copy).cmp(&(b.sample_id.as_str(), b.seed, b.copy))
+    });
+    let mut out = Augmented::default();
+    for c in copies {
+        if c.vector.len() != ds.dim {
+            return Err(TrainError::BadTable {
+                table,
+                why: format!(
+                    "a copy of {} has {} values, the clean vectors {}",
+                    c.sample_id,
+                    c.vector.len(),
+                    ds.dim
+                ),
+            });
+        }
+        out.of.push(row_of[c.sample_id.as_str()]);
+        out.x.extend_from_slice(&c.vector);
+        out.level.push(c.level);
+        out.distortions.push(c.distortions);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -30,6 +30,58 @@ pub struct SliceMetrics {
     pub roc_auc: Option<f64>,
 }
 
+/// A head on the validator-augmented copies of its eval set: the images validators sent before
+/// 2026-05-03 (224² JPEGs at levels 0–3), measured apart from the clean eval set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AugmentedEval {
+    /// Copies of eval samples measured here.
+    pub n: u64,
+    /// Copies of training samples the head was trained on (0: trained on clean images only).
+    pub trained_on: u64,
+    pub metrics: Metrics,
+    /// The reward replay (with its bootstrap interval) on the copies.
+    pub replay: Option<Replay>,
+    /// `level=0` … `level=3`.
+    pub levels: Vec<SliceMetrics>,
+    /// `distortion=<code>` for each family that ran on a copy (any strength), and
+    /// `distortion=none` for copies without one (levels 0 and 1, and unlucky draws).
+    pub distortions: Vec<SliceMetrics>,
+}
+
+impl AugmentedEval {
+    /// Splits an evaluation of the copies (sliced by `level=` and `distortion=`) into the report.
+    pub fn of(e: Evaluation, trained_on: u64) -> Self {
+        let (levels, distortions): (Vec<_>, Vec<_>) = e
+            .slices
+            .into_iter()
+            .filter(|s| s.slice.starts_with("level=") || s.slice.starts_with("distortion="))
+            .partition(|s| s.slice.starts_with("level="));
+        Self {
+            n: e.metrics.n,
+            trained_on,
+            metrics: e.metrics,
+            replay: e.replay,
+            levels,
+            distortions,
+        }
+    }
+
+    /// The slices of one copy: its level and every distortion family that ran on it.
+    pub fn slices_of(level: u8, distortions: &[String]) -> Vec<String> {
+        let mut out = vec![format!("level={level}")];
+        let mut families: Vec<&str> = distortions
+            .iter()
+            .map(|d| d.split_once('=').map_or(d.as_str(), |(c, _)| c))
+            .collect();
+        families.dedup();
+        if families.is_empty() {
+            out.push("distortion=none".into());
+        }
+        out.extend(families.into_iter().map(|c| format!("distortion={c}")));
+        out
+    }
+}
+
 /// One model on one eval set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -46,6 +98,9 @@ pub struct Evaluation {
     pub reliability: Reliability,
     pub reliability_uncalibrated: Reliability,
     pub temperature: Temperature,
+    /// The same head on the validator-augmented copies of the eval set, when the store has them.
+    #[serde(default)]
+    pub augmented: Option<AugmentedEval>,
 }
 
 impl Evaluation {
@@ -56,6 +111,7 @@ impl Evaluation {
             "uncalibrated": self.uncalibrated,
             "replay": self.replay,
             "temperature": self.temperature,
+            "augmented": self.augmented,
         });
         Ok(EvaluationRow {
             model_version: self.model_version.clone(),
@@ -138,7 +194,50 @@ pub fn evaluate(
         reliability: reliability(&probs, labels, super::metrics::ECE_BINS),
         reliability_uncalibrated: reliability(&raw, labels, super::metrics::ECE_BINS),
         temperature: t,
+        augmented: None,
     }
+}
+
+/// The head on augmented copies `copies` of `ds` (indices into `ds.aug`; `logits[j]` is copy
+/// `j`'s logit), sliced by level and distortion family; `None` without copies. `replay` is
+/// (queries, bootstrap resamples, seed).
+pub fn evaluate_copies(
+    model_version: &str,
+    ds: &Dataset,
+    copies: &[usize],
+    logits: &[f32],
+    t: Temperature,
+    replay: (usize, usize, u64),
+    trained_on: u64,
+) -> Option<AugmentedEval> {
+    if copies.is_empty() {
+        return None;
+    }
+    let z: Vec<f32> = copies.iter().map(|&j| logits[j]).collect();
+    let y: Vec<u8> = copies.iter().map(|&j| ds.y[ds.aug.of[j]]).collect();
+    let slices: Vec<Vec<String>> = copies
+        .iter()
+        .map(|&j| AugmentedEval::slices_of(ds.aug.level[j], &ds.aug.distortions[j]))
+        .collect();
+    // A copy's id in the set digest: its sample and its index among the copies.
+    let keys: Vec<String> = copies
+        .iter()
+        .map(|&j| format!("{}#{j}", ds.ids[ds.aug.of[j]]))
+        .collect();
+    let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (queries, resamples, seed) = replay;
+    let e = evaluate(
+        model_version,
+        &ids,
+        &z,
+        &y,
+        &slices,
+        t,
+        queries,
+        resamples,
+        seed,
+    );
+    Some(AugmentedEval::of(e, trained_on))
 }
 
 /// Loads a registered head for CPU inference.
@@ -164,14 +263,25 @@ async fn eval_set(
         dim: ds.dim,
         ..Default::default()
     };
+    let mut row_of = vec![None; ds.len()];
     for i in 0..ds.len() {
         if ds.split[i] == Split::Eval {
+            row_of[i] = Some(out.ids.len());
             out.ids.push(ds.ids[i].clone());
             out.x.extend_from_slice(ds.row(i));
             out.y.push(ds.y[i]);
             out.split.push(Split::Eval);
             out.group.push(ds.group[i].clone());
             out.slices.push(ds.slices[i].clone());
+        }
+    }
+    // The eval rows' augmented copies come along, re-pointed at their new rows.
+    for j in 0..ds.aug.len() {
+        if let Some(r) = row_of[ds.aug.of[j]] {
+            out.aug.of.push(r);
+            out.aug.x.extend_from_slice(ds.aug.row(j, ds.dim));
+            out.aug.level.push(ds.aug.level[j]);
+            out.aug.distortions.push(ds.aug.distortions[j].clone());
         }
     }
     Ok(out)
@@ -192,6 +302,7 @@ fn restrict(ds: &Dataset, keep: &HashSet<String>) -> Dataset {
         slices: slices_of(ds, &rows),
         pool_ids: vec![],
         pool_x: vec![],
+        aug: Default::default(),
     }
 }
 
@@ -210,17 +321,37 @@ fn run_eval(
     }
     let z = head.logits(&ds.x)?;
     let ids: Vec<&str> = ds.ids.iter().map(|i| i.as_str()).collect();
-    Ok(evaluate(
+    let t = head.card.calibration.temperature;
+    let mut e = evaluate(
         &head.card.model_version,
         &ids,
         &z,
         &ds.y,
         &ds.slices,
-        head.card.calibration.temperature,
+        t,
         queries,
         resamples,
         seed,
-    ))
+    );
+    if !ds.aug.is_empty() {
+        let za = head.logits(&ds.aug.x)?;
+        let copies: Vec<usize> = (0..ds.aug.len()).collect();
+        let trained_on = head
+            .card
+            .metrics_augmented
+            .as_ref()
+            .map_or(0, |a| a.trained_on);
+        e.augmented = evaluate_copies(
+            &head.card.model_version,
+            ds,
+            &copies,
+            &za,
+            t,
+            (queries, resamples, seed),
+            trained_on,
+        );
+    }
+    Ok(e)
 }
 
 /// The mining run a head's card names for its slices.

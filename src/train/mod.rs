@@ -36,12 +36,12 @@ use serde::{Deserialize, Serialize};
 
 pub use calibrate::{Temperature, UNDECIDED};
 pub use data::{
-    Dataset, Placement, Split, SplitConfig, SplitFacts, Splits, fold_of, fold_of_group,
-    read_splits, slice_run, split_of,
+    Augmented, Dataset, Placement, Split, SplitConfig, SplitFacts, Splits, fold_of, fold_of_group,
+    read_links, read_splits, slice_run, split_of,
 };
 pub use eval::{
-    Evaluation, GateDecision, GateMetric, PromoteConfig, SliceMetrics, evaluate, evaluate_version,
-    judge, promote,
+    AugmentedEval, Evaluation, GateDecision, GateMetric, PromoteConfig, SliceMetrics, evaluate,
+    evaluate_version, judge, promote,
 };
 pub use fit::{EpochLog, FitConfig, Fitted, Xy, fit, lr_at};
 pub use head::{Head, HeadConfig};
@@ -86,6 +86,11 @@ pub struct TrainConfig {
     /// Moves the calibrated probability from the calibration data's class prior to the
     /// validators' 50/50 (see [`Temperature::shifted_to_balanced`]).
     pub prior_correction: bool,
+    /// Trains on the validator-augmented copies of the training samples too, when the store has
+    /// them (`embed.augment.copies` > 0): the head then learns from the images validators sent
+    /// before 2026-05-03 as well as from the full-resolution ones they send now. Calibration and
+    /// the clean metrics never see a copy.
+    pub augmented: bool,
     pub device: ComputeDevice,
     pub promote: PromoteConfig,
 }
@@ -105,6 +110,7 @@ impl Default for TrainConfig {
             replay_queries: 2000,
             reward_resamples: 200,
             prior_correction: true,
+            augmented: true,
             device: ComputeDevice::Cpu,
             promote: PromoteConfig::default(),
         }

@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::reward::Replay;
 
 /// Version of the model card layout; a card from a newer layout is refused.
-pub const CARD_FORMAT: u32 = 3;
+pub const CARD_FORMAT: u32 = 4;
 
 /// Calibration before and after temperature scaling, on the calibration split.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,10 @@ pub struct ModelCard {
     /// Format 3.
     #[serde(default)]
     pub metrics_synthetic: Option<Metrics>,
+    /// The head on the validator-augmented copies of the eval set (levels 0–3, per distortion),
+    /// with the copies it trained on. Format 4.
+    #[serde(default)]
+    pub metrics_augmented: Option<super::eval::AugmentedEval>,
     pub replay: Option<Replay>,
     /// sha256 of `head.safetensors`.
     pub weights_sha256: String,
@@ -109,6 +113,7 @@ impl ModelCard {
             fold_histories: vec![],
             metrics: None,
             metrics_synthetic: None,
+            metrics_augmented: None,
             replay: None,
             weights_sha256: sha256_hex(weights),
             parent: None,

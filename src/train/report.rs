@@ -246,28 +246,47 @@ images are from what the head meets in traffic.</p>",
             auc = opt(sm.roc_auc),
         );
     }
+    if let Some(a) = e
+        .augmented
+        .as_ref()
+        .or(card.and_then(|c| c.metrics_augmented.as_ref()))
+    {
+        let am = &a.metrics;
+        let _ = write!(
+            h,
+            "<h2>Validator-augmented copies (the era before 2026-05-03)</h2><p>{n} distorted \
+224² JPEG copies of the eval samples above ({pos} roadwork), made as validators made their \
+challenges (levels 0–3, JPEG quality 75); the head trained on {tr} copies of training samples. \
+Accuracy {acc:.4}, MCC {mcc:.4}, balanced MCC {bmcc:.4}, ROC-AUC {auc}{reward}.</p>",
+            n = a.n,
+            pos = am.positives,
+            tr = a.trained_on,
+            acc = am.accuracy,
+            mcc = am.mcc,
+            bmcc = am.balanced_mcc,
+            auc = opt(am.roc_auc),
+            reward = a.replay.as_ref().map_or(String::new(), |r| format!(
+                "; replayed reward {:.4}{}",
+                r.mean_reward,
+                r.interval.map_or(String::new(), |i| format!(
+                    " ({:.0} % interval {:.4} – {:.4})",
+                    100.0 * i.level,
+                    i.lo,
+                    i.hi
+                ))
+            )),
+        );
+        h.push_str("<h3>Per level</h3>");
+        slice_table(&mut h, &a.levels);
+        h.push_str("<h3>Per distortion family (any strength)</h3>");
+        slice_table(&mut h, &a.distortions);
+    }
     h.push_str("<h2>Plots</h2>");
     for svg in &charts {
         h.push_str(svg);
     }
-    h.push_str(
-        "<h2>Slices</h2><table><tr><th>slice</th><th>n</th><th>roadwork</th><th>accuracy</th>\
-<th>MCC</th><th>F1</th><th>ROC-AUC</th></tr>",
-    );
-    for s in &e.slices {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
-            esc(&s.slice),
-            s.n,
-            s.positives,
-            s.accuracy,
-            s.mcc,
-            s.f1,
-            opt(s.roc_auc)
-        );
-    }
-    h.push_str("</table>");
+    h.push_str("<h2>Slices</h2>");
+    slice_table(&mut h, &e.slices);
     if let Some(c) = card {
         let _ = write!(
             h,
@@ -288,4 +307,26 @@ final head trained {fe} epochs (fold best epochs {fb:?}), weights sha256 <code>{
         source,
     })?;
     Ok(index)
+}
+
+/// One table row per slice: n, positives, accuracy, MCC, F1, ROC-AUC.
+fn slice_table(h: &mut String, slices: &[super::eval::SliceMetrics]) {
+    h.push_str(
+        "<table><tr><th>slice</th><th>n</th><th>roadwork</th><th>accuracy</th>\
+<th>MCC</th><th>F1</th><th>ROC-AUC</th></tr>",
+    );
+    for s in slices {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+            esc(&s.slice),
+            s.n,
+            s.positives,
+            s.accuracy,
+            s.mcc,
+            s.f1,
+            opt(s.roc_auc)
+        );
+    }
+    h.push_str("</table>");
 }

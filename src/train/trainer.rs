@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::calibrate::Temperature;
 use super::data::{self, Dataset, Split};
-use super::eval::{evaluate, slices_of};
+use super::eval::{evaluate, evaluate_copies, slices_of};
 use super::fit::{EpochLog, Xy, fit, logits};
 use super::metrics::reliability;
 use super::model::{CalibrationReport, ModelCard, encode_head, sha256_hex};
@@ -48,6 +48,10 @@ struct Computed {
     /// Per fold head: probabilities of every dataset row, then pool row.
     fold_probs: Vec<Vec<f32>>,
     fold_pool_probs: Vec<Vec<f32>>,
+    /// Final-head logits of every augmented copy (`ds.aug`).
+    aug_logits: Vec<f32>,
+    /// Copies trained on by the final head.
+    aug_trained: usize,
     /// Held-out logit of each train row (None for other splits).
     oof: Vec<Option<f32>>,
     fold_best: Vec<usize>,
@@ -95,6 +99,27 @@ fn new_version() -> String {
     format!("head-{}-{}", now.format("%Y%m%dT%H%M%S"), &salt[..6])
 }
 
+/// The features and labels of `part` followed by those of the augmented copies of its rows
+/// (when `with_copies`): what a fit trains on. Returns the number of copies added.
+fn with_copies(
+    ds: &Dataset,
+    part: super::data::Part,
+    with_copies: bool,
+) -> (Vec<f32>, Vec<u8>, usize) {
+    let (mut x, mut y) = (part.x, part.y);
+    if !with_copies || ds.aug.is_empty() {
+        return (x, y, 0);
+    }
+    let mut keep = vec![false; ds.len()];
+    part.rows.iter().for_each(|&r| keep[r] = true);
+    let copies = ds.aug.rows(|r| keep[r]);
+    for &j in &copies {
+        x.extend_from_slice(ds.aug.row(j, ds.dim));
+        y.push(ds.y[ds.aug.of[j]]);
+    }
+    (x, y, copies.len())
+}
+
 fn compute<B: AutodiffBackend>(
     ds: &Dataset,
     cfg: &TrainConfig,
@@ -118,12 +143,14 @@ fn compute<B: AutodiffBackend>(
             continue;
         }
         bar.set_message(format!("fold {}/{k}", f + 1));
+        // Copies of this fold's training rows train too; its validation rows stay clean.
+        let (tr_x, tr_y, _) = with_copies(ds, tr, cfg.augmented);
         let fitted = fit::<B>(
             &cfg.head,
             &cfg.fit,
             Xy {
-                x: &tr.x,
-                y: &tr.y,
+                x: &tr_x,
+                y: &tr_y,
                 dim: ds.dim,
             },
             Some(Xy {
@@ -160,12 +187,13 @@ fn compute<B: AutodiffBackend>(
     bar.set_message(format!("final head, {final_epochs} epochs"));
     let all = ds.part(|i| ds.split[i] == Split::Train);
     debug_assert_eq!(all.rows, train_rows);
+    let (all_x, all_y, aug_trained) = with_copies(ds, all, cfg.augmented);
     let fitted = fit::<B>(
         &cfg.head,
         &cfg.fit,
         Xy {
-            x: &all.x,
-            y: &all.y,
+            x: &all_x,
+            y: &all_y,
             dim: ds.dim,
         },
         None,
@@ -179,6 +207,12 @@ fn compute<B: AutodiffBackend>(
         weights: encode_head(&head)?,
         logits: logits(&head, &ds.x, ds.dim, device),
         pool_logits: logits(&head, &ds.pool_x, ds.dim, device),
+        aug_logits: if ds.aug.is_empty() {
+            Vec::new()
+        } else {
+            logits(&head, &ds.aug.x, ds.dim, device)
+        },
+        aug_trained,
         fold_probs,
         fold_pool_probs,
         oof,
@@ -440,7 +474,7 @@ fn compute_card(
         let y: Vec<u8> = eval_rows.iter().map(|&i| ds.y[i]).collect();
         let slices = slices_of(ds, &eval_rows);
         let ids: Vec<&str> = eval_rows.iter().map(|&i| ds.ids[i].as_str()).collect();
-        evaluate(
+        let mut e = evaluate(
             &plan.version,
             &ids,
             &z,
@@ -450,7 +484,17 @@ fn compute_card(
             cfg.replay_queries,
             cfg.reward_resamples,
             cfg.seed,
-        )
+        );
+        e.augmented = evaluate_copies(
+            &plan.version,
+            ds,
+            &ds.aug.rows(|r| ds.split[r] == Split::Eval),
+            &c.aug_logits,
+            t,
+            (cfg.replay_queries, cfg.reward_resamples, cfg.seed),
+            c.aug_trained as u64,
+        );
+        e
     });
     // The held-out synthetic images, measured apart from the real eval set.
     let synthetic_rows: Vec<usize> = (0..ds.len())
@@ -484,6 +528,7 @@ fn compute_card(
         fold_histories: c.fold_histories.clone(),
         metrics: evaluation.as_ref().map(|e| e.metrics.clone()),
         metrics_synthetic,
+        metrics_augmented: evaluation.as_ref().and_then(|e| e.augmented.clone()),
         replay: evaluation.as_ref().and_then(|e| e.replay.clone()),
         weights_sha256: sha256_hex(&c.weights),
         parent: plan.parent.clone(),

@@ -746,3 +746,200 @@ fn the_baseline_encoder_separates_roadwork_from_clean_scenes() {
     );
     let _ = BaselineEncoder::new(&cfg).unwrap();
 }
+
+/// `embed.augment`: every labelled sample gets its validator-augmented copies in a table of their
+/// own (never the clean one), one per level with 4 copies, with the distortions their level
+/// allows; a re-run embeds nothing; training adds the copies of training samples only, and the
+/// card reports the copies of the eval samples per level and distortion family.
+#[tokio::test]
+async fn augmented_copies_are_cached_apart_trained_on_and_reported_per_level() {
+    use roadwork::embed::{AugmentConfig, EncoderKind, load_encoder};
+    use roadwork::store::{augmented_table, collect_augmented};
+    use roadwork::synth::scenes::{SceneSpec, scene_jpeg};
+    use roadwork::train::{Registry, SplitConfig, TrainConfig, Trainer};
+    let (dir, store) = support::tmp_store().await;
+    let root = dir.path().join("images");
+    let n = 160u64;
+    for i in 0..n {
+        let mut spec = SceneSpec::draw(44, i);
+        spec.width = 192;
+        spec.height = 128;
+        let class = if spec.label == roadwork::store::Label::Roadwork {
+            "roadwork"
+        } else {
+            "clean"
+        };
+        support::put(
+            &root,
+            &format!("{class}/{i}.jpg"),
+            &scene_jpeg(&spec).unwrap(),
+        );
+    }
+    // Unlabelled traffic: embedded clean, never augmented.
+    for i in 0..6 {
+        support::put(
+            &root,
+            &format!("unsorted/{i}.jpg"),
+            &support::small_scene(45, i),
+        );
+    }
+    support::ingestor(&store, 100)
+        .ingest_folder(&root, &Default::default())
+        .await
+        .unwrap();
+    let labelled = store.effective_labels().await.unwrap().len();
+    assert_eq!(labelled, n as usize);
+    let cfg = EmbedConfig {
+        encoder: EncoderKind::Baseline,
+        resolution: 64,
+        augment: AugmentConfig {
+            copies: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = load_encoder(&cfg, None).unwrap();
+    let s = embed_store(&store, e.clone(), &cfg, Default::default(), false)
+        .await
+        .unwrap();
+    let a = s.augmented.clone().expect("augmentation ran");
+    assert_eq!(
+        (a.labelled, a.pending, a.embedded),
+        (labelled, 4 * labelled, 4 * labelled)
+    );
+    assert!(a.skipped.is_empty(), "{:?}", a.skipped);
+    let clean = embeddings_table(e.model_id());
+    assert_eq!(
+        store.count_rows(&clean, None).await.unwrap(),
+        labelled + 6,
+        "copies never land in the clean table"
+    );
+    let table = augmented_table(e.model_id());
+    let (copies, bad) =
+        collect_augmented(&table, &store.scan(&table, None, None, None).await.unwrap()).unwrap();
+    assert_eq!((copies.len(), bad), (4 * labelled, 0));
+    let mut levels: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for c in &copies {
+        levels
+            .entry(c.sample_id.to_string())
+            .or_default()
+            .push(c.level);
+        let codes: Vec<&str> = c
+            .distortions
+            .iter()
+            .map(|d| d.split('=').next().unwrap())
+            .collect();
+        let strengths: Vec<u8> = c
+            .distortions
+            .iter()
+            .map(|d| d.split('=').nth(1).unwrap().parse().unwrap())
+            .collect();
+        match c.level {
+            0 | 1 => assert!(c.distortions.is_empty(), "{c:?}"),
+            2 => assert!(
+                codes.iter().all(|d| ["CS", "CC", "JPEG"].contains(d))
+                    && strengths.iter().all(|&k| k == 1),
+                "{c:?}"
+            ),
+            _ => assert!(strengths.iter().all(|&k| (1..=2).contains(&k)), "{c:?}"),
+        }
+        assert!(!c.letterbox || c.level == 0);
+    }
+    assert_eq!(levels.len(), labelled);
+    for (id, mut l) in levels {
+        l.sort_unstable();
+        assert_eq!(l, vec![0, 1, 2, 3], "{id}: one copy per level");
+    }
+    // Some draws distort, some letterbox: the module's randomness reaches the stored copies.
+    assert!(
+        copies.iter().any(|c| c.letterbox) && copies.iter().any(|c| c.level == 0 && !c.letterbox)
+    );
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.distortions.iter().any(|d| d.ends_with("=2")))
+    );
+    // Cached: a re-run finds every copy.
+    let again = embed_store(&store, e.clone(), &cfg, Default::default(), false)
+        .await
+        .unwrap();
+    let again = again.augmented.expect("augmentation ran");
+    assert_eq!((again.pending, again.embedded), (0, 0));
+
+    let train_cfg = TrainConfig {
+        embedding_model: Some(e.model_id().to_string()),
+        folds: 3,
+        min_per_class: 5,
+        split: SplitConfig {
+            eval_share: 0.25,
+            ..Default::default()
+        },
+        replay_queries: 300,
+        ..Default::default()
+    };
+    let reg = Registry::open(dir.path().join("models")).unwrap();
+    let card = Trainer::new(store.clone(), reg.clone(), train_cfg.clone())
+        .unwrap()
+        .quiet()
+        .train(None)
+        .await
+        .unwrap()
+        .card;
+    let count = |key: &str| -> usize {
+        card.data
+            .iter()
+            .filter(|(k, _)| k.starts_with(key))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let am = card.metrics_augmented.clone().expect("augmented metrics");
+    assert_eq!(am.trained_on as usize, 4 * count("train/"));
+    assert_eq!(am.n as usize, 4 * count("eval/"));
+    assert_eq!(am.metrics.n, am.n);
+    let names: Vec<&str> = am.levels.iter().map(|s| s.slice.as_str()).collect();
+    assert_eq!(names, ["level=0", "level=1", "level=2", "level=3"]);
+    assert!(am.levels.iter().all(|s| s.n as usize == count("eval/")));
+    assert!(am.distortions.iter().any(|s| s.slice == "distortion=none"));
+    assert!(am.distortions.iter().any(|s| s.slice == "distortion=GB"));
+    assert!(am.replay.as_ref().is_some_and(|r| r.interval.is_some()));
+    // The clean metrics are the clean eval set's alone.
+    assert_eq!(card.metrics.as_ref().unwrap().n as usize, count("eval/"));
+    // Switched off, the head trains on clean images only and is still measured on the copies.
+    let off = Trainer::new(
+        store.clone(),
+        reg.clone(),
+        TrainConfig {
+            augmented: false,
+            ..train_cfg
+        },
+    )
+    .unwrap()
+    .quiet()
+    .train(None)
+    .await
+    .unwrap()
+    .card;
+    let off_am = off.metrics_augmented.expect("augmented metrics");
+    assert_eq!((off_am.trained_on, off_am.n), (0, am.n));
+    assert_ne!(off.weights_sha256, card.weights_sha256);
+    // The eval report shows the per-level table.
+    let e = roadwork::train::evaluate_version(
+        &store,
+        &reg,
+        &card.model_version,
+        &SplitConfig {
+            eval_share: 0.25,
+            ..Default::default()
+        },
+        300,
+        0,
+    )
+    .await
+    .unwrap();
+    let page = roadwork::train::write_report(&dir.path().join("report"), &e, Some(&card)).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(
+        html.contains("Validator-augmented copies") && html.contains("level=3"),
+        "report lacks the augmented section"
+    );
+}

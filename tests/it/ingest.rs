@@ -555,3 +555,59 @@ async fn a_parquet_image_cell_over_the_cap_is_skipped_by_its_size_and_the_rest_i
         s.skipped
     );
 }
+
+/// Samples written before the `image_quality` table (here: rows put straight into `samples`)
+/// get their scores from the backfill the nightly ingest stage runs: a black frame is dark, a
+/// scene is scored brighter, an undecodable one is reported and
+/// kept, and a second pass has only that one left.
+#[tokio::test]
+async fn the_quality_backfill_scores_samples_from_before_the_table() {
+    let (_d, store) = tmp_store().await;
+    let png = |img: image::RgbImage| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let black = png(image::RgbImage::new(64, 48));
+    let scene = small_scene(71, 0);
+    let junk = b"not an image at all".to_vec();
+    let row = |bytes: &Vec<u8>| roadwork::store::SampleRow {
+        sample_id: SampleId::of_bytes(bytes),
+        image: bytes.clone(),
+        width: 64,
+        height: 48,
+        format: "png".into(),
+        source: "dataset".into(),
+        source_ref: "old".into(),
+        era: "fullres".into(),
+        tags: vec![],
+        phash: 0,
+        received_at: Utc::now(),
+    };
+    store
+        .insert_samples(&[row(&black), row(&scene), row(&junk)])
+        .await
+        .unwrap();
+    assert!(store.image_quality().await.unwrap().is_empty());
+    let ing = ingestor(&store, 100);
+    let b = ing.backfill_quality().await.unwrap();
+    assert_eq!((b.missing, b.scored, b.skipped.len()), (3, 2, 1));
+    assert_eq!(b.skipped[0].item, SampleId::of_bytes(&junk).to_string());
+    let rows = store.image_quality().await.unwrap();
+    let of = |bytes: &Vec<u8>| {
+        let id = SampleId::of_bytes(bytes).to_string();
+        rows.iter().find(|r| r.sample_id == id).cloned().unwrap()
+    };
+    assert!(
+        of(&black).issues.contains(&"dark".to_string()),
+        "{:?}",
+        of(&black)
+    );
+    assert!(of(&scene).brightness > of(&black).brightness + 0.05);
+    let again = ing.backfill_quality().await.unwrap();
+    assert_eq!(
+        (again.missing, again.scored, again.skipped.len()),
+        (1, 0, 1)
+    );
+    assert_eq!(store.image_quality().await.unwrap().len(), 2);
+}

@@ -231,7 +231,10 @@ fn killed_at_every_stage_and_resumed_equals_an_uninterrupted_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_loop_closes_and_a_rerun_on_unchanged_inputs_changes_nothing() {
-    let f = fixture(3);
+    let mut f = fixture(3);
+    // One validator-augmented copy per labelled sample: the embed stage makes those of the
+    // dataset labels, the train stage those of the labels bought since.
+    f.cfg.embed.augment.copies = 1;
     // Night one: up to the export of the selection.
     let mut o = quiet();
     o.until = Some(Stage::Select);
@@ -298,6 +301,14 @@ async fn the_loop_closes_and_a_rerun_on_unchanged_inputs_changes_nothing() {
         .map(|(_, n)| n)
         .sum();
     assert!(train_n >= 12, "{:?}", card.data);
+    let am = card
+        .metrics_augmented
+        .as_ref()
+        .expect("the head was measured on augmented copies");
+    assert_eq!(
+        am.trained_on as usize, train_n,
+        "one copy of every training sample, the ones labelled tonight included"
+    );
 
     // The next night mines and selects again (labels came in since mining ran). It trains again
     // only if synthesis filled gaps with new images: a new mining run alone is no reason.

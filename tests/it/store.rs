@@ -331,6 +331,11 @@ fn the_data_layout_doc_matches_the_schema() {
         roadwork::store::embeddings_schema(384),
         "sample_id",
     ));
+    all.push((
+        "augmented_<model id>".into(),
+        roadwork::store::augmented_schema(384),
+        "copy_id",
+    ));
     let mut problems = Vec::new();
     for (table, s, key) in all {
         let heading = format!("### `{table}`");
