@@ -5,7 +5,8 @@
 //! strategy picks rounds of labels up to every budget in turn (10, 20, … 500, cumulative); after
 //! each round a multinomial logistic regression (L2, C = 1 as scikit-learn's default) is fitted on
 //! the labelled pool rows and scored on the test set. Strategies see the model's probabilities
-//! from the previous round (none in the first). The table reports mean ± standard error over seeds.
+//! from the previous round (none in the first). The table reports mean ± standard error over
+//! seeds.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,9 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::mine::{Compute, Metric, MineError, Pool, SelectConfig, Strategy, Vectors, select};
+use crate::mine::{
+    CompetenceEstimate, Compute, Metric, MineError, Pool, SelectConfig, Strategy, Vectors, select,
+};
 pub use crate::testdata::{DIGITS_DIM, Digits, load_digits};
 
 /// Multinomial logistic regression: weights `classes × (dim + 1)` (bias last).
@@ -68,41 +71,48 @@ impl Softmax {
         m
     }
 
-    fn probs_row(&self, x: &[f32]) -> Vec<f64> {
+    fn logits_row(&self, x: &[f32]) -> Vec<f64> {
         let stride = self.dim + 1;
-        let z: Vec<f64> = (0..self.classes)
+        (0..self.classes)
             .map(|k| {
                 let w = &self.w[k * stride..(k + 1) * stride];
                 w[self.dim] + x.iter().zip(w).map(|(&a, &b)| a as f64 * b).sum::<f64>()
             })
-            .collect();
-        let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
-        let s: f64 = e.iter().sum();
-        e.into_iter().map(|v| v / s).collect()
+            .collect()
     }
 
-    /// Probabilities of every row, row-major `n × classes`.
-    pub fn probs(&self, x: &Vectors) -> Vec<f64> {
+    fn probs_row(&self, x: &[f32]) -> Vec<f64> {
+        softmax(&self.logits_row(x), 1.0)
+    }
+
+    /// Probabilities of every row at temperature `t`, row-major `n × classes`.
+    pub fn probs(&self, x: &Vectors, t: f64) -> Vec<f64> {
         (0..x.len())
-            .flat_map(|i| self.probs_row(x.row(i)))
+            .flat_map(|i| softmax(&self.logits_row(x.row(i)), t))
             .collect()
     }
 }
 
-/// Accuracy of `folds`-fold cross-validation of the softmax on `rows` (fold = position mod
-/// `folds`); `None` with fewer than two rows per fold.
-pub fn cross_validated(
+fn softmax(z: &[f64], t: f64) -> Vec<f64> {
+    let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| ((v - mx) / t).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Held-out logits of `folds`-fold cross-validation of the softmax on `rows` (fold = position
+/// mod `folds`), with each row's label; `None` with fewer than two rows per fold.
+pub fn cross_validated_logits(
     x: &Vectors,
     rows: &[usize],
     y: &[usize],
     classes: usize,
     folds: usize,
-) -> Option<f64> {
+) -> Option<Vec<(Vec<f64>, usize)>> {
     if folds < 2 || rows.len() < 2 * folds {
         return None;
     }
-    let mut correct = 0usize;
+    let mut out = Vec::with_capacity(rows.len());
     for f in 0..folds {
         let train: Vec<usize> = (0..rows.len())
             .filter(|i| i % folds != f)
@@ -110,14 +120,31 @@ pub fn cross_validated(
             .collect();
         let m = Softmax::fit(x, &train, y, classes, 1.0 / train.len() as f64);
         for i in (0..rows.len()).filter(|i| i % folds == f) {
-            let p = m.probs_row(x.row(rows[i]));
-            let pred = (0..classes)
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                .unwrap_or(0);
-            correct += usize::from(pred == y[rows[i]]);
+            out.push((m.logits_row(x.row(rows[i])), y[rows[i]]));
         }
     }
-    Some(correct as f64 / rows.len() as f64)
+    Some(out)
+}
+
+/// Accuracy of `folds`-fold cross-validation of the softmax on `rows`; `None` with fewer than
+/// two rows per fold.
+pub fn cross_validated(
+    x: &Vectors,
+    rows: &[usize],
+    y: &[usize],
+    classes: usize,
+    folds: usize,
+) -> Option<f64> {
+    let held = cross_validated_logits(x, rows, y, classes, folds)?;
+    let correct = held
+        .iter()
+        .filter(|(z, label)| {
+            (0..classes)
+                .max_by(|&a, &b| z[a].total_cmp(&z[b]))
+                .is_some_and(|k| k == *label)
+        })
+        .count();
+    Some(correct as f64 / held.len() as f64)
 }
 
 /// Benchmark settings.
@@ -190,9 +217,11 @@ pub fn run<B: Backend>(
                         .copied()
                         .filter(|r| !labelled.contains(r))
                         .collect();
-                    // `auto` switches on the model's competence: its 3-fold cross-validated
-                    // accuracy on the rows labelled so far (the others do not look at it).
-                    let competence = (strategy == Strategy::Auto)
+                    // `auto` switches on the model's competence: by default its expected
+                    // accuracy on the candidates (from `probs`); with `competence_estimate =
+                    // "cross_validated"` its 3-fold accuracy on the rows labelled so far.
+                    let competence = (strategy == Strategy::Auto
+                        && cfg.select.competence_estimate == CompetenceEstimate::CrossValidated)
                         .then(|| cross_validated(&x, &labelled, &data.y, 10, 3))
                         .flatten();
                     let p = Pool {
@@ -222,7 +251,7 @@ pub fn run<B: Backend>(
                     10,
                     1.0 / labelled.len().max(1) as f64,
                 );
-                let all = model.probs(&x);
+                let all = model.probs(&x, 1.0);
                 let correct = test
                     .iter()
                     .filter(|&&r| {

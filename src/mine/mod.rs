@@ -41,7 +41,9 @@ pub use label_issues::{LabelIssues, find_binary_label_issues, find_label_issues}
 pub use run::{
     HardRow, MineConfig, MineSummary, Miner, resolve_embedding_model, write_selection_csv,
 };
-pub use select::{CONTROL_ARM, Pool, SelectConfig, Selected, Selection, Strategy, select};
+pub use select::{
+    CONTROL_ARM, CompetenceEstimate, Pool, SelectConfig, Selected, Selection, Strategy, select,
+};
 pub use vectors::{Metric, Vectors, quantile};
 
 use crate::store::StoreError;

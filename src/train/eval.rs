@@ -264,9 +264,9 @@ async fn eval_set(
         ..Default::default()
     };
     let mut row_of = vec![None; ds.len()];
-    for i in 0..ds.len() {
+    for (i, slot) in row_of.iter_mut().enumerate() {
         if ds.split[i] == Split::Eval {
-            row_of[i] = Some(out.ids.len());
+            *slot = Some(out.ids.len());
             out.ids.push(ds.ids[i].clone());
             out.x.extend_from_slice(ds.row(i));
             out.y.push(ds.y[i]);
