@@ -531,3 +531,48 @@ fn one_class_labels_and_non_finite_vectors_do_not_stop_a_run() {
         ));
     });
 }
+
+/// The competence switch and ProbCover on the digits, through the same rounds `roadwork bench al`
+/// runs: `auto` covers while there is no model, turns to margin once the model is confident on
+/// the candidates, in every seed and without flipping back; ProbCover's first ten picks beat
+/// random ones.
+#[test]
+fn on_the_digits_auto_switches_once_and_probcover_beats_random() {
+    use roadwork::bench::al::{AlConfig, run};
+    let data = load_digits(&root().join("datasets/digits/digits.csv")).expect("digits");
+    let budgets = [10, 50, 100, 150, 300];
+    let cfg = AlConfig {
+        budgets: budgets.to_vec(),
+        seeds: 3,
+        strategies: vec![Strategy::Auto, Strategy::Probcover, Strategy::Random],
+        ..Default::default()
+    };
+    let rows = run(&cpu(), &data, &cfg, |_| {}).unwrap();
+    let get = |s: &str, b: usize| {
+        rows.iter()
+            .find(|r| r.strategy == s && r.budget == b)
+            .unwrap_or_else(|| panic!("{s} at {b}"))
+    };
+    for r in &rows {
+        eprintln!(
+            "{} {}: {:.3} ± {:.3} (uncertainty rounds {})",
+            r.strategy, r.budget, r.mean, r.se, r.uncertainty_rounds
+        );
+    }
+    assert!(get("auto", 10).mean >= get("random", 10).mean + 0.12);
+    let switched: Vec<usize> = budgets
+        .iter()
+        .map(|&b| get("auto", b).uncertainty_rounds)
+        .collect();
+    assert_eq!(
+        switched[0], 0,
+        "no model before the first round: {switched:?}"
+    );
+    assert_eq!(*switched.last().unwrap(), 3, "{switched:?}");
+    assert!(
+        switched.windows(2).all(|w| w[0] <= w[1]),
+        "the regime flipped back: {switched:?}"
+    );
+    assert!(get("probcover", 10).mean > get("random", 10).mean);
+    assert!(get("auto", 300).mean > get("random", 300).mean);
+}
