@@ -23,7 +23,7 @@ pub enum ComputeDevice {
 pub enum Precision {
     #[default]
     F32,
-    /// bfloat16 (CUDA only).
+    /// bfloat16: on CUDA, or on CPUs with AVX512_BF16 (bf16 products, f32 accumulation).
     Bf16,
 }
 
@@ -37,10 +37,13 @@ impl Precision {
     }
 }
 
+/// Why the CPU cannot run the bf16 path (its kernels need `vdpbf16ps`).
+pub const CPU_BF16_UNSUPPORTED: &str = "bf16 on the CPU needs AVX-512 with AVX512_BF16 (`vdpbf16ps`), which this CPU lacks; use embed.precision = \"f32\"";
+
 /// Why this build cannot run a device/precision pair.
 pub fn unsupported(device: ComputeDevice, precision: Precision) -> &'static str {
     match (device, precision) {
-        (ComputeDevice::Cpu, Precision::Bf16) => "bf16 is supported on CUDA only",
+        (ComputeDevice::Cpu, Precision::Bf16) => CPU_BF16_UNSUPPORTED,
         _ => "this build has no CUDA support; rebuild with `--features cuda`",
     }
 }

@@ -25,6 +25,7 @@ pub mod bench;
 pub mod config;
 pub mod embed;
 pub mod export;
+pub(crate) mod gemm;
 pub mod imaging;
 pub mod ingest;
 pub mod labels;

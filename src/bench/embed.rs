@@ -42,6 +42,9 @@ pub struct EmbedBenchRow {
     /// PyTorch eager on the same machine, same case, when measured.
     pub torch_ms: Option<f64>,
     pub torch_img_s: Option<f64>,
+    /// PyTorch eager f32 on the same case, for the rows of another dtype (a bf16 path is judged
+    /// against f32 too).
+    pub torch_f32_ms: Option<f64>,
 }
 
 /// One line of the PyTorch reference script's JSON output.
@@ -90,11 +93,15 @@ fn row(backend: &str, model: DinoV3Size, dtype: &str, batch: usize, ms: f64) -> 
         img_s: batch as f64 * 1e3 / ms,
         torch_ms: None,
         torch_img_s: None,
+        torch_f32_ms: None,
     }
 }
 
-/// Times the CPU engine ([`CpuVit`]) for every (model, batch) of `plan`.
-pub fn run_cpu_engine(plan: &EmbedBenchPlan) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+/// Times the CPU engine ([`CpuVit`]) at `precision` for every (model, batch) of `plan`.
+pub fn run_cpu_engine(
+    plan: &EmbedBenchPlan,
+    precision: Precision,
+) -> Result<Vec<EmbedBenchRow>, EmbedError> {
     let (iters, resolution) = (plan.iters, plan.resolution);
     let mut rows = Vec::new();
     for &size in &plan.models {
@@ -102,7 +109,7 @@ pub fn run_cpu_engine(plan: &EmbedBenchPlan) -> Result<Vec<EmbedBenchRow>, Embed
         let map = weights::random_weights(&cfg, 0);
         let model = weights::load::<Cpu>(&cfg, &map, &Default::default())?;
         drop(map);
-        let vit = CpuVit::pack(model, &cfg, plan.cpu_threads)?;
+        let vit = CpuVit::pack_as(model, &cfg, plan.cpu_threads, precision)?;
         for &batch in &plan.batches {
             let px = pixels(batch, resolution);
             let mut failed = None;
@@ -114,7 +121,7 @@ pub fn run_cpu_engine(plan: &EmbedBenchPlan) -> Result<Vec<EmbedBenchRow>, Embed
             if let Some(e) = failed {
                 return Err(e);
             }
-            rows.push(row("roadwork-cpu", size, "float32", batch, ms));
+            rows.push(row("roadwork-cpu", size, precision.torch_name(), batch, ms));
         }
     }
     Ok(rows)
@@ -200,14 +207,20 @@ pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
             r.torch_ms = Some(t.ms);
             r.torch_img_s = Some(t.img_s);
         }
+        if r.dtype != "float32" {
+            r.torch_f32_ms = torch
+                .iter()
+                .find(|t| t.model == r.model && t.batch == r.batch && t.dtype == "float32")
+                .map(|t| t.ms);
+        }
     }
 }
 
 /// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[EmbedBenchRow]) -> String {
     let mut s = String::from(
-        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed | ÷ PyTorch f32 |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
     for r in rows {
@@ -215,8 +228,12 @@ pub fn markdown(rows: &[EmbedBenchRow]) -> String {
             .torch_ms
             .map(|t| format!("{:.2}×", t / r.ms))
             .unwrap_or_else(|| "–".into());
+        let vs_f32 = r
+            .torch_f32_ms
+            .map(|t| format!("{:.2}×", t / r.ms))
+            .unwrap_or_else(|| "–".into());
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {vs_f32} |\n",
             r.backend,
             r.model,
             r.dtype,
@@ -241,8 +258,9 @@ pub fn run_on(
     for &p in precisions {
         let label = p.torch_name();
         match (device, p) {
+            (ComputeDevice::Cpu, Precision::Bf16) => rows.extend(run_cpu_engine(plan, p)?),
             (ComputeDevice::Cpu, Precision::F32) => {
-                rows.extend(run_cpu_engine(plan)?);
+                rows.extend(run_cpu_engine(plan, p)?);
                 if plan.burn_cpu {
                     let labels = ("burn-ndarray", label);
                     rows.extend(run_burn::<Cpu>(plan, labels, &Default::default()));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use roadwork::backend::ComputeDevice;
 use roadwork::bench::al::{AlConfig, load_digits, markdown, run};
 use roadwork::embed::Cpu;
 use roadwork::mine::{Compute, SelectConfig, Strategy};
@@ -58,7 +59,7 @@ pub fn bench_al(b: BenchAl, select: SelectConfig) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = std::time::Instant::now();
-    let rows = run(&Compute::<Cpu>::new(Default::default()), &data, &cfg, |m| {
+    let rows = run(&Compute::<Cpu>::host(), &data, &cfg, |m| {
         bar.set_message(m.to_string());
         bar.inc(1);
     })?;
@@ -87,6 +88,22 @@ pub struct BenchMine {
     dim: usize,
     #[arg(long, default_value_t = 256)]
     kmeans_k: usize,
+    /// Build the exact kNN graph at every n (default: IVF above 20,000 vectors); also times
+    /// scikit-learn's brute-force search on the same vectors.
+    #[arg(long)]
+    exact: bool,
+    /// Where the mining products run: the host `gemm` kernels, or the GPU (`--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: ComputeDevice,
+    /// Python with scikit-learn for the side-by-side run.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// scikit-learn reference script (default: the repository's benches/sklearn_mine.py).
+    #[arg(long)]
+    sklearn_script: Option<PathBuf>,
+    /// Skip the scikit-learn side.
+    #[arg(long)]
+    no_sklearn: bool,
     /// Also measure the Lance ANN index (`similar`) against exact search on this many vectors
     /// written to a scratch store under <data>/bench/lance (0 = skip).
     #[arg(long, default_value_t = 0)]
@@ -121,11 +138,42 @@ pub async fn bench_lance(cfg: &Config, b: &BenchMine) -> Result<()> {
 
 /// Runs the mining scale benchmark and prints its table.
 pub fn bench_mine(b: &BenchMine) -> Result<()> {
-    let c = Compute::<Cpu>::new(Default::default());
+    match b.device {
+        ComputeDevice::Cpu => bench_mine_on(&Compute::<Cpu>::host(), b),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => bench_mine_on(
+            &Compute::<burn::backend::Cuda<f32>>::new(Default::default()),
+            b,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => anyhow::bail!(roadwork::backend::unsupported(
+            ComputeDevice::Cuda,
+            roadwork::backend::Precision::F32
+        )),
+    }
+}
+
+fn bench_mine_on<B: burn::prelude::Backend>(c: &Compute<B>, b: &BenchMine) -> Result<()> {
+    use roadwork::bench::mine::{MinePlan, SklearnRef, default_sklearn_script};
+    let sklearn = (!b.no_sklearn).then(|| SklearnRef {
+        python: b.python.clone(),
+        script: b
+            .sklearn_script
+            .clone()
+            .unwrap_or_else(default_sklearn_script),
+    });
     let mut rows = Vec::new();
     for &n in &b.n {
-        eprintln!("bench mine: n = {n} …");
-        rows.push(roadwork::bench::mine::run(&c, n, b.dim, b.kmeans_k, 0)?);
+        eprintln!("bench mine: n = {n} on {} …", c.describe());
+        let plan = MinePlan {
+            n,
+            dim: b.dim,
+            kmeans_k: b.kmeans_k,
+            seed: 0,
+            exact: b.exact,
+            sklearn: sklearn.clone(),
+        };
+        rows.push(roadwork::bench::mine::run(c, &plan)?);
         print!(
             "{}",
             roadwork::bench::mine::markdown(&rows[rows.len() - 1..])
@@ -161,6 +209,9 @@ pub enum MineCmd {
         /// Report directory (default <data>/reports).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Where the kNN graph, k-means and the other products run (`cuda`: `--features cuda`).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: ComputeDevice,
     },
     /// Chooses unlabelled samples to label under a budget; stores them as a named selection.
     #[command(
@@ -183,6 +234,8 @@ pub enum MineCmd {
         /// Also write the selection as CSV here.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: ComputeDevice,
     },
 }
 
@@ -200,10 +253,34 @@ pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
     let store = Store::open(&cfg.data.store_uri()).await?;
     let _lock = super::labels::writer_lock(&cfg, "roadwork mine")?;
     let miner = Miner::new(store.clone(), cfg.mine.clone())?;
-    let c = Compute::<Cpu>::new(Default::default());
+    let device = match &cmd {
+        MineCmd::Run { device, .. } | MineCmd::Select { device, .. } => *device,
+    };
+    match device {
+        ComputeDevice::Cpu => mine_on(&cfg, &store, &miner, Compute::<Cpu>::host(), cmd).await,
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => {
+            let c = Compute::<burn::backend::Cuda<f32>>::new(Default::default());
+            mine_on(&cfg, &store, &miner, c, cmd).await
+        }
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => anyhow::bail!(roadwork::backend::unsupported(
+            ComputeDevice::Cuda,
+            roadwork::backend::Precision::F32
+        )),
+    }
+}
+
+async fn mine_on<B: burn::prelude::Backend>(
+    cfg: &Config,
+    store: &Store,
+    miner: &Miner,
+    c: Compute<B>,
+    cmd: MineCmd,
+) -> Result<()> {
     match cmd {
-        MineCmd::Run { model, report } => {
-            let head = champion(&cfg, model)?;
+        MineCmd::Run { model, report, .. } => {
+            let head = champion(cfg, model)?;
             let dir = report.unwrap_or_else(|| cfg.data.dir.join("reports"));
             let s = miner.run(c, head.as_deref(), Some(&dir)).await?;
             print_mine_summary(&s);
@@ -215,13 +292,14 @@ pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
             filter,
             model,
             out,
+            ..
         } => {
-            let head = champion(&cfg, model)?;
+            let head = champion(cfg, model)?;
             let name = name.unwrap_or_else(|| {
                 format!("select-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"))
             });
             let only = match &filter {
-                Some(f) => Some(sample_ids_where(&store, f).await?),
+                Some(f) => Some(sample_ids_where(store, f).await?),
                 None => None,
             };
             let (sel, rows) = miner

@@ -72,7 +72,9 @@ pub fn load_encoder(
         return Ok(Arc::new(super::BaselineEncoder::new(cfg)?));
     }
     Ok(match (cfg.device, cfg.precision) {
-        (ComputeDevice::Cpu, Precision::F32) => Arc::new(CpuEncoder::load(cfg, weights)?),
+        (ComputeDevice::Cpu, Precision::F32 | Precision::Bf16) => {
+            Arc::new(CpuEncoder::load(cfg, weights)?)
+        }
         #[cfg(feature = "cuda")]
         (ComputeDevice::Cuda, Precision::F32) => Arc::new(
             Embedder::<burn::backend::Cuda<f32>>::load(cfg, weights, &Default::default())?,

@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_far_point_is_an_outlier_and_a_dense_centre_is_typical() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         // 300 uniform points in the unit square and one far away.
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(9);

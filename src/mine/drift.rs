@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_test_separates_shifted_samples_and_not_identical_ones() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let mut v = Vec::new();
         for i in 0..240 {

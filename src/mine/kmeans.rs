@@ -11,18 +11,16 @@
 //! Memory is `O(n·d + k·d)`: points are processed in row chunks, the `n × k` distance matrix
 //! never exists.
 
-use burn::prelude::{Backend, Int, Tensor};
-use burn::tensor::IndexingUpdateOp;
+use burn::prelude::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::MineError;
-use super::compute::{Compute, host_f32, host_usize};
-use super::vectors::Vectors;
+use rayon::prelude::*;
 
-/// Rows per device chunk in the assignment step (`chunk × k` distances at a time).
-const CHUNK_ROWS: usize = 32_768;
+use super::compute::{Compute, Nearest, Resident, Rows};
+use super::vectors::Vectors;
 
 /// Full-batch Lloyd or mini-batch updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,80 +103,9 @@ impl KMeans {
     }
 }
 
-/// The points, resident on the device in row chunks, with their squared norms.
-struct DevicePoints<B: Backend> {
-    chunks: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
-}
-
-impl<B: Backend> DevicePoints<B> {
-    fn upload(c: &Compute<B>, x: &Vectors) -> Self {
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < x.len() {
-            let end = (start + CHUNK_ROWS).min(x.len());
-            let t = c.matrix(x.block(start, end), end - start, x.dim());
-            let sq = t.clone().powi_scalar(2).sum_dim(1);
-            chunks.push((t, sq));
-            start = end;
-        }
-        Self { chunks }
-    }
-}
-
-/// What one assignment pass returns.
-struct Assignment<B: Backend> {
-    labels: Vec<usize>,
-    sq_dist: Vec<f32>,
-    sums: Tensor<B, 2>,
-    counts: Vec<f32>,
-}
-
-/// Assigns every point to its nearest centroid and accumulates per-cluster sums on the device.
-fn assign<B: Backend>(
-    c: &Compute<B>,
-    points: &DevicePoints<B>,
-    centroids: &[f32],
-    k: usize,
-    dim: usize,
-) -> Result<Assignment<B>, MineError> {
-    let cen = c.matrix(centroids, k, dim);
-    let cen_sq = cen.clone().powi_scalar(2).sum_dim(1).reshape([1, k]);
-    let cen_t = cen.transpose();
-    let mut sums = Tensor::<B, 2>::zeros([k, dim], c.device());
-    let mut counts = Tensor::<B, 1>::zeros([k], c.device());
-    let (mut labels, mut sq_dist) = (Vec::new(), Vec::new());
-    for (x, x_sq) in &points.chunks {
-        let rows = x.dims()[0];
-        // ‖x‖² − 2 x·c + ‖c‖²: [rows, k]
-        let d = x_sq.clone() - x.clone().matmul(cen_t.clone()).mul_scalar(2.0) + cen_sq.clone();
-        let (min, idx) = d.min_dim_with_indices(1);
-        let idx: Tensor<B, 1, Int> = idx.reshape([rows]);
-        sums = sums.select_assign(0, idx.clone(), x.clone(), IndexingUpdateOp::Add);
-        counts = counts.select_assign(
-            0,
-            idx.clone(),
-            Tensor::ones([rows], c.device()),
-            IndexingUpdateOp::Add,
-        );
-        labels.extend(host_usize(idx));
-        sq_dist.extend(host_f32(min.clamp_min(0.0))?);
-    }
-    Ok(Assignment {
-        labels,
-        sq_dist,
-        sums,
-        counts: host_f32(counts)?,
-    })
-}
-
 /// New centroids = cluster means; an empty cluster takes the farthest point not yet used.
-fn update(
-    a: &Assignment<impl Backend>,
-    x: &Vectors,
-    sums: Vec<f32>,
-    dim: usize,
-) -> Result<Vec<f32>, MineError> {
-    let mut cen = sums;
+fn update(a: &Nearest, x: &Vectors, dim: usize) -> Vec<f32> {
+    let mut cen = a.sums.clone();
     let empty: Vec<usize> = (0..a.counts.len()).filter(|&j| a.counts[j] < 0.5).collect();
     for (j, &n) in a.counts.iter().enumerate() {
         if n >= 0.5 {
@@ -192,7 +119,7 @@ fn update(
             cen[j * dim..(j + 1) * dim].copy_from_slice(x.row(p));
         }
     }
-    Ok(cen)
+    cen
 }
 
 /// Mean per-feature variance: scikit-learn's scale for `tol`.
@@ -216,7 +143,7 @@ fn result(
     k: usize,
     dim: usize,
     centroids: Vec<f32>,
-    a: Assignment<impl Backend>,
+    a: Nearest,
     iterations: usize,
     converged: bool,
     mode: KMeansMode,
@@ -225,7 +152,7 @@ fn result(
         k,
         dim,
         centroids,
-        assignments: a.labels.iter().map(|&l| l as u32).collect(),
+        assignments: a.labels,
         inertia: a.sq_dist.iter().map(|&v| v as f64).sum(),
         sq_distances: a.sq_dist,
         iterations,
@@ -235,6 +162,14 @@ fn result(
 }
 
 /// Lloyd iterations from given centroids (`k × dim`).
+///
+/// On the host engine the assignment keeps Hamerly's bounds (Hamerly 2010): per point an upper
+/// bound on the distance to its centre and a lower bound on the distance to any other, moved by
+/// the centres' shifts each iteration. A point whose exact distance to its own centre is within
+/// the lower bound, or within half the distance from its centre to the nearest other centre,
+/// keeps its centre without being compared to the others; only the rest go through the GEMM. The
+/// assignments and centres are those of plain Lloyd (the bounds are exact); on clustered
+/// embeddings most points stop needing the GEMM after the first iterations.
 pub fn lloyd<B: Backend>(
     c: &Compute<B>,
     x: &Vectors,
@@ -245,17 +180,20 @@ pub fn lloyd<B: Backend>(
     let dim = x.dim();
     let k = init.len() / dim;
     check(x, k)?;
-    let points = DevicePoints::upload(c, x);
+    let mut assigner = if c.is_host() {
+        Assigner::Bounded(Bounds::new(x))
+    } else {
+        Assigner::Plain(c.resident(x.as_slice(), dim))
+    };
     let tol_abs = tol * mean_variance(x);
     let mut cen = init;
-    let mut prev: Option<Vec<usize>> = None;
+    let mut prev: Option<Vec<u32>> = None;
     for it in 1..=max_iter.max(1) {
-        let a = assign(c, &points, &cen, k, dim)?;
+        let a = assigner.assign(c, &cen)?;
         if prev.as_ref() == Some(&a.labels) {
             return Ok(result(k, dim, cen, a, it, true, KMeansMode::Lloyd));
         }
-        let sums = host_f32(a.sums.clone())?;
-        let next = update(&a, x, sums, dim)?;
+        let next = update(&a, x, dim);
         let shift: f64 = next
             .iter()
             .zip(&cen)
@@ -263,7 +201,7 @@ pub fn lloyd<B: Backend>(
             .sum();
         cen = next;
         if shift <= tol_abs || it == max_iter.max(1) {
-            let a = assign(c, &points, &cen, k, dim)?;
+            let a = assigner.assign(c, &cen)?;
             return Ok(result(
                 k,
                 dim,
@@ -277,6 +215,195 @@ pub fn lloyd<B: Backend>(
         prev = Some(a.labels);
     }
     Err(MineError::Compute("k-means ran no iteration".into()))
+}
+
+/// How a Lloyd run assigns points: every point through the GEMM, or with Hamerly's bounds.
+enum Assigner<'a, B: Backend> {
+    Plain(Resident<'a, B>),
+    Bounded(Bounds<'a>),
+}
+
+impl<B: Backend> Assigner<'_, B> {
+    fn assign(&mut self, c: &Compute<B>, cen: &[f32]) -> Result<Nearest, MineError> {
+        match self {
+            Assigner::Plain(points) => c.nearest(points, cen),
+            Assigner::Bounded(b) => b.assign(c, cen),
+        }
+    }
+}
+
+/// Hamerly's per-point bounds across the iterations of one Lloyd run.
+struct Bounds<'a> {
+    x: &'a Vectors,
+    x_sq: Vec<f32>,
+    labels: Vec<u32>,
+    /// Exact distance to the own centre after each pass.
+    upper: Vec<f32>,
+    /// At most the distance to any other centre.
+    lower: Vec<f32>,
+    /// The centres of the previous pass (none before the first).
+    prev: Option<Vec<f32>>,
+}
+
+/// Relative slack on squared distances from the `‖x‖² + ‖c‖² − 2x·c` expansion, so that its f32
+/// rounding never makes a lower bound too high.
+const BOUND_SLACK: f32 = 4e-6;
+
+impl<'a> Bounds<'a> {
+    fn new(x: &'a Vectors) -> Self {
+        let n = x.len();
+        Self {
+            x,
+            x_sq: x.sq_norms(),
+            labels: vec![0; n],
+            upper: vec![0.0; n],
+            lower: vec![0.0; n],
+            prev: None,
+        }
+    }
+
+    fn assign<B: Backend>(&mut self, c: &Compute<B>, cen: &[f32]) -> Result<Nearest, MineError> {
+        let (x, dim) = (self.x, self.x.dim());
+        let k = cen.len() / dim;
+        let cen_sq = super::compute::sq_norms(cen, dim);
+        let todo: Vec<usize> = match self.prev.take() {
+            None => (0..x.len()).collect(),
+            Some(prev) => {
+                // Move the bounds by the centres' shifts.
+                let shift: Vec<f32> = (0..k)
+                    .map(|j| sq_dist(&cen[j * dim..(j + 1) * dim], &prev[j * dim..(j + 1) * dim]))
+                    .map(f32::sqrt)
+                    .collect();
+                let (mut m1, mut m1_at, mut m2) = (0f32, usize::MAX, 0f32);
+                for (j, &p) in shift.iter().enumerate() {
+                    if p > m1 {
+                        (m2, m1, m1_at) = (m1, p, j);
+                    } else if p > m2 {
+                        m2 = p;
+                    }
+                }
+                // Half the distance from each centre to its nearest other centre.
+                let dots = c.dots(cen, cen, dim)?;
+                let half: Vec<f32> = (0..k)
+                    .map(|j| {
+                        (0..k)
+                            .filter(|&o| o != j)
+                            .map(|o| (cen_sq[j] + cen_sq[o] - 2.0 * dots[j * k + o]).max(0.0))
+                            .fold(f32::INFINITY, f32::min)
+                            .sqrt()
+                            * 0.5
+                            * (1.0 - BOUND_SLACK)
+                    })
+                    .collect();
+                let labels = &self.labels;
+                self.upper
+                    .par_iter_mut()
+                    .zip(self.lower.par_iter_mut())
+                    .enumerate()
+                    .filter_map(|(i, (u, l))| {
+                        let a = labels[i] as usize;
+                        *l -= if a == m1_at { m2 } else { m1 };
+                        *u = sq_dist(x.row(i), &cen[a * dim..(a + 1) * dim]).sqrt();
+                        (*u > half[a].max(*l)).then_some(i)
+                    })
+                    .collect()
+            }
+        };
+        // The points the bounds could not settle: nearest and second-nearest centre by GEMM.
+        tracing::debug!(gemm_rows = todo.len(), n = x.len(), "k-means pass");
+        if !todo.is_empty() {
+            let rows = if todo.len() == x.len() {
+                Rows::all(x.as_slice(), dim)
+            } else {
+                Rows::pick(x.as_slice(), dim, &todo)
+            };
+            let mut best = vec![(f32::INFINITY, 0u32, f32::INFINITY); todo.len()];
+            c.scan(rows, Rows::all(cen, dim), &mut best, |b, _, c0, dots| {
+                for (o, &dot) in dots.iter().enumerate() {
+                    let key = cen_sq[c0 + o] - 2.0 * dot;
+                    if key < b.2 {
+                        if key < b.0 {
+                            *b = (key, (c0 + o) as u32, b.0);
+                        } else {
+                            b.2 = key;
+                        }
+                    }
+                }
+            })?;
+            // From the GEMM's expansion: the own distance padded up and the second one down by
+            // the rounding slack, so both stay bounds.
+            let settled: Vec<(usize, u32, f32, f32)> = todo
+                .par_iter()
+                .zip(&best)
+                .map(|(&i, &(first, j, second))| {
+                    let slack = |d2: f32| BOUND_SLACK * (self.x_sq[i] + d2.abs());
+                    let d1 = (self.x_sq[i] + first).max(0.0);
+                    let u = (d1 + slack(d1)).sqrt();
+                    let d2 = self.x_sq[i] + second;
+                    let l = (d2 - slack(d2)).max(0.0).sqrt();
+                    (i, j, u, if second.is_finite() { l } else { f32::INFINITY })
+                })
+                .collect();
+            for (i, j, u, l) in settled {
+                self.labels[i] = j;
+                self.upper[i] = u;
+                self.lower[i] = l;
+            }
+        }
+        self.prev = Some(cen.to_vec());
+        Ok(self.nearest(k))
+    }
+
+    /// The pass's result: labels, exact squared distances, and the per-cluster sums.
+    fn nearest(&self, k: usize) -> Nearest {
+        let dim = self.x.dim();
+        let (sums, counts) = (0..self.x.len())
+            .into_par_iter()
+            .fold(
+                || (vec![0f64; k * dim], vec![0u64; k]),
+                |(mut s, mut n), i| {
+                    let a = self.labels[i] as usize;
+                    n[a] += 1;
+                    for (acc, &v) in s[a * dim..(a + 1) * dim].iter_mut().zip(self.x.row(i)) {
+                        *acc += v as f64;
+                    }
+                    (s, n)
+                },
+            )
+            .reduce(
+                || (vec![0f64; k * dim], vec![0u64; k]),
+                |(mut s, mut n), (s2, n2)| {
+                    s.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
+                    n.iter_mut().zip(&n2).for_each(|(a, b)| *a += b);
+                    (s, n)
+                },
+            );
+        Nearest {
+            labels: self.labels.clone(),
+            sq_dist: self.upper.iter().map(|u| u * u).collect(),
+            sums: sums.iter().map(|&v| v as f32).collect(),
+            counts: counts.iter().map(|&v| v as f32).collect(),
+        }
+    }
+}
+
+/// `‖a − b‖²`, computed directly (no cancellation), in 16 independent lanes so it vectorises.
+fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            let d = x[l] - y[l];
+            acc[l] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn check(x: &Vectors, k: usize) -> Result<(), MineError> {
@@ -304,19 +431,16 @@ pub fn kmeans_plus_plus<B: Backend>(
     let (n, dim) = (x.len(), x.dim());
     let trials = 2 + (k as f64).ln().floor() as usize;
     let sq = x.sq_norms();
-    let points = c.matrix(x.as_slice(), n, dim);
+    let points = c.resident(x.as_slice(), dim);
     // Squared distances of every point to the given centre rows: [n, t] on the host.
     let sq_dists_to = |rows: &[usize]| -> Result<Vec<f32>, MineError> {
         let cand = x.gather(rows);
-        let dots = host_f32(
-            points
-                .clone()
-                .matmul(c.matrix(cand.as_slice(), rows.len(), dim).transpose()),
-        )?;
+        // [t, n]: one row of dots per centre.
+        let dots = c.dots_against(cand.as_slice(), &points)?;
         Ok((0..n * rows.len())
             .map(|e| {
                 let (i, t) = (e / rows.len(), e % rows.len());
-                (sq[i] + sq[rows[t]] - 2.0 * dots[e]).max(0.0)
+                (sq[i] + sq[rows[t]] - 2.0 * dots[t * n + i]).max(0.0)
             })
             .collect())
     };
@@ -383,9 +507,8 @@ pub fn minibatch<B: Backend>(
         steps = step;
         let rows: Vec<usize> = (0..batch).map(|_| rng.random_range(0..n)).collect();
         let b = x.gather(&rows);
-        let points = DevicePoints::upload(c, &b);
-        let a = assign(c, &points, &cen, k, dim)?;
-        let sums = host_f32(a.sums.clone())?;
+        let a = c.nearest(&c.resident(b.as_slice(), dim), &cen)?;
+        let sums = &a.sums;
         for j in 0..k {
             let m = a.counts[j];
             if m < 0.5 {
@@ -411,12 +534,11 @@ pub fn minibatch<B: Backend>(
         }
     }
     // Centres that never received a point are re-seeded at far points by one Lloyd update.
-    let points = DevicePoints::upload(c, x);
-    let mut a = assign(c, &points, &cen, k, dim)?;
+    let points = c.resident(x.as_slice(), dim);
+    let mut a = c.nearest(&points, &cen)?;
     if a.counts.iter().any(|&m| m < 0.5) {
-        let sums = host_f32(a.sums.clone())?;
-        cen = update(&a, x, sums, dim)?;
-        a = assign(c, &points, &cen, k, dim)?;
+        cen = update(&a, x, dim);
+        a = c.nearest(&points, &cen)?;
     }
     let converged = stale >= cfg.max_no_improvement;
     Ok(result(
@@ -488,16 +610,19 @@ mod tests {
     }
 
     #[test]
-    fn finds_three_blobs_with_lloyd_and_minibatch() {
-        let c = Compute::<Cpu>::new(Default::default());
+    fn finds_three_blobs_with_lloyd_and_minibatch_on_both_engines() {
         let x = blobs();
-        for mode in [KMeansMode::Lloyd, KMeansMode::MiniBatch] {
+        let engines = [Compute::<Cpu>::host(), Compute::new(Default::default())];
+        for (c, mode) in engines
+            .iter()
+            .flat_map(|c| [(c, KMeansMode::Lloyd), (c, KMeansMode::MiniBatch)])
+        {
             let cfg = KMeansConfig {
                 mode,
                 batch_size: 32,
                 ..Default::default()
             };
-            let fit = kmeans(&c, &x, 3, &cfg).unwrap();
+            let fit = kmeans(c, &x, 3, &cfg).unwrap();
             assert_eq!(
                 fit.sizes().iter().filter(|&&s| s == 50).count(),
                 3,
@@ -522,7 +647,7 @@ mod tests {
 
     #[test]
     fn k_larger_than_n_is_an_error_and_k_equal_n_is_exact() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = Vectors::new(vec![0.0, 1.0, 5.0], 1).unwrap();
         assert!(matches!(
             kmeans(&c, &x, 4, &KMeansConfig::default()),
@@ -542,8 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn bounded_lloyd_on_the_host_matches_plain_lloyd_on_the_reference_engine() {
+        // Clustered data, more centres than true clusters, enough iterations for the bounds to
+        // prune most points: the bounds must never change an assignment.
+        let x = Vectors::new(crate::testdata::clustered(3000, 24, 40, 9), 24).unwrap();
+        let (h, r) = (
+            Compute::<Cpu>::host(),
+            Compute::<Cpu>::new(Default::default()),
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let init = kmeans_plus_plus(&r, &x, 25, &mut rng).unwrap();
+        for iters in [1, 2, 5, 30] {
+            let a = lloyd(&h, &x, init.clone(), iters, 0.0).unwrap();
+            let b = lloyd(&r, &x, init.clone(), iters, 0.0).unwrap();
+            assert_eq!(a.assignments, b.assignments, "{iters} iterations");
+            assert_eq!(a.iterations, b.iterations);
+            assert!((a.inertia - b.inertia).abs() <= 1e-4 * b.inertia, "{iters}");
+            for (p, q) in a.centroids.iter().zip(&b.centroids) {
+                assert!((p - q).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
     fn an_empty_cluster_is_reseeded() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = blobs();
         // Two centres on the same point: one of them starts empty.
         let init = vec![0.0, 0.0, 0.0, 0.0, 10.0, 0.0];

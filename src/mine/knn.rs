@@ -10,19 +10,13 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::MineError;
-use super::compute::Compute;
+use super::compute::{Compute, Rows};
 use super::kmeans::{KMeansConfig, KMeansMode, kmeans};
-use super::vectors::{Metric, Vectors, distance_from_dot};
+use super::vectors::{Metric, Vectors};
 use burn::prelude::Backend;
-
-/// Query rows per GEMM block.
-const QUERY_BLOCK: usize = 1024;
-/// Candidate rows per GEMM block.
-const CANDIDATE_BLOCK: usize = 16_384;
 
 /// How the graph is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -112,11 +106,15 @@ impl KnnGraph {
     }
 }
 
-/// A query's running top-k, kept sorted ascending by distance.
+/// A query's running top-k, kept sorted ascending by a key that orders candidates as their
+/// distance does (`−dot` for cosine, `‖c‖² − 2·dot` for Euclidean): no square root or subtraction
+/// per pair in the scan; [`Prepared::distance`] turns a key into the distance at the end.
 #[derive(Clone)]
 struct TopK {
     k: usize,
     items: Vec<(f32, u32)>,
+    /// The key a candidate must beat: the k-th best so far, +∞ until there are k.
+    worst: f32,
 }
 
 impl TopK {
@@ -124,16 +122,27 @@ impl TopK {
         Self {
             k,
             items: Vec::with_capacity(k + 1),
+            worst: f32::INFINITY,
         }
     }
 
-    fn push(&mut self, d: f32, j: u32) {
-        if self.items.len() == self.k && self.items.last().is_some_and(|&(w, _)| d >= w) {
-            return;
+    /// Keeps `(key, j)` if it is among the `k` smallest by `(key, id)`: ties go to the lower row
+    /// id, so the result does not depend on the order candidates are scanned in.
+    fn push(&mut self, key: f32, j: u32) {
+        if self.items.len() == self.k {
+            let (wk, wj) = self.items[self.k - 1];
+            if key > wk || (key == wk && j >= wj) {
+                return;
+            }
         }
-        let at = self.items.partition_point(|&(x, _)| x <= d);
-        self.items.insert(at, (d, j));
+        let at = self
+            .items
+            .partition_point(|&(x, i)| x < key || (x == key && i < j));
+        self.items.insert(at, (key, j));
         self.items.truncate(self.k);
+        if self.items.len() == self.k {
+            self.worst = self.items[self.k - 1].0;
+        }
     }
 }
 
@@ -150,10 +159,26 @@ impl Prepared {
         let sq = x.sq_norms();
         Self { x, sq, metric }
     }
+
+    /// The ranking key of candidate `j` at dot product `dot` (see [`TopK`]).
+    fn key(&self, dot: f32, j: usize) -> f32 {
+        match self.metric {
+            Metric::Cosine => -dot,
+            Metric::Euclidean => self.sq[j] - 2.0 * dot,
+        }
+    }
+
+    /// The distance from query row `q` at ranking key `key`.
+    fn distance(&self, q: usize, key: f32) -> f32 {
+        match self.metric {
+            Metric::Cosine => (1.0 + key).max(0.0),
+            Metric::Euclidean => (self.sq[q] + key).max(0.0).sqrt(),
+        }
+    }
 }
 
-/// Searches `queries` against `candidates` (row indices of `p`), updating `tops` (one per query).
-/// A row is never its own neighbour.
+/// Searches `queries` against `candidates` (row indices of `p`), updating `tops` (one per query),
+/// with the top-k update fused into the blocked product. A row is never its own neighbour.
 fn search<B: Backend>(
     c: &Compute<B>,
     p: &Prepared,
@@ -161,46 +186,97 @@ fn search<B: Backend>(
     candidates: &[usize],
     tops: &mut [TopK],
 ) -> Result<(), MineError> {
-    let dim = p.x.dim();
-    for (qb, tops) in queries
-        .chunks(QUERY_BLOCK)
-        .zip(tops.chunks_mut(QUERY_BLOCK))
-    {
-        let q = p.x.gather(qb);
-        for cb in candidates.chunks(CANDIDATE_BLOCK) {
-            let cand = p.x.gather(cb);
-            let dots = c.dots(q.as_slice(), cand.as_slice(), dim)?;
-            tops.par_iter_mut()
-                .zip(dots.par_chunks(cb.len()))
-                .zip(qb.par_iter())
-                .for_each(|((top, row), &qi)| {
-                    for (&cj, &dot) in cb.iter().zip(row) {
-                        if cj != qi {
-                            top.push(
-                                distance_from_dot(p.metric, dot, p.sq[qi], p.sq[cj]),
-                                cj as u32,
-                            );
-                        }
+    let (x, dim) = (p.x.as_slice(), p.x.dim());
+    let (q, cand) = (Rows::pick(x, dim, queries), Rows::pick(x, dim, candidates));
+    c.scan(q, cand, tops, |top, qi, c0, dots| {
+        let own = queries[qi];
+        let ids = &candidates[c0..c0 + dots.len()];
+        match p.metric {
+            Metric::Cosine => {
+                for (&dot, &cj) in dots.iter().zip(ids) {
+                    if -dot <= top.worst && cj != own {
+                        top.push(-dot, cj as u32);
                     }
-                });
+                }
+            }
+            Metric::Euclidean => {
+                for (&dot, &cj) in dots.iter().zip(ids) {
+                    let key = p.key(dot, cj);
+                    if key <= top.worst && cj != own {
+                        top.push(key, cj as u32);
+                    }
+                }
+            }
         }
-    }
-    Ok(())
+    })
 }
 
-fn into_graph(k: usize, metric: Metric, tops: Vec<TopK>, method: String) -> KnnGraph {
+/// Every row's top-k among all rows from the upper triangle of the Gram matrix: each pair's dot
+/// product is computed once and offered to both rows, half the products of a query-by-query
+/// search.
+fn exact_all<B: Backend>(c: &Compute<B>, p: &Prepared, k: usize) -> Result<Vec<TopK>, MineError> {
+    let n = p.x.len();
+    let accs = c.scan_triangle(
+        p.x.as_slice(),
+        p.x.dim(),
+        || vec![TopK::new(k); n],
+        |tops, r0, c0, rows, cols, dots| {
+            for r in 0..rows {
+                let i = r0 + r;
+                // A diagonal block holds each pair twice and the row itself once.
+                let from = if r0 == c0 { r + 1 } else { 0 };
+                for (cc, &dot) in dots[r * cols..(r + 1) * cols].iter().enumerate().skip(from) {
+                    let j = c0 + cc;
+                    let (ki, kj) = (p.key(dot, j), p.key(dot, i));
+                    if ki <= tops[i].worst {
+                        tops[i].push(ki, j as u32);
+                    }
+                    if kj <= tops[j].worst {
+                        tops[j].push(kj, i as u32);
+                    }
+                }
+            }
+        },
+    )?;
+    let mut accs = accs.into_iter();
+    let mut tops = accs.next().unwrap_or_else(|| vec![TopK::new(k); n]);
+    for other in accs {
+        for (t, o) in tops.iter_mut().zip(other) {
+            for (key, j) in o.items {
+                t.push(key, j);
+            }
+        }
+    }
+    Ok(tops)
+}
+
+/// The graph of `tops`, the running top-k of query rows `queries`.
+fn into_graph(
+    p: &Prepared,
+    k: usize,
+    queries: &[usize],
+    tops: Vec<TopK>,
+    method: String,
+) -> KnnGraph {
     let mut neighbors = Vec::with_capacity(tops.len() * k);
     let mut distances = Vec::with_capacity(tops.len() * k);
-    for t in tops {
+    for (t, &q) in tops.iter().zip(queries) {
         for j in 0..k {
-            let (d, n) = t.items.get(j).copied().unwrap_or((f32::INFINITY, u32::MAX));
-            neighbors.push(n);
-            distances.push(d);
+            match t.items.get(j) {
+                Some(&(key, n)) => {
+                    neighbors.push(n);
+                    distances.push(p.distance(q, key));
+                }
+                None => {
+                    neighbors.push(u32::MAX);
+                    distances.push(f32::INFINITY);
+                }
+            }
         }
     }
     KnnGraph {
         k,
-        metric,
+        metric: p.metric,
         neighbors,
         distances,
         method,
@@ -229,7 +305,7 @@ pub fn exact_neighbors<B: Backend>(
     let all: Vec<usize> = (0..p.x.len()).collect();
     let mut tops = vec![TopK::new(k); queries.len()];
     search(c, p, queries, &all, &mut tops)?;
-    Ok(into_graph(k, p.metric, tops, "exact".into()))
+    Ok(into_graph(p, k, queries, tops, "exact".into()))
 }
 
 /// The kNN graph of every row, exact or IVF per `cfg.method`.
@@ -247,8 +323,10 @@ pub fn knn_graph<B: Backend>(
         KnnMethod::Auto => n > cfg.exact_max_n,
     };
     if !ivf {
+        let k = cfg.k.min(n.saturating_sub(1)).max(1);
         let all: Vec<usize> = (0..n).collect();
-        return exact_neighbors(c, &p, &all, cfg.k);
+        let tops = exact_all(c, &p, k)?;
+        return Ok(into_graph(&p, k, &all, tops, "exact".into()));
     }
     let k = cfg.k.min(n.saturating_sub(1)).max(1);
     let nlist = cfg
@@ -302,9 +380,11 @@ pub fn knn_graph<B: Backend>(
             tops[i] = t;
         }
     }
+    let all: Vec<usize> = (0..n).collect();
     Ok(into_graph(
+        &p,
         k,
-        cfg.metric,
+        &all,
         tops,
         format!("ivf(nlist={nlist}, nprobe={nprobe})"),
     ))
@@ -324,7 +404,12 @@ pub fn nearest_in<B: Backend>(
     }
     Ok(tops
         .iter()
-        .map(|t| t.items.first().map_or(f32::INFINITY, |&(d, _)| d))
+        .zip(queries)
+        .map(|(t, &q)| {
+            t.items
+                .first()
+                .map_or(f32::INFINITY, |&(key, _)| p.distance(q, key))
+        })
         .collect())
 }
 
@@ -334,20 +419,8 @@ pub fn exact_to_centroids<B: Backend>(
     x: &Vectors,
     centroids: &Vectors,
 ) -> Result<Vec<usize>, MineError> {
-    let cen_sq = centroids.sq_norms();
-    let k = centroids.len();
-    let mut out = Vec::with_capacity(x.len());
-    for start in (0..x.len()).step_by(QUERY_BLOCK * 8) {
-        let end = (start + QUERY_BLOCK * 8).min(x.len());
-        let dots = c.dots(x.block(start, end), centroids.as_slice(), x.dim())?;
-        out.extend(dots.chunks(k).map(|row| {
-            (0..k)
-                .map(|j| (cen_sq[j] - 2.0 * row[j], j))
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map_or(0, |(_, j)| j)
-        }));
-    }
-    Ok(out)
+    let a = c.nearest(&c.resident(x.as_slice(), x.dim()), centroids.as_slice())?;
+    Ok(a.labels.into_iter().map(|l| l as usize).collect())
 }
 
 /// Recall@k of `graph` against exact search on `sample` random rows: the share of each sampled
@@ -385,6 +458,7 @@ pub fn recall_at<B: Backend>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::vectors::distance_from_dot;
     use super::*;
     use crate::backend::Cpu;
     use rand::Rng;
@@ -413,28 +487,37 @@ mod tests {
     }
 
     #[test]
-    fn exact_graph_matches_brute_force_for_both_metrics() {
-        let c = Compute::<Cpu>::new(Default::default());
+    fn exact_graph_matches_brute_force_for_both_metrics_on_both_engines() {
         let x = random(300, 8, 3);
-        for metric in [Metric::Cosine, Metric::Euclidean] {
+        let engines = [Compute::<Cpu>::host(), Compute::new(Default::default())];
+        for (c, metric) in engines
+            .iter()
+            .flat_map(|c| [(c, Metric::Cosine), (c, Metric::Euclidean)])
+        {
             let cfg = KnnConfig {
                 k: 5,
                 metric,
                 method: KnnMethod::Exact,
                 ..Default::default()
             };
-            let g = knn_graph(&c, &x, &cfg).unwrap();
+            let g = knn_graph(c, &x, &cfg).unwrap();
+            let p = x.for_metric(metric);
+            let sq = |r: &[f32]| r.iter().map(|v| v * v).sum::<f32>();
             for i in [0, 17, 299] {
                 let got: Vec<usize> = g.of(i).map(|(j, _)| j).collect();
                 assert_eq!(got, brute(&x, metric, i, 5), "{metric:?} row {i}");
-                assert!(g.of(i).all(|(j, _)| j != i));
+                for (j, d) in g.of(i) {
+                    let dot: f32 = p.row(i).iter().zip(p.row(j)).map(|(a, b)| a * b).sum();
+                    let want = distance_from_dot(metric, dot, sq(p.row(i)), sq(p.row(j)));
+                    assert!((d - want).abs() < 1e-4, "{metric:?} {i}→{j}: {d} vs {want}");
+                }
             }
         }
     }
 
     #[test]
     fn ivf_graph_has_high_recall_on_clustered_data() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = Vectors::new(crate::testdata::clustered(4000, 16, 40, 5), 16).unwrap();
         let cfg = KnnConfig {
             k: 10,
@@ -450,7 +533,7 @@ mod tests {
 
     #[test]
     fn k_larger_than_n_is_clamped_and_tiny_inputs_work() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = random(3, 4, 1);
         let g = knn_graph(
             &c,

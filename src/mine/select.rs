@@ -433,7 +433,8 @@ fn coreset<B: Backend>(
         }
     }
     // Candidates stay on the device; each pick is one matrix-vector product.
-    let cand_t = c.matrix(p.x.gather(cand).as_slice(), cand.len(), p.x.dim());
+    let cand_x = p.x.gather(cand);
+    let cand_t = c.resident(cand_x.as_slice(), p.x.dim());
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let finite_max = dist
@@ -772,7 +773,7 @@ mod tests {
 
     #[test]
     fn every_strategy_returns_unique_candidates_within_budget() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = pool_data();
         let labelled: Vec<usize> = (0..10).collect();
         let candidates: Vec<usize> = (10..300).collect();
@@ -814,7 +815,7 @@ mod tests {
 
     #[test]
     fn typiclust_covers_every_cluster_before_repeating() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = pool_data(); // 6 well separated clusters
         let candidates: Vec<usize> = (0..300).collect();
         let pool = Pool {
@@ -835,7 +836,7 @@ mod tests {
 
     #[test]
     fn budget_larger_than_pool_is_clamped_and_zero_is_an_error() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = pool_data();
         let candidates: Vec<usize> = (0..7).collect();
         let pool = Pool {
@@ -866,7 +867,7 @@ mod tests {
 
     #[test]
     fn probcover_covers_every_cluster_and_the_control_arm_is_random_and_apart() {
-        let c = Compute::<Cpu>::new(Default::default());
+        let c = Compute::<Cpu>::host();
         let x = pool_data(); // 6 well separated clusters
         let candidates: Vec<usize> = (0..300).collect();
         let pool = Pool {
@@ -953,13 +954,7 @@ mod tests {
             strategy_of(&cfg, &pool(Some(0.95)), 10),
             (Strategy::Auto, "competent-model")
         );
-        let sel = select(
-            &Compute::<Cpu>::new(Default::default()),
-            &pool(Some(0.95)),
-            10,
-            &cfg,
-        )
-        .unwrap();
+        let sel = select(&Compute::<Cpu>::host(), &pool(Some(0.95)), 10, &cfg).unwrap();
         assert!(
             sel.items
                 .iter()

@@ -66,10 +66,18 @@ impl Vectors {
 
     /// The listed rows, in order, as a new matrix.
     pub fn gather(&self, rows: &[usize]) -> Vectors {
-        let mut data = Vec::with_capacity(rows.len() * self.dim);
-        for &r in rows {
-            data.extend_from_slice(self.row(r));
-        }
+        use rayon::prelude::*;
+        let d = self.dim;
+        let mut data = vec![0f32; rows.len() * d];
+        // Large gathers (a k-means pass re-reads most of the matrix) are memory-bound: split them.
+        let per_task = (1 << 16) / d.max(1) + 1;
+        data.par_chunks_mut(per_task * d)
+            .zip(rows.par_chunks(per_task))
+            .for_each(|(out, idx)| {
+                for (o, &r) in out.chunks_exact_mut(d).zip(idx) {
+                    o.copy_from_slice(self.row(r));
+                }
+            });
         Vectors {
             dim: self.dim,
             data,

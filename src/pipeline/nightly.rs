@@ -612,7 +612,7 @@ impl Night<'_> {
         let miner = Miner::new(self.store.clone(), self.cfg.mine.clone())?;
         let s = match miner
             .run(
-                Compute::<crate::embed::Cpu>::new(Default::default()),
+                Compute::<crate::embed::Cpu>::host(),
                 head.as_deref(),
                 Some(&self.cfg.data.dir.join("reports")),
             )
@@ -676,7 +676,7 @@ impl Night<'_> {
         let miner = Miner::new(self.store.clone(), self.cfg.mine.clone())?;
         let (sel, rows) = match miner
             .select(
-                Compute::<crate::embed::Cpu>::new(Default::default()),
+                Compute::<crate::embed::Cpu>::host(),
                 head.as_deref(),
                 &name,
                 sc.budget,

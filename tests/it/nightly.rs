@@ -505,7 +505,7 @@ async fn select_label_retrain_beats_a_random_selection_of_the_same_size() {
             let miner = Miner::new(s.clone(), cfg.mine.clone()).unwrap();
             let (_, rows) = miner
                 .select(
-                    Compute::<roadwork::embed::Cpu>::new(Default::default()),
+                    Compute::<roadwork::embed::Cpu>::host(),
                     Some(&champion),
                     arm,
                     budget,

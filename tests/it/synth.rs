@@ -120,7 +120,7 @@ async fn gapped_store_with(roadwork: usize) -> (tempfile::TempDir, Store) {
     };
     Miner::new(store.clone(), mine)
         .unwrap()
-        .run(Compute::<Cpu>::new(Default::default()), None, None)
+        .run(Compute::<Cpu>::host(), None, None)
         .await
         .unwrap();
     (dir, store)

@@ -710,10 +710,7 @@ async fn the_gate_decides_the_same_however_often_mining_runs_in_between() {
             },
         )
         .unwrap();
-        async move {
-            m.run(Compute::<Cpu>::new(Default::default()), None, None)
-                .await
-        }
+        async move { m.run(Compute::<Cpu>::host(), None, None).await }
     };
     let first_mining = mine(4).await.unwrap();
     let (reg, t) = trainer(dir.path(), &store, cfg.clone()).await;

@@ -10,19 +10,25 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul};
 use super::kernels;
+pub use crate::backend::CPU_BF16_UNSUPPORTED as BF16_UNSUPPORTED;
+use crate::backend::Precision;
 use crate::embed::vit::rope::rope_values;
 use crate::embed::{Activation, Cpu, DinoV3, DinoV3Config, EmbedError};
+use crate::gemm::bf16::{self, PackedB};
+use crate::gemm::{View, matmul};
 use burn::prelude::*;
 
 /// A linear layer as `y = x·w + b` with `w` row-major `[k, n]` (the layout the GEMM streams
 /// fastest, and Burn's own).
 struct Dense {
+    /// Empty once packed to bf16.
     w: Vec<f32>,
     b: Vec<f32>,
     k: usize,
     n: usize,
+    /// The weights for the bf16 kernels, on the bf16 path.
+    bf16: Option<PackedB>,
 }
 
 impl Dense {
@@ -45,6 +51,9 @@ impl Dense {
     }
 
     fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        if let Some(p) = &self.bf16 {
+            return bf16::matmul(out, self.n, x, rows, p, true, threads > 1);
+        }
         matmul(
             out,
             self.n,
@@ -124,7 +133,24 @@ fn dense(lin: burn::nn::Linear<Cpu>, col_scale: Option<&[f32]>) -> Result<Dense,
             .for_each(|r| r.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
         b.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
     }
-    Ok(Dense { w, b, k, n })
+    Ok(Dense {
+        w,
+        b,
+        k,
+        n,
+        bf16: None,
+    })
+}
+
+impl Dense {
+    /// Moves the weights to the bf16 kernels' layout (the f32 copy is dropped).
+    fn into_bf16(mut self) -> Result<Self, EmbedError> {
+        let p = PackedB::pack(&self.w, self.k, self.n)
+            .ok_or_else(|| EmbedError::Unsupported(BF16_UNSUPPORTED.into()))?;
+        self.w = Vec::new();
+        self.bf16 = Some(p);
+        Ok(self)
+    }
 }
 
 /// Side-by-side concatenation `[k, n₁ + n₂ + …]` of layers with the same input.
@@ -138,7 +164,13 @@ fn concat(parts: Vec<Dense>) -> Dense {
         }
     }
     let b = parts.iter().flat_map(|p| p.b.iter().copied()).collect();
-    Dense { w, b, k, n }
+    Dense {
+        w,
+        b,
+        k,
+        n,
+        bf16: None,
+    }
 }
 
 fn norm(n: burn::nn::LayerNorm<Cpu>) -> Result<Norm, EmbedError> {
@@ -164,6 +196,28 @@ impl CpuVit {
         arch: &DinoV3Config,
         threads: usize,
     ) -> Result<Self, EmbedError> {
+        Self::pack_as(model, arch, threads, Precision::F32)
+    }
+
+    /// Whether this CPU runs the bf16 path (AVX-512 with AVX512_BF16).
+    pub fn bf16_supported() -> bool {
+        bf16::available()
+    }
+
+    /// As [`CpuVit::pack`] at `precision`: with bf16, every linear layer's product runs on the
+    /// AVX512_BF16 kernels (bf16 inputs, f32 accumulation); LayerNorm, softmax, RoPE, GELU and
+    /// the attention products stay f32. An error on a CPU without AVX512_BF16.
+    pub fn pack_as(
+        model: DinoV3<Cpu>,
+        arch: &DinoV3Config,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, EmbedError> {
+        let low = precision == Precision::Bf16;
+        if low && !bf16::available() {
+            return Err(EmbedError::Unsupported(BF16_UNSUPPORTED.into()));
+        }
+        let cast = |d: Dense| if low { d.into_bf16() } else { Ok(d) };
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -195,15 +249,15 @@ impl CpuVit {
                 };
                 Ok(PackedBlock {
                     norm1: norm(l.norm1)?,
-                    qkv: concat(vec![
+                    qkv: cast(concat(vec![
                         dense(a.q_proj, Some(&q_scale))?,
                         dense(a.k_proj, None)?,
                         dense(a.v_proj, None)?,
-                    ]),
-                    o: dense(a.o_proj, Some(&ls1))?,
+                    ]))?,
+                    o: cast(dense(a.o_proj, Some(&ls1))?)?,
                     norm2: norm(l.norm2)?,
-                    up: mlp_in,
-                    down: dense(l.mlp.down_proj, Some(&ls2))?,
+                    up: cast(mlp_in)?,
+                    down: cast(dense(l.mlp.down_proj, Some(&ls2))?)?,
                 })
             })
             .collect::<Result<Vec<_>, EmbedError>>()?;

@@ -9,14 +9,15 @@
 //! stays the reference: tests hold both to transformers' outputs.
 
 mod engine;
-mod gemm;
 mod kernels;
 
 use std::path::Path;
 
-pub use engine::CpuVit;
+pub use engine::{BF16_UNSUPPORTED, CpuVit};
 
-use super::{Cpu, DinoV3Config, EmbedConfig, EmbedError, Embedder, EncoderSpec, ImageEncoder};
+use super::{
+    Cpu, DinoV3Config, EmbedConfig, EmbedError, Embedder, EncoderSpec, ImageEncoder, Precision,
+};
 
 /// [`ImageEncoder`] on the CPU engine.
 pub struct CpuEncoder {
@@ -36,15 +37,28 @@ impl CpuEncoder {
         arch: DinoV3Config,
         weights: Option<&Path>,
     ) -> Result<Self, EmbedError> {
+        if cfg.precision == Precision::Bf16 && !crate::gemm::bf16::available() {
+            // Before the weights are read: the error is about the CPU, not the file.
+            return Err(EmbedError::Unsupported(BF16_UNSUPPORTED.into()));
+        }
         let e = Embedder::<Cpu>::load_with(cfg, arch, weights, &Default::default())?;
-        Self::from_embedder(e, cfg.cpu_threads)
+        Self::from_embedder_as(e, cfg.cpu_threads, cfg.precision)
     }
 
     /// Packs a loaded Burn encoder (consumed: its parameters move into the engine).
     pub fn from_embedder(e: Embedder<Cpu>, threads: usize) -> Result<Self, EmbedError> {
+        Self::from_embedder_as(e, threads, Precision::F32)
+    }
+
+    /// As [`CpuEncoder::from_embedder`] at `precision` (bf16 needs AVX512_BF16).
+    pub fn from_embedder_as(
+        e: Embedder<Cpu>,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, EmbedError> {
         let (model, arch, spec) = e.into_parts();
         Ok(Self {
-            vit: CpuVit::pack(model, &arch, threads)?,
+            vit: CpuVit::pack_as(model, &arch, threads, precision)?,
             spec,
         })
     }

@@ -1,8 +1,11 @@
-//! Matrix products of the CPU engine through the `gemm` crate, whose AVX-512 or AVX2+FMA
-//! micro-kernels are picked from the CPU's features at run time (no `-C target-cpu` needed).
+//! Matrix products on the CPU (the DINOv3 engine and mining) through the `gemm` crate, whose
+//! AVX-512 or AVX2+FMA micro-kernels are picked from the CPU's features at run time (no
+//! `-C target-cpu` needed).
 //!
 //! Every matrix is a strided view over a slice; the bounds of each view are checked before the
 //! product runs, so the one `unsafe` call below never reads or writes outside its slices.
+
+pub(crate) mod bf16;
 
 use gemm_common::Parallelism;
 
