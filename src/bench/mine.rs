@@ -64,8 +64,23 @@ pub struct MineBenchRow {
     pub phash_s: f64,
     pub phash_pairs: usize,
     pub peak_rss_mib: Option<f64>,
-    /// The scikit-learn side, or why it did not run.
+    /// The scikit-learn side, or why it did not run (JSON: `{"row": …}` or `{"skipped": …}`).
+    #[serde(serialize_with = "ok_or_reason")]
     pub sklearn: Result<SklearnRow, String>,
+}
+
+/// A `Result` as `{"row": …}` or `{"skipped": reason}`: plain to read from any JSON tool.
+fn ok_or_reason<S: serde::Serializer>(
+    r: &Result<SklearnRow, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(1))?;
+    match r {
+        Ok(row) => m.serialize_entry("row", row)?,
+        Err(why) => m.serialize_entry("skipped", why)?,
+    }
+    m.end()
 }
 
 /// Lloyd iterations timed, on both sides from the same k-means++ start with `tol = 0` (each run
@@ -425,6 +440,13 @@ not json
         assert!(r.lloyd_inertia > 0.0 && r.lloyd_s_per_iter > 0.0);
         let err = r.sklearn.as_ref().unwrap_err();
         assert!(err.contains("not found"), "{err}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json["sklearn"]["skipped"]
+                .as_str()
+                .unwrap()
+                .contains("not found")
+        );
         let md = markdown(&[r]);
         assert!(md.contains("skipped: ") && md.contains("| 1500 × 16, 8 | host gemm"));
     }
