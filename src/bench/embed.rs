@@ -282,6 +282,7 @@ pub fn run_on(
                     &Default::default(),
                 ))
             }
+            #[cfg(not(feature = "cuda"))]
             (d, p) => return Err(crate::embed::device::unsupported(d, p)),
         }
     }

@@ -85,6 +85,7 @@ pub fn load_encoder(
         >::load(
             cfg, weights, &Default::default()
         )?),
+        #[cfg(not(feature = "cuda"))]
         (d, p) => return Err(unsupported(d, p)),
     })
 }

@@ -146,11 +146,20 @@ pub(crate) fn matmul(
                     let cols = NR.min(n - pi * NR);
                     let panel = &b.data[pi * kp * NR..(pi + 1) * kp * NR];
                     let o = &mut rows[t0 * out_stride + pi * NR..];
-                    // SAFETY: `PackedB` exists only where `available()` holds; the tile reads
+                    // SAFETY: `PackedB` exists only where `available()` holds (AVX-512F and
+                    // AVX512_BF16, the kernel's target features); the tile reads
                     // `MR` rows of `kp` pairs from `a_tile` and `kp × NR` pairs from `panel`,
                     // and writes `tr` rows of `cols` values `out_stride` apart into `o`, all
                     // inside the slices (checked by the asserts above and the slicing here).
-                    unsafe { tile(a_tile, kp, tr, panel, o, out_stride, cols, accumulate) };
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::tile8(a_tile, kp, tr, panel, o, out_stride, cols, accumulate)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = (a_tile, tr, panel, o, cols, accumulate);
+                        unreachable!("PackedB is never built off x86-64");
+                    }
                 }
             }
         }
@@ -168,41 +177,15 @@ pub(crate) fn matmul(
     }
 }
 
-/// One micro-tile: `MR` rows of `a` (zero rows past the matrix) × `cols ≤ NR` columns; the first
-/// `tr` rows are written.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    a: &[u32],
-    kp: usize,
-    tr: usize,
-    panel: &[u32],
-    out: &mut [f32],
-    out_stride: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    debug_assert!(a.len() >= MR * kp && panel.len() >= kp * NR);
-    debug_assert!((1..=MR).contains(&tr) && out.len() >= (tr - 1) * out_stride + cols);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller holds a `PackedB`, which proves AVX-512F and AVX512_BF16.
-    unsafe {
-        x86::tile8(a, kp, tr, panel, out, out_stride, cols, accumulate)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (a, kp, tr, panel, out, out_stride, cols, accumulate);
-        unreachable!("PackedB is never built off x86-64");
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::NR;
+    use super::{MR, NR};
 
-    /// 8 rows × up to 32 columns, accumulated over `kp` bf16 pairs in 16 named registers
-    /// (an array of accumulators spilled to the stack in the dev profile's code).
+    /// One micro-tile: `MR` (8) rows of `a` (zero rows past the matrix; the first `tr` are
+    /// written) × up to 32 columns, accumulated over `kp` bf16 pairs in 16 named registers (an
+    /// array of accumulators spilled to the stack in the dev profile's code).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile8(
@@ -215,6 +198,8 @@ mod x86 {
         cols: usize,
         accumulate: bool,
     ) {
+        debug_assert!(MR == 8 && a.len() >= MR * kp && panel.len() >= kp * NR);
+        debug_assert!((1..=MR).contains(&tr) && out.len() >= (tr - 1) * out_stride + cols);
         let z = _mm512_setzero_ps();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) =
             (z, z, z, z, z, z, z, z);
