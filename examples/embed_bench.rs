@@ -39,7 +39,8 @@ fn main() -> Result<()> {
         iters,
         resolution: 224,
         cpu_threads: 0,
-        burn_cpu: false,
+        burn: false,
+        cuda_eager: false,
     };
     let mut rows = roadwork::bench::embed::run_on(device, &precisions, &plan)?;
     if let Some(script) = args.get(4) {
@@ -49,7 +50,14 @@ fn main() -> Result<()> {
             "cpu"
         };
         let dtypes: Vec<&str> = precisions.iter().map(|p| p.torch_name()).collect();
-        match run_torch(&PathBuf::from(script), dev, &models, &batches, &dtypes) {
+        match run_torch(
+            &PathBuf::from(script),
+            dev,
+            &models,
+            &batches,
+            &dtypes,
+            false,
+        ) {
             Ok(t) => join_torch(&mut rows, &t),
             Err(e) => eprintln!("PyTorch side skipped: {e}"),
         }

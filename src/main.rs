@@ -657,9 +657,20 @@ struct BenchEmbed {
     /// Threads of the CPU engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     cpu_threads: usize,
-    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path; slow).
+    /// Also time the generic Burn module (burn-ndarray on the CPU, burn-cuda on a GPU): the
+    /// reference path; slow.
+    #[arg(long, alias = "burn-cpu")]
+    burn: bool,
+    /// On CUDA, also time the engine without its CUDA graph.
     #[arg(long)]
-    burn_cpu: bool,
+    cuda_eager: bool,
+    /// Also time `torch.compile` on the PyTorch side (minutes of compilation per case).
+    #[arg(long)]
+    torch_compile: bool,
+    /// On CUDA, also hold the engine to transformers and the Burn f32 module on full-size random
+    /// models (benches/torch_parity.py writes the weights and reference outputs).
+    #[arg(long)]
+    parity: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -672,7 +683,8 @@ fn bench_embed(b: BenchEmbed) -> Result<()> {
         iters: b.iters,
         resolution: 224,
         cpu_threads: b.cpu_threads,
-        burn_cpu: b.burn_cpu,
+        burn: b.burn,
+        cuda_eager: b.cuda_eager,
     };
     let mut rows = roadwork::bench::embed::run_on(b.device, &b.precisions, &plan)?;
     if !b.no_torch {
@@ -684,12 +696,31 @@ fn bench_embed(b: BenchEmbed) -> Result<()> {
             ComputeDevice::Cuda => "cuda",
         };
         let dtypes: Vec<&str> = b.precisions.iter().map(|p| p.torch_name()).collect();
-        match run_torch(&script, dev, &b.models, &b.batches, &dtypes) {
+        match run_torch(
+            &script,
+            dev,
+            &b.models,
+            &b.batches,
+            &dtypes,
+            b.torch_compile,
+        ) {
             Ok(t) => join_torch(&mut rows, &t),
             Err(e) => eprintln!("PyTorch side skipped: {e}"),
         }
     }
     print!("{}", markdown(&rows));
+    if b.parity {
+        #[cfg(feature = "cuda")]
+        {
+            let script = roadwork::bench::embed::default_parity_script();
+            match roadwork::bench::embed::run_cuda_parity(&script, &b.models, &b.precisions) {
+                Ok(p) => print!("\n{}", roadwork::bench::embed::parity_markdown(&p)),
+                Err(e) => eprintln!("parity check failed: {e}"),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        eprintln!("--parity checks the CUDA engine; this build has no CUDA support");
+    }
     if let Some(p) = b.json {
         std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", p.display()))?;

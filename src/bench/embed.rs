@@ -23,8 +23,10 @@ pub struct EmbedBenchPlan {
     pub resolution: usize,
     /// Threads of the CPU engine (0: one per core).
     pub cpu_threads: usize,
-    /// On the CPU, also time the generic Burn module on burn-ndarray (the reference path).
-    pub burn_cpu: bool,
+    /// Also time the generic Burn module (burn-ndarray or burn-cuda: the reference path).
+    pub burn: bool,
+    /// On CUDA, also time the engine without its CUDA graph (every launch enqueued per pass).
+    pub cuda_eager: bool,
 }
 
 /// One measured case.
@@ -45,6 +47,11 @@ pub struct EmbedBenchRow {
     /// PyTorch eager f32 on the same case, for the rows of another dtype (a bf16 path is judged
     /// against f32 too).
     pub torch_f32_ms: Option<f64>,
+    /// `torch.compile` on the same case, when asked for.
+    pub torch_compiled_ms: Option<f64>,
+    /// For GPU engines, where `ms` is device time with the inputs resident (as PyTorch's timer):
+    /// wall time from host pixels to host features, upload and read-back included.
+    pub e2e_ms: Option<f64>,
 }
 
 /// One line of the PyTorch reference script's JSON output.
@@ -94,6 +101,8 @@ fn row(backend: &str, model: DinoV3Size, dtype: &str, batch: usize, ms: f64) -> 
         torch_ms: None,
         torch_img_s: None,
         torch_f32_ms: None,
+        torch_compiled_ms: None,
+        e2e_ms: None,
     }
 }
 
@@ -122,6 +131,50 @@ pub fn run_cpu_engine(
                 return Err(e);
             }
             rows.push(row("roadwork-cpu", size, precision.torch_name(), batch, ms));
+        }
+    }
+    Ok(rows)
+}
+
+/// Times the CUDA engine ([`crate::embed::CudaVit`]) at `precision` for every (model, batch) of
+/// `plan`: device time with inputs resident (the row's `ms`) and end-to-end wall time.
+#[cfg(feature = "cuda")]
+pub fn run_cuda_engine(
+    plan: &EmbedBenchPlan,
+    precision: Precision,
+    graphs: bool,
+) -> Result<Vec<EmbedBenchRow>, EmbedError> {
+    let (iters, resolution) = (plan.iters, plan.resolution);
+    let label = if graphs {
+        "roadwork-cuda"
+    } else {
+        "roadwork-cuda-eager"
+    };
+    let mut rows = Vec::new();
+    for &size in &plan.models {
+        let cfg = size.config();
+        let map = weights::random_weights(&cfg, 0);
+        let model = weights::load::<Cpu>(&cfg, &map, &Default::default())?;
+        drop(map);
+        let mut vit = crate::embed::CudaVit::pack(model, &cfg, 0, precision)?;
+        if !graphs {
+            vit = vit.without_graphs();
+        }
+        for &batch in &plan.batches {
+            let px = pixels(batch, resolution);
+            let device_ms = vit.time_forward(&px, batch, resolution, resolution, iters.max(20))?;
+            let mut failed = None;
+            let e2e = time_ms(iters, || {
+                if let Err(e) = vit.pooled(&px, batch, resolution, resolution) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let mut r = row(label, size, precision.torch_name(), batch, device_ms);
+            r.e2e_ms = Some(e2e);
+            rows.push(r);
         }
     }
     Ok(rows)
@@ -159,13 +212,15 @@ pub fn run_burn<B: Backend>(
     rows
 }
 
-/// Runs the PyTorch reference script (`--device cpu|cuda`) and returns its eager rows, or why not.
+/// Runs the PyTorch reference script (`--device cpu|cuda`, with `--compile` when asked) and
+/// returns its rows (eager, and compiled when asked), or why not.
 pub fn run_torch(
     script: &Path,
     device: &str,
     models: &[DinoV3Size],
     batches: &[usize],
     dtypes: &[&str],
+    compile: bool,
 ) -> Result<Vec<TorchRow>, String> {
     if !script.is_file() {
         return Err(format!("{} not found", script.display()));
@@ -183,6 +238,7 @@ pub fn run_torch(
             &join(batches.iter().map(|b| b.to_string()).collect()),
         ])
         .args(["--dtypes", &dtypes.join(",")])
+        .args(if compile { &["--compile"][..] } else { &[][..] })
         .output()
         .map_err(|e| format!("cannot run python3: {e}"))?;
     if !out.status.success() {
@@ -193,25 +249,24 @@ pub fn run_torch(
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<TorchRow>(l).ok())
-        .filter(|r| r.mode == "eager")
         .collect())
 }
 
-/// Attaches the matching PyTorch numbers to each Burn row.
+/// Attaches the matching PyTorch numbers to each of our rows.
 pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
     for r in rows {
-        if let Some(t) = torch
-            .iter()
-            .find(|t| t.model == r.model && t.batch == r.batch && t.dtype == r.dtype)
-        {
+        let find = |dtype: &str, mode: &str| {
+            torch.iter().find(|t| {
+                t.model == r.model && t.batch == r.batch && t.dtype == dtype && t.mode == mode
+            })
+        };
+        if let Some(t) = find(&r.dtype, "eager") {
             r.torch_ms = Some(t.ms);
             r.torch_img_s = Some(t.img_s);
         }
+        r.torch_compiled_ms = find(&r.dtype, "compiled").map(|t| t.ms);
         if r.dtype != "float32" {
-            r.torch_f32_ms = torch
-                .iter()
-                .find(|t| t.model == r.model && t.batch == r.batch && t.dtype == "float32")
-                .map(|t| t.ms);
+            r.torch_f32_ms = find("float32", "eager").map(|t| t.ms);
         }
     }
 }
@@ -219,8 +274,8 @@ pub fn join_torch(rows: &mut [EmbedBenchRow], torch: &[TorchRow]) {
 /// The docs/BENCHMARKS.md table.
 pub fn markdown(rows: &[EmbedBenchRow]) -> String {
     let mut s = String::from(
-        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed | ÷ PyTorch f32 |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| backend | model | dtype | batch | ms/batch | img/s | PyTorch eager ms | PyTorch img/s | ours ÷ PyTorch speed | ÷ PyTorch f32 | torch.compile ms | ÷ compiled | end-to-end ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
     for r in rows {
@@ -228,12 +283,13 @@ pub fn markdown(rows: &[EmbedBenchRow]) -> String {
             .torch_ms
             .map(|t| format!("{:.2}×", t / r.ms))
             .unwrap_or_else(|| "–".into());
-        let vs_f32 = r
-            .torch_f32_ms
-            .map(|t| format!("{:.2}×", t / r.ms))
-            .unwrap_or_else(|| "–".into());
+        let vs = |v: Option<f64>| {
+            v.map(|t| format!("{:.2}×", t / r.ms))
+                .unwrap_or_else(|| "–".into())
+        };
+        let (vs_f32, vs_compiled) = (vs(r.torch_f32_ms), vs(r.torch_compiled_ms));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {vs_f32} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {vs_f32} | {} | {vs_compiled} | {} |\n",
             r.backend,
             r.model,
             r.dtype,
@@ -242,7 +298,9 @@ pub fn markdown(rows: &[EmbedBenchRow]) -> String {
             r.img_s,
             opt(r.torch_ms),
             opt(r.torch_img_s),
-            ratio
+            ratio,
+            opt(r.torch_compiled_ms),
+            opt(r.e2e_ms),
         ));
     }
     s
@@ -261,32 +319,194 @@ pub fn run_on(
             (ComputeDevice::Cpu, Precision::Bf16) => rows.extend(run_cpu_engine(plan, p)?),
             (ComputeDevice::Cpu, Precision::F32) => {
                 rows.extend(run_cpu_engine(plan, p)?);
-                if plan.burn_cpu {
+                if plan.burn {
                     let labels = ("burn-ndarray", label);
                     rows.extend(run_burn::<Cpu>(plan, labels, &Default::default()));
                 }
             }
             #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::F32) => {
-                rows.extend(run_burn::<burn::backend::Cuda<f32>>(
-                    plan,
-                    ("burn-cuda", label),
-                    &Default::default(),
-                ))
-            }
-            #[cfg(feature = "cuda")]
-            (ComputeDevice::Cuda, Precision::Bf16) => {
-                rows.extend(run_burn::<burn::backend::Cuda<half::bf16>>(
-                    plan,
-                    ("burn-cuda", label),
-                    &Default::default(),
-                ))
+            (ComputeDevice::Cuda, p) => {
+                rows.extend(run_cuda_engine(plan, p, true)?);
+                if plan.cuda_eager {
+                    rows.extend(run_cuda_engine(plan, p, false)?);
+                }
+                if plan.burn {
+                    let labels = ("burn-cuda", label);
+                    let dev = Default::default();
+                    rows.extend(match p {
+                        Precision::F32 => run_burn::<burn::backend::Cuda<f32>>(plan, labels, &dev),
+                        Precision::Bf16 => {
+                            run_burn::<burn::backend::Cuda<half::bf16>>(plan, labels, &dev)
+                        }
+                    });
+                }
             }
             #[cfg(not(feature = "cuda"))]
             (d, p) => return Err(crate::embed::device::unsupported(d, p)),
         }
     }
     Ok(rows)
+}
+
+/// Tensors by name: shape and row-major values.
+pub type NamedTensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every f32-convertible tensor of a safetensors file by name (inputs and reference outputs; the
+/// weights go through [`weights::read_safetensors`]).
+pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    st.iter()
+        .map(|(name, v)| {
+            if v.dtype() != safetensors::Dtype::F32 {
+                return Err(format!(
+                    "{}: {name} is {:?}, not F32",
+                    path.display(),
+                    v.dtype()
+                ));
+            }
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok((name.to_string(), (v.shape().to_vec(), data)))
+        })
+        .collect()
+}
+
+/// One engine's distance from the references on one full-size random model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParityRow {
+    pub model: String,
+    pub engine: String,
+    pub dtype: String,
+    /// Max-abs difference of pooled CLS and mean-patch rows from transformers (CPU, f32).
+    pub vs_transformers: f32,
+    /// Max-abs difference of pooled CLS rows from the Burn f32 module.
+    pub vs_burn: f32,
+    /// The bar: 1e-3 in f32, 2e-2 in bf16.
+    pub bar: f32,
+}
+
+#[cfg(feature = "cuda")]
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(
+        if a.len() == b.len() {
+            0.0
+        } else {
+            f32::INFINITY
+        },
+        f32::max,
+    )
+}
+
+/// Runs `benches/torch_parity.py` for `models` (full-size random DINOv3, its state dict loaded here
+/// through the real weights loader) and holds the CUDA engine at each precision to transformers and
+/// to the Burn f32 module on the same inputs.
+#[cfg(feature = "cuda")]
+pub fn run_cuda_parity(
+    script: &Path,
+    models: &[DinoV3Size],
+    precisions: &[Precision],
+) -> Result<Vec<ParityRow>, String> {
+    let dir = std::env::temp_dir().join(format!("roadwork-parity-{}", std::process::id()));
+    let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--models", &names.join(","), "--out"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "transformers reference failed: {}",
+            err.lines().last().unwrap_or("no output")
+        ));
+    }
+    let result = parity_rows(&dir, models, precisions);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(feature = "cuda")]
+fn parity_rows(
+    dir: &Path,
+    models: &[DinoV3Size],
+    precisions: &[Precision],
+) -> Result<Vec<ParityRow>, String> {
+    let err = |e: EmbedError| e.to_string();
+    let mut rows = Vec::new();
+    for &size in models {
+        let cfg = size.config();
+        let map = weights::read_safetensors(&dir.join(format!("{}.safetensors", size.name())))
+            .map_err(|e| e.to_string())?;
+        let io = read_f32_tensors(&dir.join(format!("{}.io.safetensors", size.name())))?;
+        let get = |k: &str| io.get(k).ok_or_else(|| format!("{k} missing"));
+        let (shape, px) = get("pixel_values")?;
+        let (n, side) = (shape[0], shape[2]);
+        let (want_cls, want_mean) = (&get("pooler_output")?.1, &get("mean_patch")?.1);
+        let device = Default::default();
+        let burn = weights::load::<Cpu>(&cfg, &map, &device).map_err(|e| e.to_string())?;
+        let x =
+            Tensor::<Cpu, 4>::from_data(TensorData::new(px.clone(), [n, 3, side, side]), &device);
+        let burn_cls: Vec<f32> = burn
+            .forward(x)
+            .pooler_output
+            .into_data()
+            .into_vec()
+            .map_err(|e| format!("{e:?}"))?;
+        let d = cfg.hidden_size;
+        for &p in precisions {
+            let model = weights::load::<Cpu>(&cfg, &map, &device).map_err(|e| e.to_string())?;
+            let vit = crate::embed::CudaVit::pack(model, &cfg, 0, p).map_err(err)?;
+            let pooled = vit.pooled(px, n, side, side).map_err(err)?;
+            let cls: Vec<f32> = pooled.chunks(2 * d).flat_map(|r| r[..d].to_vec()).collect();
+            let mean: Vec<f32> = pooled.chunks(2 * d).flat_map(|r| r[d..].to_vec()).collect();
+            rows.push(ParityRow {
+                model: size.name().into(),
+                engine: "roadwork-cuda".into(),
+                dtype: p.torch_name().into(),
+                vs_transformers: max_abs(&cls, want_cls).max(max_abs(&mean, want_mean)),
+                vs_burn: max_abs(&cls, &burn_cls),
+                bar: if p == Precision::F32 { 1e-3 } else { 2e-2 },
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The parity table.
+pub fn parity_markdown(rows: &[ParityRow]) -> String {
+    let mut s = String::from(
+        "| model | engine | dtype | max-abs vs transformers | max-abs vs Burn f32 | bar | within |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let ok = r.vs_transformers < r.bar && r.vs_burn < r.bar;
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.2e} | {:.2e} | {:.0e} | {} |\n",
+            r.model,
+            r.engine,
+            r.dtype,
+            r.vs_transformers,
+            r.vs_burn,
+            r.bar,
+            if ok { "yes" } else { "NO" }
+        ));
+    }
+    s
+}
+
+/// The transformers parity script committed with the repository (found as
+/// [`default_torch_script`]).
+pub fn default_parity_script() -> std::path::PathBuf {
+    let rel = Path::new("benches").join("torch_parity.py");
+    if rel.is_file() {
+        return rel;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 /// The PyTorch timer committed with the repository: `benches/torch_dinov3.py` under the current

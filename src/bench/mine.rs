@@ -38,7 +38,8 @@ pub struct SklearnRow {
     /// BLAS and thread pools scikit-learn reports (threadpoolctl).
     pub blas: String,
     pub lloyd_s_per_iter: f64,
-    pub elkan_s_per_iter: f64,
+    /// scikit-learn's Elkan variant (references without one, such as the PyTorch script, omit it).
+    pub elkan_s_per_iter: Option<f64>,
     pub inertia: f64,
     /// `NearestNeighbors(algorithm="brute")` on the unit rows (cosine order), when `--exact`.
     pub knn_brute_s: Option<f64>,
@@ -260,7 +261,7 @@ fn parse_sklearn(stdout: &str) -> Result<SklearnRow, String> {
         version: env["sklearn"].as_str().unwrap_or("?").to_string(),
         blas: env["blas"].to_string(),
         lloyd_s_per_iter: num("lloyd", "s_per_iter")?,
-        elkan_s_per_iter: num("elkan", "s_per_iter")?,
+        elkan_s_per_iter: num("elkan", "s_per_iter").ok(),
         inertia: num("lloyd", "inertia")?,
         knn_brute_s: num("knn_brute", "s").ok(),
     })
@@ -292,24 +293,26 @@ pub fn markdown(rows: &[MineBenchRow]) -> String {
         ));
     }
     s.push_str(
-        "\n| n × dim, k | engine | Lloyd s/iter | scikit-learn lloyd (elkan) | speed-up | inertia (scikit-learn) | kNN graph s | scikit-learn brute s | speed-up |\n|---|---|---|---|---|---|---|---|---|\n",
+        "\n| n × dim, k | engine | Lloyd s/iter | reference | reference lloyd (elkan) | speed-up | inertia (reference) | kNN graph s | reference brute s | speed-up |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         match &r.sklearn {
             Ok(sk) => {
                 let knn = match sk.knn_brute_s {
-                    Some(b) => format!("{b:.1} | {:.2}×", b / r.knn_s),
+                    Some(b) => format!("{b:.2} | {:.2}×", b / r.knn_s),
                     None => "– (without --exact) | –".into(),
                 };
                 s.push_str(&format!(
-                    "| {} × {}, {} | {} | {:.3} | {:.3} ({:.3}) | {:.2}× | {:.4e} ({:.4e}) | {:.1} | {knn} |\n",
+                    "| {} × {}, {} | {} | {:.4} | {} | {:.4} ({}) | {:.2}× | {:.4e} ({:.4e}) | {:.2} | {knn} |\n",
                     r.n,
                     r.dim,
                     r.kmeans_k,
                     r.engine,
                     r.lloyd_s_per_iter,
+                    sk.version,
                     sk.lloyd_s_per_iter,
-                    sk.elkan_s_per_iter,
+                    sk.elkan_s_per_iter
+                        .map_or("–".into(), |e| format!("{e:.4}")),
                     sk.lloyd_s_per_iter / r.lloyd_s_per_iter,
                     r.lloyd_inertia,
                     sk.inertia,
@@ -317,7 +320,7 @@ pub fn markdown(rows: &[MineBenchRow]) -> String {
                 ));
             }
             Err(e) => s.push_str(&format!(
-                "| {} × {}, {} | {} | {:.3} | skipped: {e} | – | {:.4e} | {:.1} | – | – |\n",
+                "| {} × {}, {} | {} | {:.4} | skipped: {e} | – | – | {:.4e} | {:.2} | – | – |\n",
                 r.n, r.dim, r.kmeans_k, r.engine, r.lloyd_s_per_iter, r.lloyd_inertia, r.knn_s
             )),
         }
@@ -408,7 +411,7 @@ not json
         assert!(r.blas.contains("openblas"));
         assert_eq!(
             (r.lloyd_s_per_iter, r.elkan_s_per_iter, r.inertia),
-            (0.25, 0.5, 123.5)
+            (0.25, Some(0.5), 123.5)
         );
         assert_eq!(r.knn_brute_s, Some(4.0));
         let no_knn: String = out.lines().take(4).collect::<Vec<_>>().join("\n");

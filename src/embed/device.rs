@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-#[cfg(feature = "cuda")]
-use super::Embedder;
 use super::{
     AugmentSummary, CpuEncoder, EmbedConfig, EmbedError, EmbedSummary, ImageEncoder, augment_store,
     embed_store,
@@ -58,7 +56,8 @@ async fn encoder_off_the_workers(
 }
 
 /// Loads the encoder of `cfg` on its configured device and precision, behind the device-agnostic
-/// [`ImageEncoder`]: the CPU engine, or the Burn module on CUDA.
+/// [`ImageEncoder`]: the CPU engine, or the CUDA engine (the Burn module stays the reference both
+/// engines are tested against).
 pub fn load_encoder(
     cfg: &EmbedConfig,
     weights: Option<&Path>,
@@ -76,15 +75,9 @@ pub fn load_encoder(
             Arc::new(CpuEncoder::load(cfg, weights)?)
         }
         #[cfg(feature = "cuda")]
-        (ComputeDevice::Cuda, Precision::F32) => Arc::new(
-            Embedder::<burn::backend::Cuda<f32>>::load(cfg, weights, &Default::default())?,
-        ),
-        #[cfg(feature = "cuda")]
-        (ComputeDevice::Cuda, Precision::Bf16) => Arc::new(Embedder::<
-            burn::backend::Cuda<half::bf16>,
-        >::load(
-            cfg, weights, &Default::default()
-        )?),
+        (ComputeDevice::Cuda, Precision::F32 | Precision::Bf16) => {
+            Arc::new(super::CudaEncoder::load(cfg, weights)?)
+        }
         #[cfg(not(feature = "cuda"))]
         (d, p) => return Err(unsupported(d, p)),
     })

@@ -11,7 +11,10 @@
 
 mod baseline;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
+pub(crate) mod packed;
 mod preprocess;
 mod stage;
 pub mod vit;
@@ -25,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::{BASELINE_DIM, BaselineEncoder};
 pub use cpu::{CpuEncoder, CpuVit};
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaEncoder, CudaVit};
 pub use device::{ComputeDevice, Precision, augment, embed, load_encoder};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode, resize_bilinear_aa};
 pub use stage::{AugmentSummary, EmbedSummary, augment_store, embed_store};
@@ -183,9 +188,13 @@ pub enum EmbedError {
     /// User input: a device/precision this build cannot run.
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// The CPU engine could not start or was handed inconsistent shapes.
-    #[error("CPU encoder: {0}")]
+    /// An engine (CPU or CUDA) could not start or was handed inconsistent shapes.
+    #[error("encoder: {0}")]
     Engine(String),
+    /// The CUDA engine: the driver, NVRTC, cuBLASLt or a kernel failed.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
 }
 
 /// A loaded encoder whatever computes it (the CPU engine, or Burn on a GPU): the embed stage and
@@ -301,7 +310,6 @@ impl EncoderSpec {
             .chunks_exact(t * d)
             .take(n)
             .map(|img| {
-                let cls = &img[..d];
                 let mean = || {
                     let patches = &img[self.prefix * d..];
                     let count = (t - self.prefix).max(1) as f32;
@@ -312,14 +320,30 @@ impl EncoderSpec {
                     m.iter_mut().for_each(|a| *a /= count);
                     m
                 };
-                let v = match self.features {
-                    FeatureKind::Cls => cls.to_vec(),
-                    FeatureKind::MeanPatch => mean(),
-                    FeatureKind::ClsMeanPatch => [cls.to_vec(), mean()].concat(),
-                };
-                self.finish(v)
+                self.pick(&img[..d], mean)
             })
             .collect()
+    }
+
+    /// The configured features of `n` images from `[n, 2, hidden]` values: each image's CLS
+    /// row then its mean patch row (what a GPU engine reduces to before reading back).
+    pub fn features_from_pooled(&self, pooled: &[f32], n: usize) -> Vec<Vec<f32>> {
+        let d = self.hidden;
+        pooled
+            .chunks_exact(2 * d)
+            .take(n)
+            .map(|img| self.pick(&img[..d], || img[d..].to_vec()))
+            .collect()
+    }
+
+    /// The configured feature of one image from its CLS row and its mean patch row.
+    fn pick(&self, cls: &[f32], mean: impl FnOnce() -> Vec<f32>) -> Vec<f32> {
+        let v = match self.features {
+            FeatureKind::Cls => cls.to_vec(),
+            FeatureKind::MeanPatch => mean(),
+            FeatureKind::ClsMeanPatch => [cls.to_vec(), mean()].concat(),
+        };
+        self.finish(v)
     }
 
     /// Applies the configured L2 normalisation.

@@ -14,10 +14,9 @@ use super::kernels;
 pub use crate::backend::CPU_BF16_UNSUPPORTED as BF16_UNSUPPORTED;
 use crate::backend::Precision;
 use crate::embed::vit::rope::rope_values;
-use crate::embed::{Activation, Cpu, DinoV3, DinoV3Config, EmbedError};
+use crate::embed::{Cpu, DinoV3, DinoV3Config, EmbedError};
 use crate::gemm::bf16::{self, PackedB};
 use crate::gemm::{View, matmul};
-use burn::prelude::*;
 
 /// A linear layer as `y = x·w + b` with `w` row-major `[k, n]` (the layout the GEMM streams
 /// fastest, and Burn's own).
@@ -65,9 +64,27 @@ impl Dense {
     }
 }
 
-struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+use crate::embed::packed::{self, Norm, Shape};
+
+impl Dense {
+    fn from_linear(l: packed::Linear) -> Self {
+        Dense {
+            w: l.w,
+            b: l.b,
+            k: l.k,
+            n: l.n,
+            bf16: None,
+        }
+    }
+
+    /// Moves the weights to the bf16 kernels' layout (the f32 copy is dropped).
+    fn into_bf16(mut self) -> Result<Self, EmbedError> {
+        let p = PackedB::pack(&self.w, self.k, self.n)
+            .ok_or_else(|| EmbedError::Unsupported(BF16_UNSUPPORTED.into()))?;
+        self.w = Vec::new();
+        self.bf16 = Some(p);
+        Ok(self)
+    }
 }
 
 struct PackedBlock {
@@ -85,16 +102,7 @@ struct PackedBlock {
 
 /// DINOv3 packed for the CPU, with its own thread pool.
 pub struct CpuVit {
-    d: usize,
-    heads: usize,
-    inter: usize,
-    patch: usize,
-    channels: usize,
-    prefix: usize,
-    gated: bool,
-    act: Activation,
-    eps: f32,
-    rope_theta: f64,
+    shape: Shape,
     patch_embed: Dense,
     /// CLS then the register tokens, `[prefix, d]`.
     prefix_tokens: Vec<f32>,
@@ -111,75 +119,6 @@ struct RopeTables {
     grid: (usize, usize),
     cos: Vec<f32>,
     sin: Vec<f32>,
-}
-
-fn values<const D: usize>(t: Tensor<Cpu, D>) -> Result<Vec<f32>, EmbedError> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| EmbedError::Engine(format!("reading a parameter: {e:?}")))
-}
-
-/// Takes the layer apart (its parameters are moved, not copied, where nothing else holds them).
-fn dense(lin: burn::nn::Linear<Cpu>, col_scale: Option<&[f32]>) -> Result<Dense, EmbedError> {
-    let [k, n] = lin.weight.dims();
-    let mut w = values(lin.weight.into_value())?;
-    let mut b = match lin.bias {
-        Some(b) => values(b.into_value())?,
-        None => vec![0.0; n],
-    };
-    if let Some(s) = col_scale {
-        w.chunks_exact_mut(n)
-            .for_each(|r| r.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
-        b.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
-    }
-    Ok(Dense {
-        w,
-        b,
-        k,
-        n,
-        bf16: None,
-    })
-}
-
-impl Dense {
-    /// Moves the weights to the bf16 kernels' layout (the f32 copy is dropped).
-    fn into_bf16(mut self) -> Result<Self, EmbedError> {
-        let p = PackedB::pack(&self.w, self.k, self.n)
-            .ok_or_else(|| EmbedError::Unsupported(BF16_UNSUPPORTED.into()))?;
-        self.w = Vec::new();
-        self.bf16 = Some(p);
-        Ok(self)
-    }
-}
-
-/// Side-by-side concatenation `[k, n₁ + n₂ + …]` of layers with the same input.
-fn concat(parts: Vec<Dense>) -> Dense {
-    let k = parts.first().map_or(0, |p| p.k);
-    let n: usize = parts.iter().map(|p| p.n).sum();
-    let mut w = Vec::with_capacity(k * n);
-    for r in 0..k {
-        for p in &parts {
-            w.extend_from_slice(&p.w[r * p.n..(r + 1) * p.n]);
-        }
-    }
-    let b = parts.iter().flat_map(|p| p.b.iter().copied()).collect();
-    Dense {
-        w,
-        b,
-        k,
-        n,
-        bf16: None,
-    }
-}
-
-fn norm(n: burn::nn::LayerNorm<Cpu>) -> Result<Norm, EmbedError> {
-    let gamma = values(n.gamma.into_value())?;
-    let beta = match n.beta {
-        Some(b) => values(b.into_value())?,
-        None => vec![0.0; gamma.len()],
-    };
-    Ok(Norm { gamma, beta })
 }
 
 /// Rows per parallel task: about four tasks per thread, never below 16 rows.
@@ -228,56 +167,27 @@ impl CpuVit {
             .thread_name(|i| format!("roadwork-cpu-{i}"))
             .build()
             .map_err(|e| EmbedError::Engine(format!("starting {threads} threads: {e}")))?;
-        let scale = 1.0 / (arch.head_dim() as f32).sqrt();
-        let d = arch.hidden_size;
-        let q_scale = vec![scale; d];
-        let DinoV3 {
-            embeddings,
-            layers,
-            norm: final_norm,
-            ..
-        } = model;
-        let blocks = layers
+        let v = packed::Vit::from_model(model, arch)?;
+        let blocks = v
+            .blocks
             .into_iter()
-            .map(|l| {
-                let a = l.attention;
-                let ls1 = values(l.layer_scale1.into_value())?;
-                let ls2 = values(l.layer_scale2.into_value())?;
-                let mlp_in = match l.mlp.gate_proj {
-                    Some(g) => concat(vec![dense(g, None)?, dense(l.mlp.up_proj, None)?]),
-                    None => dense(l.mlp.up_proj, None)?,
-                };
+            .map(|b| {
                 Ok(PackedBlock {
-                    norm1: norm(l.norm1)?,
-                    qkv: cast(concat(vec![
-                        dense(a.q_proj, Some(&q_scale))?,
-                        dense(a.k_proj, None)?,
-                        dense(a.v_proj, None)?,
-                    ]))?,
-                    o: cast(dense(a.o_proj, Some(&ls1))?)?,
-                    norm2: norm(l.norm2)?,
-                    up: cast(mlp_in)?,
-                    down: cast(dense(l.mlp.down_proj, Some(&ls2))?)?,
+                    norm1: b.norm1,
+                    qkv: cast(Dense::from_linear(b.qkv))?,
+                    o: cast(Dense::from_linear(b.o))?,
+                    norm2: b.norm2,
+                    up: cast(Dense::from_linear(b.up))?,
+                    down: cast(Dense::from_linear(b.down))?,
                 })
             })
             .collect::<Result<Vec<_>, EmbedError>>()?;
-        let mut prefix_tokens = values(embeddings.cls_token.into_value())?;
-        prefix_tokens.extend(values(embeddings.register_tokens.into_value())?);
         Ok(Self {
-            d,
-            heads: arch.num_attention_heads,
-            inter: arch.intermediate_size,
-            patch: arch.patch_size,
-            channels: arch.num_channels,
-            prefix: arch.num_prefix_tokens(),
-            gated: arch.use_gated_mlp,
-            act: arch.hidden_act,
-            eps: arch.layer_norm_eps as f32,
-            rope_theta: arch.rope_theta,
-            patch_embed: dense(embeddings.patch, None)?,
-            prefix_tokens,
+            shape: v.shape,
+            patch_embed: Dense::from_linear(v.patch_embed),
+            prefix_tokens: v.prefix_tokens,
             blocks,
-            norm: norm(final_norm)?,
+            norm: v.norm,
             threads,
             pool,
             rope: Mutex::new(None),
@@ -292,43 +202,34 @@ impl CpuVit {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, EmbedError> {
-        let p = self.patch;
-        if n == 0 || h == 0 || w == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
-            return Err(EmbedError::Engine(format!(
-                "{n} images of {h}×{w}: need at least one image, sides positive multiples of {p}"
-            )));
-        }
-        if pixels.len() != n * self.channels * h * w {
-            return Err(EmbedError::Engine(format!(
-                "{} pixel values for {n}×{}×{h}×{w}",
-                pixels.len(),
-                self.channels
-            )));
-        }
+        packed::check_input(&self.shape, pixels.len(), n, h, w)?;
         Ok(self.pool.install(|| self.run(pixels, n, h, w)))
     }
 
     fn run(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
-        let (d, th, prefix) = (self.d, self.threads, self.prefix);
-        let (hp, wp) = (h / self.patch, w / self.patch);
+        let (d, th, prefix) = (self.shape.d, self.threads, self.shape.prefix);
+        let (hp, wp) = (h / self.shape.patch, w / self.shape.patch);
         let t = prefix + hp * wp;
         let rows = n * t;
         let rpt = rows_per_task(rows, th);
 
         let mut x = self.embed_patches(pixels, n, h, w);
-        let hd = d / self.heads;
+        let hd = self.shape.head_dim();
         let rope = self.rope_tables(hp, wp, hd);
         let (cos, sin) = (&rope.cos, &rope.sin);
-        let mid = if self.gated {
-            2 * self.inter
-        } else {
-            self.inter
-        };
+        let mid = self.shape.mid();
         let mut y = vec![0f32; rows * d];
         let mut qkv = vec![0f32; rows * 3 * d];
         let mut heads = vec![0f32; rows * d];
         let mut hidden = vec![0f32; rows * mid];
-        let mut gated = vec![0f32; if self.gated { rows * self.inter } else { 0 }];
+        let mut gated = vec![
+            0f32;
+            if self.shape.gated {
+                rows * self.shape.inter
+            } else {
+                0
+            }
+        ];
         for b in &self.blocks {
             self.layer_norm(&x, &mut y, &b.norm1, rpt);
             b.qkv.forward(&y, rows, &mut qkv, th);
@@ -338,9 +239,9 @@ impl CpuVit {
             b.o.forward_add(&y, rows, &mut x, th);
             self.layer_norm(&x, &mut y, &b.norm2, rpt);
             b.up.forward(&y, rows, &mut hidden, th);
-            let act = self.act;
-            let input = if self.gated {
-                let inter = self.inter;
+            let act = self.shape.act;
+            let input = if self.shape.gated {
+                let inter = self.shape.inter;
                 gated
                     .par_chunks_mut(rpt * inter)
                     .zip(hidden.par_chunks(rpt * mid))
@@ -361,7 +262,7 @@ impl CpuVit {
     /// The RoPE tables of a `hp × wp` grid, computed once per grid size.
     fn rope_tables(&self, hp: usize, wp: usize, hd: usize) -> Arc<RopeTables> {
         let make = || {
-            let (cos, sin) = rope_values(hp, wp, 0, hd, self.rope_theta);
+            let (cos, sin) = rope_values(hp, wp, 0, hd, self.shape.rope_theta);
             Arc::new(RopeTables {
                 grid: (hp, wp),
                 cos,
@@ -383,7 +284,12 @@ impl CpuVit {
 
     /// `[n·tokens, d]`: CLS, registers, then the patch projections of each image.
     fn embed_patches(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
-        let (p, c, d, prefix) = (self.patch, self.channels, self.d, self.prefix);
+        let (p, c, d, prefix) = (
+            self.shape.patch,
+            self.shape.channels,
+            self.shape.d,
+            self.shape.prefix,
+        );
         let (hp, wp) = (h / p, w / p);
         let (np, k) = (hp * wp, c * p * p);
         // [n, C, h, w] → [n, hp·wp, C·p·p]: the conv's receptive fields as rows.
@@ -413,7 +319,7 @@ impl CpuVit {
     }
 
     fn layer_norm(&self, x: &[f32], out: &mut [f32], n: &Norm, rpt: usize) {
-        let (d, eps) = (self.d, self.eps);
+        let (d, eps) = (self.shape.d, self.shape.eps);
         out.par_chunks_mut(rpt * d)
             .zip(x.par_chunks(rpt * d))
             .for_each(|(o, x)| kernels::layer_norm(x, o, &n.gamma, &n.beta, eps));
@@ -421,8 +327,8 @@ impl CpuVit {
 
     /// Rotates q and k of every patch token (prefix tokens keep theirs).
     fn rope(&self, qkv: &mut [f32], t: usize, cos: &[f32], sin: &[f32]) {
-        let (d, prefix) = (self.d, self.prefix);
-        let hd = d / self.heads;
+        let (d, prefix) = (self.shape.d, self.shape.prefix);
+        let hd = self.shape.head_dim();
         qkv.par_chunks_mut(t * 3 * d).for_each(|img| {
             for (i, row) in img.chunks_exact_mut(3 * d).enumerate().skip(prefix) {
                 let j = (i - prefix) * hd;
@@ -433,7 +339,7 @@ impl CpuVit {
 
     /// `softmax(q·kᵀ)·v` for every (image, head) in parallel into `out` = `[n, heads, t, hd]`.
     fn attention(&self, qkv: &[f32], n: usize, t: usize, out: &mut [f32]) {
-        let (d, heads) = (self.d, self.heads);
+        let (d, heads) = (self.shape.d, self.shape.heads);
         let hd = d / heads;
         out[..n * t * d]
             .par_chunks_mut(t * hd)
@@ -454,7 +360,7 @@ impl CpuVit {
 
     /// `[n, heads, t, hd]` → `[n·t, d]`.
     fn merge_heads(&self, heads: &[f32], t: usize, out: &mut [f32]) {
-        let (d, nh) = (self.d, self.heads);
+        let (d, nh) = (self.shape.d, self.shape.heads);
         let hd = d / nh;
         out.par_chunks_mut(t * d)
             .zip(heads.par_chunks(t * d))
