@@ -72,7 +72,41 @@ impl std::fmt::Display for EmbedSummary {
     }
 }
 
-/// Decodes and preprocesses one chunk in parallel; failures become skip reasons.
+/// Runs `encode` on each prepared group while `prepare` readies the next one (both on the rayon
+/// pool), so decoding and resizing full-resolution images overlap the encoder's forward pass
+/// instead of waiting for it: on a GPU the forward costs the host almost nothing, and the decode of
+/// the next batch is what would otherwise bound throughput.
+fn pipelined<In: Send, Out: Send>(
+    groups: Vec<In>,
+    prepare: impl Fn(In) -> Out + Sync,
+    mut encode: impl FnMut(Out) -> Result<(), EmbedError> + Send,
+) -> Result<(), EmbedError> {
+    let mut groups = groups.into_iter();
+    let Some(first) = groups.next() else {
+        return Ok(());
+    };
+    let mut ready = prepare(first);
+    for next in groups {
+        let (done, prepared) = rayon::join(|| encode(ready), || prepare(next));
+        done?;
+        ready = prepared;
+    }
+    encode(ready)
+}
+
+/// One forward pass over a prepared group (nothing to do for an empty one).
+fn encode_group<T>(
+    e: &dyn ImageEncoder,
+    group: &[(T, Vec<f32>)],
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    if group.is_empty() {
+        return Ok(Vec::new());
+    }
+    let px: Vec<f32> = group.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    e.embed_pixels(px, group.len())
+}
+
+/// Decodes and preprocesses one group in parallel; failures become skip reasons.
 fn prepare(
     embedder: &dyn ImageEncoder,
     images: Vec<(SampleId, Vec<u8>)>,
@@ -330,17 +364,21 @@ async fn augment_pending(
             store.images(&ids).await?.into_iter().collect();
         let (e, copies, cfg2) = (embedder.clone(), chunk.to_vec(), cfg.clone());
         let (rows, skipped) = tokio::task::spawn_blocking(move || {
-            let (ok, skipped) = prepare_copies(e.as_ref(), &images, &copies, &cfg2, &limits);
-            let mut rows = Vec::with_capacity(ok.len());
-            for group in ok.chunks(batch) {
-                let n = group.len();
-                let px: Vec<f32> = group.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                let feats = e.embed_pixels(px, n)?;
-                rows.extend(group.iter().zip(feats).map(|((r, _), v)| AugmentedVector {
-                    vector: v,
-                    ..r.clone()
-                }));
-            }
+            let mut rows = Vec::with_capacity(copies.len());
+            let mut skipped = Vec::new();
+            pipelined(
+                copies.chunks(batch).collect(),
+                |group| prepare_copies(e.as_ref(), &images, group, &cfg2, &limits),
+                |(ok, skip)| {
+                    skipped.extend(skip);
+                    let feats = encode_group(e.as_ref(), &ok)?;
+                    rows.extend(ok.iter().zip(feats).map(|((r, _), v)| AugmentedVector {
+                        vector: v,
+                        ..r.clone()
+                    }));
+                    Ok(())
+                },
+            )?;
             Ok::<_, EmbedError>((rows, skipped))
         })
         .await
@@ -419,14 +457,24 @@ async fn embed_pending(
         let images = store.images(chunk).await?;
         let e = embedder.clone();
         let (vectors, skipped) = tokio::task::spawn_blocking(move || {
-            let (ok, skipped) = prepare(e.as_ref(), images, &limits);
-            let mut vectors = Vec::with_capacity(ok.len());
-            for group in ok.chunks(batch) {
-                let n = group.len();
-                let px: Vec<f32> = group.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                let feats = e.embed_pixels(px, n)?;
-                vectors.extend(group.iter().map(|(id, _)| id.clone()).zip(feats));
+            let mut vectors = Vec::with_capacity(images.len());
+            let mut skipped = Vec::new();
+            let mut groups = Vec::new();
+            let mut rest = images;
+            while !rest.is_empty() {
+                let tail = rest.split_off(batch.min(rest.len()));
+                groups.push(std::mem::replace(&mut rest, tail));
             }
+            pipelined(
+                groups,
+                |group| prepare(e.as_ref(), group, &limits),
+                |(ok, skip)| {
+                    skipped.extend(skip);
+                    let feats = encode_group(e.as_ref(), &ok)?;
+                    vectors.extend(ok.iter().map(|(id, _)| id.clone()).zip(feats));
+                    Ok(())
+                },
+            )?;
             Ok::<_, EmbedError>((vectors, skipped))
         })
         .await
