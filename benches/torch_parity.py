@@ -6,7 +6,7 @@ Writes DIR/<model>.safetensors (the state dict, Hugging Face names: what roadwor
 weights) and DIR/<model>.io.safetensors (pixel_values, pooler_output, mean_patch), computed on the
 CPU in float32 (no TF32), so the reference is exact f32.
 """
-import argparse, pathlib
+import argparse, copy, pathlib
 import torch
 from safetensors.torch import save_file
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
@@ -39,9 +39,18 @@ def main():
         with torch.inference_mode():
             o = model(pixel_values=pixels)
         prefix = 1 + cfg.num_register_tokens
+        # PyTorch's own bf16 on the GPU, for scale: how far bf16 moves transformers itself.
+        extra = {}
+        if torch.cuda.is_available():
+            mb = copy.deepcopy(model).to("cuda", torch.bfloat16)
+            with torch.inference_mode():
+                ob = mb(pixel_values=pixels.to("cuda", torch.bfloat16))
+            extra = {"torch_bf16_pooler": ob.pooler_output.float().cpu().contiguous(),
+                     "torch_bf16_mean": ob.last_hidden_state[:, prefix:].float().mean(1).cpu().contiguous()}
+            del mb
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / f"{name}.safetensors")
         save_file({"pixel_values": pixels.contiguous(), "pooler_output": o.pooler_output.contiguous(),
-                   "mean_patch": o.last_hidden_state[:, prefix:].mean(1).contiguous()},
+                   "mean_patch": o.last_hidden_state[:, prefix:].mean(1).contiguous(), **extra},
                   out / f"{name}.io.safetensors")
         print(name, flush=True)
 

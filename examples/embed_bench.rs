@@ -4,8 +4,11 @@
 //!
 //! ```sh
 //! CUDARC_CUDA_VERSION=13000 cargo build --features cuda --example embed_bench
-//! embed_bench cuda f32,bf16 vits16,vitb16,vitl16 1,64 [torch_script.py]
+//! embed_bench cuda f32,bf16 vits16,vitb16,vitl16 1,64 [torch_script.py] [--compile] [--eager] [--parity]
 //! ```
+//!
+//! `--compile` adds `torch.compile` rows, `--eager` the CUDA engine without its graph, `--parity`
+//! the transformers / Burn parity table (benches/torch_parity.py).
 
 use std::path::PathBuf;
 
@@ -21,9 +24,17 @@ fn parse_list<T: ValueEnum>(s: &str) -> Result<Vec<T>> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| all.iter().any(|a| a == f);
+    let args: Vec<String> = all
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
     if args.len() < 4 {
-        bail!("usage: embed_bench cpu|cuda f32[,bf16] vits16[,vitb16…] 1[,64] [torch_script.py]");
+        bail!(
+            "usage: embed_bench cpu|cuda f32[,bf16] vits16[,vitb16…] 1[,64] [torch_script.py] [--compile] [--eager] [--parity]"
+        );
     }
     let device = ComputeDevice::from_str(&args[0], true).map_err(anyhow::Error::msg)?;
     let precisions: Vec<Precision> = parse_list(&args[1])?;
@@ -40,7 +51,7 @@ fn main() -> Result<()> {
         resolution: 224,
         cpu_threads: 0,
         burn: false,
-        cuda_eager: false,
+        cuda_eager: flag("--eager"),
     };
     let mut rows = roadwork::bench::embed::run_on(device, &precisions, &plan)?;
     if let Some(script) = args.get(4) {
@@ -63,5 +74,17 @@ fn main() -> Result<()> {
         }
     }
     print!("{}", markdown(&rows));
+    if flag("--parity") {
+        #[cfg(feature = "cuda")]
+        {
+            use roadwork::bench::embed::{default_parity_script, parity_markdown, run_cuda_parity};
+            match run_cuda_parity(&default_parity_script(), &models, &precisions) {
+                Ok(p) => print!("\n{}", parity_markdown(&p)),
+                Err(e) => eprintln!("parity check failed: {e}"),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        eprintln!("--parity checks the CUDA engine; this build has no CUDA support");
+    }
     Ok(())
 }

@@ -459,6 +459,18 @@ fn parity_rows(
             .into_vec()
             .map_err(|e| format!("{e:?}"))?;
         let d = cfg.hidden_size;
+        if let (Some((_, tc)), Some((_, tm))) =
+            (io.get("torch_bf16_pooler"), io.get("torch_bf16_mean"))
+        {
+            rows.push(ParityRow {
+                model: size.name().into(),
+                engine: "pytorch-cuda".into(),
+                dtype: "bfloat16".into(),
+                vs_transformers: max_abs(tc, want_cls).max(max_abs(tm, want_mean)),
+                vs_burn: max_abs(tc, &burn_cls),
+                bar: 2e-2,
+            });
+        }
         for &p in precisions {
             let model = weights::load::<Cpu>(&cfg, &map, &device).map_err(|e| e.to_string())?;
             let vit = crate::embed::CudaVit::pack(model, &cfg, 0, p).map_err(err)?;

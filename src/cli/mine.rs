@@ -98,7 +98,8 @@ pub struct BenchMine {
     /// Python with scikit-learn for the side-by-side run.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// scikit-learn reference script (default: the repository's benches/sklearn_mine.py).
+    /// Reference script (default: the repository's benches/sklearn_mine.py; benches/torch_mine.py
+    /// speaks the same protocol for a PyTorch-on-GPU side).
     #[arg(long)]
     sklearn_script: Option<PathBuf>,
     /// Skip the scikit-learn side.

@@ -288,7 +288,8 @@ pub(crate) enum Output {
 pub struct CudaVit {
     shape: Shape,
     precision: Precision,
-    /// GELU in the first MLP GEMM's epilogue (bf16, plain GELU MLPs).
+    /// GELU in the first MLP GEMM's epilogue (cuBLASLt's tanh form) instead of the exact erf
+    /// GELU kernel after it: off by default, since transformers' DINOv3 uses the erf form.
     fuse_gelu: bool,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -352,11 +353,10 @@ impl CudaVit {
                 })
             })
             .collect::<Result<Vec<_>, CudaError>>()?;
-        let fuse_gelu = precision == Precision::Bf16 && !sh.gated && sh.act == Activation::Gelu;
         Ok(Self {
             shape: sh,
             precision,
-            fuse_gelu,
+            fuse_gelu: false,
             patch_embed: lin(&v.patch_embed, Dt::F32)?,
             prefix_tokens: Buf::upload(&stream, &v.prefix_tokens, Dt::F32)?,
             blocks,
@@ -373,6 +373,17 @@ impl CudaVit {
     /// The GPU's name, for reports.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+    }
+
+    /// Runs the MLP's GELU in the first GEMM's epilogue (cuBLASLt's tanh approximation: one
+    /// pass over the hidden activations less, a small systematic difference from transformers'
+    /// erf GELU). Only for plain GELU MLPs; a no-op for gated ones. Drops cached batch plans.
+    pub fn with_fused_gelu(mut self) -> Self {
+        self.fuse_gelu = !self.shape.gated && self.shape.act == Activation::Gelu;
+        if let Ok(b) = self.batches.get_mut() {
+            b.clear();
+        }
+        self
     }
 
     /// Turns graph capture off (each forward enqueues every launch): for measuring graphs.
