@@ -623,12 +623,10 @@ impl CudaVit {
             &wi,
             &pi
         )?;
-        let pe = &self.patch_embed;
-        self.lt.run(
+        self.gemm(
             &b.plans.patch,
+            &self.patch_embed,
             b.patches.ptr,
-            pe.w.ptr,
-            pe.b.ptr,
             b.patch_out.ptr,
         )?;
         let (npi, prefix, di) = (np as i32, sh.prefix as i32, d as i32);
@@ -653,13 +651,7 @@ impl CudaVit {
         };
         for blk in &self.blocks {
             self.layer_norm(&k.layer_norm, b.x.ptr, &blk.norm1, b.y.ptr, rows)?;
-            self.lt.run(
-                &b.plans.qkv,
-                b.y.ptr,
-                blk.qkv.w.ptr,
-                blk.qkv.b.ptr,
-                b.qkv.ptr,
-            )?;
+            self.gemm(&b.plans.qkv, &blk.qkv, b.y.ptr, b.qkv.ptr)?;
             launch!(
                 self,
                 &k.attention,
@@ -672,16 +664,9 @@ impl CudaVit {
                 &di,
                 &prefix
             )?;
-            self.lt
-                .run(&b.plans.o, b.heads.ptr, blk.o.w.ptr, blk.o.b.ptr, b.x.ptr)?;
+            self.gemm(&b.plans.o, &blk.o, b.heads.ptr, b.x.ptr)?;
             self.layer_norm(&k.layer_norm, b.x.ptr, &blk.norm2, b.y.ptr, rows)?;
-            self.lt.run(
-                &b.plans.up,
-                b.y.ptr,
-                blk.up.w.ptr,
-                blk.up.b.ptr,
-                b.hidden.ptr,
-            )?;
+            self.gemm(&b.plans.up, &blk.up, b.y.ptr, b.hidden.ptr)?;
             let kind: i32 = match sh.act {
                 Activation::Gelu => 0,
                 Activation::Silu => 1,
@@ -717,13 +702,7 @@ impl CudaVit {
             debug_assert_eq!(blk.up.n, sh.mid());
             debug_assert_eq!(blk.qkv.n, 3 * d);
             debug_assert_eq!(blk.o.k, d);
-            self.lt.run(
-                &b.plans.down,
-                down_in,
-                blk.down.w.ptr,
-                blk.down.b.ptr,
-                b.x.ptr,
-            )?;
+            self.gemm(&b.plans.down, &blk.down, down_in, b.x.ptr)?;
         }
         self.layer_norm(&k.layer_norm_f32, b.x.ptr, &self.norm, b.last.ptr, rows)?;
         let pool = LaunchConfig {
@@ -742,6 +721,11 @@ impl CudaVit {
             &di
         )?;
         Ok(())
+    }
+
+    /// `out (+)= x·wᵀ + b` for layer `l` with plan `p`.
+    fn gemm(&self, p: &Plan, l: &Linear, x: u64, out: u64) -> Result<(), CudaError> {
+        self.lt.run(p, x, l.w.ptr, l.b.ptr, out)
     }
 
     fn layer_norm(
