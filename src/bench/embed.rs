@@ -348,33 +348,7 @@ pub fn run_on(
     Ok(rows)
 }
 
-/// Tensors by name: shape and row-major values.
-pub type NamedTensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-/// Every f32-convertible tensor of a safetensors file by name (inputs and reference outputs; the
-/// weights go through [`weights::read_safetensors`]).
-pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    st.iter()
-        .map(|(name, v)| {
-            if v.dtype() != safetensors::Dtype::F32 {
-                return Err(format!(
-                    "{}: {name} is {:?}, not F32",
-                    path.display(),
-                    v.dtype()
-                ));
-            }
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok((name.to_string(), (v.shape().to_vec(), data)))
-        })
-        .collect()
-}
+pub use crate::embed::weights::{NamedTensors, read_f32_tensors};
 
 /// One engine's distance from the references on one full-size random model.
 #[derive(Debug, Clone, Serialize)]

@@ -531,8 +531,7 @@ fn engine_matches_transformers_on_the_committed_fixtures() {
                 .with_hidden_act(crate::embed::Activation::Silu);
         }
         let map = weights::read_safetensors(&fixture(&format!("{name}.safetensors"))).unwrap();
-        let io = crate::bench::embed::read_f32_tensors(&fixture(&format!("{name}.io.safetensors")))
-            .unwrap();
+        let io = weights::read_f32_tensors(&fixture(&format!("{name}.io.safetensors"))).unwrap();
         let (shape, px) = &io["pixel_values"];
         let (_, want) = &io["pooler_output"];
         for (p, tol) in [(Precision::F32, 1e-3), (Precision::Bf16, 2e-2)] {
