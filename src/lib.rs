@@ -26,6 +26,8 @@ pub mod config;
 pub mod embed;
 pub mod export;
 pub(crate) mod gemm;
+#[cfg(feature = "cuda")]
+pub(crate) mod gpu;
 pub mod imaging;
 pub mod ingest;
 pub mod labels;

@@ -183,6 +183,63 @@ pub fn run<B: burn::prelude::Backend>(
     })
 }
 
+/// Runs every case of `ns` on each engine in turn: the first engine's row of each case also runs
+/// the reference (`plan.sklearn`), the others are there to be compared with the first
+/// ([`engines_markdown`]). `done` sees each row as it finishes.
+pub fn run_engines(
+    engines: &[crate::mine::Compute<crate::backend::Cpu>],
+    ns: &[usize],
+    plan: &MinePlan,
+    mut done: impl FnMut(&MineBenchRow),
+) -> Result<Vec<MineBenchRow>, crate::mine::MineError> {
+    let mut rows = Vec::new();
+    for &n in ns {
+        for (i, c) in engines.iter().enumerate() {
+            tracing::info!(n, engine = %c.describe(), "bench mine");
+            let p = MinePlan {
+                n,
+                sklearn: if i == 0 { plan.sklearn.clone() } else { None },
+                ..plan.clone()
+            };
+            let row = run(c, &p)?;
+            done(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Each engine against the first engine of the same case (GPU against the host, say), as a
+/// Markdown table; empty with one engine per case.
+pub fn engines_markdown(rows: &[MineBenchRow]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let Some(first) = rows.iter().find(|f| f.n == r.n && f.dim == r.dim) else {
+            continue;
+        };
+        if std::ptr::eq(first, r) {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str("\n| n × dim, k | engine | Lloyd s/iter | kNN graph s (method) | first engine | first engine's Lloyd speed-up | its kNN speed-up |\n|---|---|---|---|---|---|---|\n");
+        }
+        s.push_str(&format!(
+            "| {} × {}, {} | {} | {:.4} | {:.2} ({}) | {} | {:.2}× | {:.2}× |\n",
+            r.n,
+            r.dim,
+            r.kmeans_k,
+            r.engine,
+            r.lloyd_s_per_iter,
+            r.knn_s,
+            r.knn_method,
+            first.engine,
+            r.lloyd_s_per_iter / first.lloyd_s_per_iter,
+            r.knn_s / first.knn_s,
+        ));
+    }
+    s
+}
+
 /// The scikit-learn timer committed with the repository (as [`super::embed::default_torch_script`]).
 pub fn default_sklearn_script() -> PathBuf {
     let rel = Path::new("benches").join("sklearn_mine.py");

@@ -105,6 +105,9 @@ pub struct BenchMine {
     /// Skip the scikit-learn side.
     #[arg(long)]
     no_sklearn: bool,
+    /// With `--device cuda`, skip the host engine's rows (by default both run in the same call).
+    #[arg(long)]
+    no_host: bool,
     /// Also measure the Lance ANN index (`similar`) against exact search on this many vectors
     /// written to a scratch store under <data>/bench/lance (0 = skip).
     #[arg(long, default_value_t = 0)]
@@ -137,51 +140,47 @@ pub async fn bench_lance(cfg: &Config, b: &BenchMine) -> Result<()> {
     Ok(())
 }
 
-/// Runs the mining scale benchmark and prints its table.
+/// Runs the mining scale benchmark and prints its tables: on `--device cuda` the GPU engine and
+/// the host engine in the same call (unless `--no-host`), the reference next to the first.
 pub fn bench_mine(b: &BenchMine) -> Result<()> {
+    use roadwork::bench::mine::{
+        MinePlan, SklearnRef, default_sklearn_script, engines_markdown, markdown, run_engines,
+    };
+    let mut engines = Vec::new();
     match b.device {
-        ComputeDevice::Cpu => bench_mine_on(&Compute::<Cpu>::host(), b),
+        ComputeDevice::Cpu => engines.push(Compute::<Cpu>::host()),
         #[cfg(feature = "cuda")]
-        ComputeDevice::Cuda => bench_mine_on(
-            &Compute::<burn::backend::Cuda<f32>>::new(Default::default()),
-            b,
-        ),
+        ComputeDevice::Cuda => {
+            engines.push(Compute::<Cpu>::cuda(0)?);
+            if !b.no_host {
+                engines.push(Compute::<Cpu>::host());
+            }
+        }
         #[cfg(not(feature = "cuda"))]
         ComputeDevice::Cuda => anyhow::bail!(roadwork::backend::unsupported(
             ComputeDevice::Cuda,
             roadwork::backend::Precision::F32
         )),
     }
-}
-
-fn bench_mine_on<B: burn::prelude::Backend>(c: &Compute<B>, b: &BenchMine) -> Result<()> {
-    use roadwork::bench::mine::{MinePlan, SklearnRef, default_sklearn_script};
-    let sklearn = (!b.no_sklearn).then(|| SklearnRef {
-        python: b.python.clone(),
-        script: b
-            .sklearn_script
-            .clone()
-            .unwrap_or_else(default_sklearn_script),
-    });
-    let mut rows = Vec::new();
-    for &n in &b.n {
-        eprintln!("bench mine: n = {n} on {} …", c.describe());
-        let plan = MinePlan {
-            n,
-            dim: b.dim,
-            kmeans_k: b.kmeans_k,
-            seed: 0,
-            exact: b.exact,
-            sklearn: sklearn.clone(),
-        };
-        rows.push(roadwork::bench::mine::run(c, &plan)?);
-        print!(
-            "{}",
-            roadwork::bench::mine::markdown(&rows[rows.len() - 1..])
-        );
-    }
+    let plan = MinePlan {
+        n: 0,
+        dim: b.dim,
+        kmeans_k: b.kmeans_k,
+        seed: 0,
+        exact: b.exact,
+        sklearn: (!b.no_sklearn).then(|| SklearnRef {
+            python: b.python.clone(),
+            script: b
+                .sklearn_script
+                .clone()
+                .unwrap_or_else(default_sklearn_script),
+        }),
+    };
+    let rows = run_engines(&engines, &b.n, &plan, |r| {
+        print!("{}", markdown(std::slice::from_ref(r)))
+    })?;
     println!();
-    print!("{}", roadwork::bench::mine::markdown(&rows));
+    print!("{}{}", markdown(&rows), engines_markdown(&rows));
     if let Some(p) = &b.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", p.display()))?;
@@ -261,7 +260,7 @@ pub async fn mine(cfg: Config, cmd: MineCmd) -> Result<()> {
         ComputeDevice::Cpu => mine_on(&cfg, &store, &miner, Compute::<Cpu>::host(), cmd).await,
         #[cfg(feature = "cuda")]
         ComputeDevice::Cuda => {
-            let c = Compute::<burn::backend::Cuda<f32>>::new(Default::default());
+            let c = Compute::<Cpu>::cuda(0)?;
             mine_on(&cfg, &store, &miner, c, cmd).await
         }
         #[cfg(not(feature = "cuda"))]

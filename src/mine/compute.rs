@@ -7,8 +7,10 @@
 //!   as the CPU DINOv3 engine. The k-means assignment and the kNN top-k are fused into the blocked
 //!   product: each rayon task multiplies a small block of rows single-threaded and reduces it at
 //!   once, so the `rows × k` distances never leave L2 and no second pass reads them back.
-//! - **Device** ([`Compute::new`]): a Burn backend. With the `cuda` feature this is the GPU path;
-//!   on Burn's ndarray backend it is the reference the host engine is tested against.
+//! - **CUDA** ([`Compute::cuda`], `cuda` feature): cuBLASLt products with the argmin and the top-k
+//!   reduced on the GPU ([`super::cuda`]); only labels, distances and neighbour lists come back.
+//! - **Device** ([`Compute::new`]): a Burn backend. On Burn's ndarray backend it is the reference
+//!   the host engine is tested against.
 
 use burn::prelude::{Backend, Int, Tensor, TensorData};
 use burn::tensor::IndexingUpdateOp;
@@ -34,6 +36,8 @@ const TRIANGLE_BLOCK: usize = 256;
 #[derive(Debug, Clone)]
 enum Engine<B: Backend> {
     Host,
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<super::cuda::CudaMining>),
     Device(B::Device),
 }
 
@@ -53,6 +57,8 @@ pub struct Resident<'a, B: Backend> {
 
 enum Place<'a, B: Backend> {
     Host(&'a [f32]),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::GpuRows),
     /// Row chunks with their squared norms (`[rows, 1]`).
     Device(Vec<(Tensor<B, 2>, Tensor<B, 2>)>),
 }
@@ -101,6 +107,15 @@ impl<B: Backend> Compute<B> {
         }
     }
 
+    /// Runs on GPU `ordinal`: cuBLASLt products, reductions on the GPU.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Self, MineError> {
+        let m = super::cuda::CudaMining::open(ordinal).map_err(gpu_err)?;
+        Ok(Self {
+            engine: Engine::Cuda(std::sync::Arc::new(m)),
+        })
+    }
+
     pub fn is_host(&self) -> bool {
         matches!(self.engine, Engine::Host)
     }
@@ -109,6 +124,8 @@ impl<B: Backend> Compute<B> {
     pub fn describe(&self) -> String {
         match &self.engine {
             Engine::Host => format!("host gemm, {} threads", rayon::current_num_threads()),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => m.describe(),
             Engine::Device(d) => format!("burn {} on {d:?}", std::any::type_name::<B>()),
         }
     }
@@ -142,6 +159,11 @@ impl<B: Backend> Compute<B> {
                 }
                 Ok(out)
             }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => {
+                let c = m.upload(c, dim).map_err(gpu_err)?;
+                m.dots_host(q, &c).map_err(gpu_err)
+            }
             Engine::Device(d) => {
                 let q = Self::matrix(d, q, nq, dim);
                 let c = Self::matrix(d, c, nc, dim);
@@ -151,11 +173,13 @@ impl<B: Backend> Compute<B> {
     }
 
     /// Keeps `data` (rows of `dim`) where the products run, for repeated use.
-    pub fn resident<'a>(&self, data: &'a [f32], dim: usize) -> Resident<'a, B> {
+    pub fn resident<'a>(&self, data: &'a [f32], dim: usize) -> Result<Resident<'a, B>, MineError> {
         let rows = data.len() / dim.max(1);
         let sq = sq_norms(data, dim);
         let place = match &self.engine {
             Engine::Host => Place::Host(data),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => Place::Cuda(m.upload(data, dim).map_err(gpu_err)?),
             Engine::Device(d) => Place::Device(
                 (0..rows)
                     .step_by(DEVICE_CHUNK_ROWS)
@@ -168,12 +192,12 @@ impl<B: Backend> Compute<B> {
                     .collect(),
             ),
         };
-        Resident {
+        Ok(Resident {
             rows,
             dim,
             sq,
             place,
-        }
+        })
     }
 
     /// `q · rᵀ` against resident rows: `nq × r.rows()`, row-major.
@@ -181,6 +205,8 @@ impl<B: Backend> Compute<B> {
         let dim = r.dim;
         match (&self.engine, &r.place) {
             (Engine::Host, Place::Host(data)) => self.dots(q, data, dim),
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(m), Place::Cuda(rows)) => m.dots_host(q, rows).map_err(gpu_err),
             (Engine::Device(d), Place::Device(chunks)) => {
                 let nq = q.len() / dim;
                 let qt = Self::matrix(d, q, nq, dim);
@@ -214,6 +240,16 @@ impl<B: Backend> Compute<B> {
         }
         match (&self.engine, &points.place) {
             (Engine::Host, Place::Host(data)) => Ok(host_nearest(data, &points.sq, dim, centroids)),
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(m), Place::Cuda(rows)) => {
+                let a = m.assign(rows, centroids).map_err(gpu_err)?;
+                Ok(Nearest {
+                    labels: a.labels,
+                    sq_dist: a.sq_dist,
+                    sums: a.sums,
+                    counts: a.counts,
+                })
+            }
             (Engine::Device(d), Place::Device(chunks)) => {
                 device_nearest::<B>(d, chunks, centroids, k, dim)
             }
@@ -267,7 +303,7 @@ impl<B: Backend> Compute<B> {
                     });
                 Ok(())
             }
-            Engine::Device(_) => {
+            _ => {
                 let (mut qbuf, mut cbuf) = (Vec::new(), Vec::new());
                 for (qb, st) in states.chunks_mut(DEVICE_QUERY_BLOCK).enumerate() {
                     let q0 = qb * DEVICE_QUERY_BLOCK;
@@ -282,6 +318,82 @@ impl<B: Backend> Compute<B> {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+/// One query row's `(key, candidate id)` list from [`Compute::top_k`], ascending.
+pub type Neighbours = Vec<(f32, u32)>;
+
+impl<B: Backend> Compute<B> {
+    /// Whether [`Compute::top_k`] reduces where the products run (the CUDA engine); elsewhere the
+    /// callers fuse their own reduction into [`Compute::scan`] or [`Compute::scan_triangle`].
+    pub fn reduces_on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Engine::Cuda(_) = self.engine {
+            return true;
+        }
+        false
+    }
+
+    /// Each query row's `k` smallest `(key, candidate id)`, ascending by key then id, where the
+    /// products run: key `−q·c`, or `‖c‖² − 2·q·c` when `euclidean`; a candidate whose id is the
+    /// query's own is skipped. `None` on engines that do not reduce on the device, or for a `k`
+    /// the device kernels are not built for; the caller then scans.
+    pub fn top_k(
+        &self,
+        q: Rows<'_>,
+        q_ids: &[usize],
+        c: Rows<'_>,
+        c_ids: &[usize],
+        euclidean: bool,
+        k: usize,
+    ) -> Result<Option<Vec<Neighbours>>, MineError> {
+        if q.len() != q_ids.len() || c.len() != c_ids.len() || q.dim != c.dim {
+            return Err(MineError::Compute(format!(
+                "{} query ids for {} rows, {} candidate ids for {} rows",
+                q_ids.len(),
+                q.len(),
+                c_ids.len(),
+                c.len()
+            )));
+        }
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) if k <= super::cuda::TOP_K_MAX && !q.is_empty() && !c.is_empty() => {
+                let id32 = |ids: &[usize]| -> Result<Vec<u32>, MineError> {
+                    ids.iter()
+                        .map(|&i| {
+                            u32::try_from(i)
+                                .ok()
+                                .filter(|&v| v != u32::MAX)
+                                .ok_or_else(|| {
+                                    MineError::Compute(format!(
+                                        "row id {i} above the GPU's u32 ids"
+                                    ))
+                                })
+                        })
+                        .collect()
+                };
+                let (qi, ci) = (id32(q_ids)?, id32(c_ids)?);
+                let (mut qb, mut cb) = (Vec::new(), Vec::new());
+                let dim = q.dim;
+                let rows = m
+                    .upload(c.block(0, c.len(), &mut cb), dim)
+                    .map_err(gpu_err)?;
+                let found = m
+                    .top_k(q.block(0, q.len(), &mut qb), &qi, &rows, &ci, euclidean, k)
+                    .map_err(gpu_err)?;
+                Ok(found.map(|flat| {
+                    flat.chunks_exact(k)
+                        .map(|row| row.iter().copied().filter(|e| e.1 != u32::MAX).collect())
+                        .collect()
+                }))
+            }
+            _ => {
+                let _ = (euclidean, k);
+                Ok(None)
             }
         }
     }
@@ -410,7 +522,7 @@ impl<B: Backend> Compute<B> {
                     })
                     .collect())
             }
-            Engine::Device(_) => {
+            _ => {
                 let bs = DEVICE_QUERY_BLOCK * 4;
                 let mut acc = init();
                 for r0 in (0..n).step_by(bs) {
@@ -545,6 +657,11 @@ fn device_nearest<B: Backend>(
     })
 }
 
+#[cfg(feature = "cuda")]
+fn gpu_err(e: crate::gpu::CudaError) -> MineError {
+    MineError::Compute(e.to_string())
+}
+
 /// A float tensor's values on the host.
 pub fn host_f32<const D: usize, B: Backend>(t: Tensor<B, D>) -> Result<Vec<f32>, MineError> {
     t.into_data()
@@ -586,7 +703,7 @@ mod tests {
                 c.dots(&q, &k, 2).unwrap(),
                 vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0]
             );
-            let r = c.resident(&k, 2);
+            let r = c.resident(&k, 2).unwrap();
             assert_eq!(
                 c.dots_against(&q, &r).unwrap(),
                 vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0]
@@ -601,8 +718,8 @@ mod tests {
         let x = random(n, d, 1);
         let cen = random(k, d, 2);
         let [h, dev] = engines();
-        let a = h.nearest(&h.resident(&x, d), &cen).unwrap();
-        let b = dev.nearest(&dev.resident(&x, d), &cen).unwrap();
+        let a = h.nearest(&h.resident(&x, d).unwrap(), &cen).unwrap();
+        let b = dev.nearest(&dev.resident(&x, d).unwrap(), &cen).unwrap();
         let mut sums = vec![0f64; k * d];
         for i in 0..n {
             let row = &x[i * d..(i + 1) * d];
@@ -741,7 +858,7 @@ mod tests {
     fn mismatched_engines_and_state_counts_are_errors() {
         let x = random(4, 2, 5);
         let [h, dev] = engines();
-        let r = dev.resident(&x, 2);
+        let r = dev.resident(&x, 2).unwrap();
         assert!(h.nearest(&r, &x).is_err());
         let mut st = vec![0u8; 3];
         let all = Rows::all(&x, 2);

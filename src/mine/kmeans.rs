@@ -183,7 +183,7 @@ pub fn lloyd<B: Backend>(
     let mut assigner = if c.is_host() {
         Assigner::Bounded(Bounds::new(x))
     } else {
-        Assigner::Plain(c.resident(x.as_slice(), dim))
+        Assigner::Plain(c.resident(x.as_slice(), dim)?)
     };
     let tol_abs = tol * mean_variance(x);
     let mut cen = init;
@@ -431,7 +431,7 @@ pub fn kmeans_plus_plus<B: Backend>(
     let (n, dim) = (x.len(), x.dim());
     let trials = 2 + (k as f64).ln().floor() as usize;
     let sq = x.sq_norms();
-    let points = c.resident(x.as_slice(), dim);
+    let points = c.resident(x.as_slice(), dim)?;
     // Squared distances of every point to the given centre rows: [n, t] on the host.
     let sq_dists_to = |rows: &[usize]| -> Result<Vec<f32>, MineError> {
         let cand = x.gather(rows);
@@ -507,7 +507,7 @@ pub fn minibatch<B: Backend>(
         steps = step;
         let rows: Vec<usize> = (0..batch).map(|_| rng.random_range(0..n)).collect();
         let b = x.gather(&rows);
-        let a = c.nearest(&c.resident(b.as_slice(), dim), &cen)?;
+        let a = c.nearest(&c.resident(b.as_slice(), dim)?, &cen)?;
         let sums = &a.sums;
         for j in 0..k {
             let m = a.counts[j];
@@ -534,7 +534,7 @@ pub fn minibatch<B: Backend>(
         }
     }
     // Centres that never received a point are re-seeded at far points by one Lloyd update.
-    let points = c.resident(x.as_slice(), dim);
+    let points = c.resident(x.as_slice(), dim)?;
     let mut a = c.nearest(&points, &cen)?;
     if a.counts.iter().any(|&m| m < 0.5) {
         cen = update(&a, x, dim);

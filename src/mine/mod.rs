@@ -16,6 +16,8 @@
 //! finite; a selection never returns a row twice or more rows than its budget.
 
 pub mod compute;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dedup;
 pub mod density;
 pub mod drift;

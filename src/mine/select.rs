@@ -434,7 +434,7 @@ fn coreset<B: Backend>(
     }
     // Candidates stay on the device; each pick is one matrix-vector product.
     let cand_x = p.x.gather(cand);
-    let cand_t = c.resident(cand_x.as_slice(), p.x.dim());
+    let cand_t = c.resident(cand_x.as_slice(), p.x.dim())?;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let finite_max = dist

@@ -16,82 +16,20 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, LaunchConfig, PinnedHostSlice,
 };
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-use super::CudaError;
-use super::lt::{Dt, Epilogue, Lt, Plan, Shape as GemmShape};
 use crate::backend::Precision;
 use crate::embed::packed::{self, Shape};
 use crate::embed::vit::rope::rope_values;
 use crate::embed::{Activation, Cpu, DinoV3, DinoV3Config, EmbedError};
-
-/// Enqueues kernel `f` on the engine's stream with `cfg` and the arguments (references to
-/// plain values: device addresses and sizes).
-macro_rules! launch {
-    ($eng:expr, $f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let mut l = $eng.stream.launch_builder($f);
-        $( l.arg($arg); )+
-        unsafe { l.launch($cfg) }
-            .map(|_| ())
-            .map_err(|e| CudaError(format!("kernel launch: {e}")))
-    }};
-}
+use crate::gpu::lt::{Dt, Epilogue, Lt, Plan, Shape as GemmShape};
+use crate::gpu::{self, Buf, CudaError, Dev, drv, elementwise, launch};
 
 const SOURCE: &str = include_str!("kernels.cu");
 
 /// Head sizes the attention kernels are built for.
 const HEAD_DIMS: [usize; 3] = [16, 32, 64];
-
-fn drv(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError + '_ {
-    move |e| CudaError(format!("{what}: {e}"))
-}
-
-/// A device allocation and its address (the engine passes raw addresses to kernels and cuBLASLt;
-/// the slice keeps the memory alive and serves the typed copies).
-pub(super) struct Dev<T> {
-    pub(super) mem: CudaSlice<T>,
-    pub(super) ptr: u64,
-}
-
-pub(super) type Buf = Dev<u8>;
-
-impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits> Dev<T> {
-    pub(super) fn zeros(stream: &Arc<CudaStream>, len: usize) -> Result<Self, CudaError> {
-        let mem = stream
-            .alloc_zeros::<T>(len.max(1))
-            .map_err(drv("allocating device memory"))?;
-        let (ptr, _) = mem.device_ptr(stream);
-        Ok(Self { mem, ptr })
-    }
-}
-
-impl Buf {
-    pub(super) fn upload(
-        stream: &Arc<CudaStream>,
-        values: &[f32],
-        dt: Dt,
-    ) -> Result<Self, CudaError> {
-        let mem = match dt {
-            Dt::F32 => {
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                stream.clone_htod(&bytes)
-            }
-            Dt::Bf16 => {
-                let bytes: Vec<u8> = values
-                    .iter()
-                    .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
-                    .collect();
-                stream.clone_htod(&bytes)
-            }
-        }
-        .map_err(drv("uploading weights"))?;
-        let (ptr, _) = mem.device_ptr(stream);
-        Ok(Self { mem, ptr })
-    }
-}
 
 /// A linear layer on the device: weights `[n, k]` in the GEMM input type, bias in `bias_dt`.
 struct Linear {
@@ -164,11 +102,6 @@ fn ln_width(d: usize) -> Result<usize, CudaError> {
         .ok_or_else(|| CudaError(format!("hidden size {d} above the LayerNorm kernel's 2048")))
 }
 
-/// NVRTC's `--gpu-architecture` for a compute capability.
-fn arch_flag(major: i32, minor: i32) -> String {
-    format!("--gpu-architecture=sm_{major}{minor}")
-}
-
 impl Kernels {
     pub(super) fn load(
         ctx: &Arc<CudaContext>,
@@ -176,15 +109,7 @@ impl Kernels {
         hd: usize,
         d: usize,
     ) -> Result<Self, CudaError> {
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(drv("reading the compute capability"))?;
-        if major < 8 {
-            return Err(CudaError(format!(
-                "compute capability {major}.{minor}: the CUDA engine needs 8.0 or later (bf16 tensor cores)"
-            )));
-        }
-        let ptx = compile(Some((major, minor)))?;
+        let ptx = compile(Some(gpu::capability(ctx)?))?;
         let module = ctx.load_module(ptx).map_err(drv("loading the kernels"))?;
         let t = match precision {
             Precision::F32 => "f32",
@@ -216,20 +141,9 @@ impl Kernels {
     }
 }
 
-/// Compiles the kernels to PTX for compute capability `cc` (or NVRTC's default architecture).
-/// Needs only libnvrtc, not a GPU: tests compile the source wherever NVRTC loads.
+/// Compiles the encoder's kernels to PTX for compute capability `cc` (or NVRTC's default).
 pub(crate) fn compile(cc: Option<(i32, i32)>) -> Result<cudarc::nvrtc::Ptx, CudaError> {
-    let mut options = vec!["--std=c++17".to_string()];
-    if let Some((major, minor)) = cc {
-        options.push(arch_flag(major, minor));
-    }
-    let opts = CompileOptions {
-        options,
-        ..Default::default()
-    };
-    std::panic::catch_unwind(|| compile_ptx_with_opts(SOURCE, opts))
-        .map_err(|_| CudaError("libnvrtc could not be loaded".into()))?
-        .map_err(|e| CudaError(format!("compiling the CUDA kernels: {e}")))
+    gpu::compile(SOURCE, cc)
 }
 
 /// The buffers, GEMM plans and graph of one batch shape.
@@ -326,12 +240,7 @@ impl CudaVit {
                 "head size {hd}: the CUDA engine's attention is built for {HEAD_DIMS:?}"
             )));
         }
-        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
-            .map_err(|_| CudaError("the CUDA driver (libcuda) could not be loaded".into()))?
-            .map_err(drv("opening the GPU"))?;
-        // One stream owns every buffer: cudarc's cross-stream event tracking only adds work.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+        let (ctx, stream) = gpu::open(ordinal)?;
         let kernels = Kernels::load(&ctx, precision, hd, sh.d)?;
         let lt = Lt::new(&stream)?;
         let input = match precision {
@@ -612,7 +521,7 @@ impl CudaVit {
         );
         let total = (n * np * sh.channels * sh.patch * sh.patch) as u64;
         launch!(
-            self,
+            self.stream,
             &k.im2col,
             elementwise(total),
             &b.px.ptr,
@@ -631,7 +540,7 @@ impl CudaVit {
         )?;
         let (npi, prefix, di) = (np as i32, sh.prefix as i32, d as i32);
         launch!(
-            self,
+            self.stream,
             &k.assemble,
             elementwise((rows * d) as u64),
             &b.patch_out.ptr,
@@ -653,7 +562,7 @@ impl CudaVit {
             self.layer_norm(&k.layer_norm, b.x.ptr, &blk.norm1, b.y.ptr, rows)?;
             self.gemm(&b.plans.qkv, &blk.qkv, b.y.ptr, b.qkv.ptr)?;
             launch!(
-                self,
+                self.stream,
                 &k.attention,
                 attention,
                 &b.qkv.ptr,
@@ -674,7 +583,7 @@ impl CudaVit {
             let down_in = if sh.gated {
                 let (r, ii) = (rows as i64, inter as i32);
                 launch!(
-                    self,
+                    self.stream,
                     &k.gated,
                     elementwise((rows * inter) as u64),
                     &b.hidden.ptr,
@@ -688,7 +597,7 @@ impl CudaVit {
                 if !self.fuse_gelu {
                     let count = (rows * inter) as i64;
                     launch!(
-                        self,
+                        self.stream,
                         &k.activate,
                         elementwise(count as u64),
                         &b.hidden.ptr,
@@ -711,7 +620,7 @@ impl CudaVit {
             shared_mem_bytes: 0,
         };
         launch!(
-            self,
+            self.stream,
             &k.pool,
             pool,
             &b.last.ptr,
@@ -743,7 +652,7 @@ impl CudaVit {
             shared_mem_bytes: 0,
         };
         launch!(
-            self,
+            self.stream,
             f,
             cfg,
             &x,
@@ -754,15 +663,5 @@ impl CudaVit {
             &d,
             &eps
         )
-    }
-}
-
-/// A grid-stride launch over `total` elements.
-pub(super) fn elementwise(total: u64) -> LaunchConfig {
-    let blocks = total.div_ceil(256).clamp(1, 65_535 * 8) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
     }
 }

@@ -11,20 +11,15 @@
 //! needs no CUDA toolkit. The Burn module stays the reference: tests hold this engine to it.
 
 mod engine;
-mod lt;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 
+pub use crate::gpu::CudaError;
 pub use engine::CudaVit;
 
 use super::{Cpu, DinoV3Config, EmbedConfig, EmbedError, Embedder, EncoderSpec, ImageEncoder};
-
-/// A failure inside the CUDA engine (driver, NVRTC, cuBLASLt, a kernel), with what was being done.
-#[derive(Debug, thiserror::Error)]
-#[error("CUDA engine: {0}")]
-pub struct CudaError(pub String);
 
 /// [`ImageEncoder`] on the CUDA engine.
 pub struct CudaEncoder {

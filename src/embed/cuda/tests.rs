@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::CudaError;
-use super::engine::{self, CudaVit, Kernels, elementwise};
-use super::lt::{Dt, Epilogue, Lt, Shape as GemmShape};
+use super::engine::{self, CudaVit, Kernels};
 use crate::backend::Precision;
 use crate::embed::vit::rope::rope_values;
 use crate::embed::{Cpu, CpuVit, DinoV3Config, DinoV3Size, weights};
+use crate::gpu::lt::{Dt, Epilogue, Lt, Shape as GemmShape};
+use crate::gpu::{self, CudaError, elementwise};
 
-fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
+fn open_gpu() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
     let ctx = match std::panic::catch_unwind(|| CudaContext::new(0)) {
         Ok(Ok(c)) => c,
         _ => {
@@ -58,13 +58,13 @@ struct Dev {
 }
 
 impl Dev {
-    fn up(&self, v: &[f32], dt: Dt) -> engine::Buf {
-        engine::Buf::upload(&self.stream, v, dt).unwrap()
+    fn up(&self, v: &[f32], dt: Dt) -> gpu::Buf {
+        gpu::Buf::upload(&self.stream, v, dt).unwrap()
     }
-    fn zeros(&self, bytes: usize) -> engine::Buf {
-        engine::Buf::zeros(&self.stream, bytes).unwrap()
+    fn zeros(&self, bytes: usize) -> gpu::Buf {
+        gpu::Buf::zeros(&self.stream, bytes).unwrap()
     }
-    fn down(&self, b: &engine::Buf, len: usize, dt: Dt) -> Vec<f32> {
+    fn down(&self, b: &gpu::Buf, len: usize, dt: Dt) -> Vec<f32> {
         self.stream.synchronize().unwrap();
         let mut bytes = vec![0u8; len * dt.bytes()];
         self.stream
@@ -147,7 +147,9 @@ fn host_layer_norm(x: &[f32], g: &[f32], b: &[f32], d: usize, eps: f32) -> Vec<f
 
 #[test]
 fn layer_norm_matches_the_host() {
-    let Some((ctx, stream)) = gpu() else { return };
+    let Some((ctx, stream)) = open_gpu() else {
+        return;
+    };
     let dev = Dev {
         stream: stream.clone(),
     };
@@ -248,7 +250,9 @@ fn host_attention(
 
 #[test]
 fn attention_with_rope_matches_the_host() {
-    let Some((ctx, stream)) = gpu() else { return };
+    let Some((ctx, stream)) = open_gpu() else {
+        return;
+    };
     let dev = Dev {
         stream: stream.clone(),
     };
@@ -312,7 +316,9 @@ fn tanh_gelu(x: f64) -> f64 {
 
 #[test]
 fn cublaslt_gemms_with_epilogues_match_the_host() {
-    let Some((_ctx, stream)) = gpu() else { return };
+    let Some((_ctx, stream)) = open_gpu() else {
+        return;
+    };
     let dev = Dev {
         stream: stream.clone(),
     };
@@ -402,7 +408,9 @@ fn erf(x: f64) -> f64 {
 
 #[test]
 fn activations_and_gating_match_the_host() {
-    let Some((ctx, stream)) = gpu() else { return };
+    let Some((ctx, stream)) = open_gpu() else {
+        return;
+    };
     let dev = Dev {
         stream: stream.clone(),
     };

@@ -1,6 +1,6 @@
-//! The engine's GEMMs through cuBLASLt: `y = x·wᵀ + b` for row-major activations `x [rows, k]`
-//! and weights `w [n, k]` (PyTorch's layout), with the bias, GELU and the residual add done in the
-//! epilogue, so no layer reads its output back.
+//! The GEMMs of the CUDA engines through cuBLASLt: `y = x·wᵀ + b` for row-major `x [rows, k]` and
+//! `w [n, k]` (PyTorch's weight layout; for mining, candidate rows), with the bias, GELU and the
+//! residual add done in the epilogue, so no layer reads its output back.
 //!
 //! cuBLASLt is column-major: row-major `y [rows, n]` is column-major `yᵀ [n, rows]`, and
 //! `yᵀ = w · xᵀ` is the "TN" product (A = w transposed, B = x as stored) the library tunes first.
@@ -41,6 +41,8 @@ impl Dt {
 /// What the epilogue does after the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Epilogue {
+    /// The product alone (the bias pointer is ignored).
+    None,
     /// `+ b`.
     Bias,
     /// `gelu(· + b)` (cuBLASLt's GELU is the tanh form).
@@ -113,6 +115,7 @@ impl Lt {
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
         let (op_t, op_n) = (1i32, 0i32);
         let epi = match s.epilogue {
+            Epilogue::None => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
             Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
             Epilogue::GeluBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
         };
@@ -178,11 +181,13 @@ impl Lt {
         };
         let (alpha, beta) = (1f32, if p.shape.accumulate { 1f32 } else { 0f32 });
         unsafe {
-            set_desc(
-                p.desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &b,
-            )?;
+            if p.shape.epilogue != Epilogue::None {
+                set_desc(
+                    p.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &b,
+                )?;
+            }
             result::matmul(
                 self.handle,
                 p.desc,
