@@ -382,8 +382,24 @@ impl<B: Backend> Compute<B> {
                 let rows = m
                     .upload(c.block(0, c.len(), &mut cb), dim)
                     .map_err(gpu_err)?;
+                // The exact graph searches every row against every row: one upload serves both.
+                let queries = if q.same_rows(&c) {
+                    None
+                } else {
+                    Some(
+                        m.upload(q.block(0, q.len(), &mut qb), dim)
+                            .map_err(gpu_err)?,
+                    )
+                };
                 let found = m
-                    .top_k(q.block(0, q.len(), &mut qb), &qi, &rows, &ci, euclidean, k)
+                    .top_k(
+                        queries.as_ref().unwrap_or(&rows),
+                        &qi,
+                        &rows,
+                        &ci,
+                        euclidean,
+                        k,
+                    )
                     .map_err(gpu_err)?;
                 Ok(found.map(|flat| {
                     flat.chunks_exact(k)
@@ -424,6 +440,17 @@ impl<'a> Rows<'a> {
             dim,
             pick: Some(pick),
         }
+    }
+
+    /// Whether both name the same rows of the same matrix, in the same order.
+    pub fn same_rows(&self, other: &Rows<'_>) -> bool {
+        std::ptr::eq(self.data, other.data)
+            && self.dim == other.dim
+            && match (self.pick, other.pick) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+                _ => false,
+            }
     }
 
     pub fn len(&self) -> usize {

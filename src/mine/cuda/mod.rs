@@ -334,7 +334,7 @@ impl CudaMining {
     /// whose id equals the query's own is skipped. `None` when `k` is above [`TOP_K_MAX`].
     pub fn top_k(
         &self,
-        q: &[f32],
+        q: &GpuRows,
         q_ids: &[u32],
         c: &GpuRows,
         c_ids: &[u32],
@@ -345,14 +345,15 @@ impl CudaMining {
             return Ok(None);
         };
         let _g = self.guard()?;
-        let q = self.upload_locked(q, c.dim)?;
-        if q_ids.len() != q.rows || c_ids.len() != c.rows || k == 0 {
+        if q.dim != c.dim || q_ids.len() != q.rows || c_ids.len() != c.rows || k == 0 {
             return Err(CudaError(format!(
-                "{} query ids for {} rows, {} candidate ids for {} rows, k {k}",
+                "{} query ids for {} rows of {}, {} candidate ids for {} rows of {}, k {k}",
                 q_ids.len(),
                 q.rows,
+                q.dim,
                 c_ids.len(),
-                c.rows
+                c.rows,
+                c.dim
             )));
         }
         let (nq, nc) = (q.rows, c.rows);
@@ -366,7 +367,7 @@ impl CudaMining {
         let csq = if euclidean { c.sq.ptr } else { 0u64 };
         for q0 in (0..nq).step_by(block) {
             let rows = block.min(nq - q0);
-            self.product(&q, q0, rows, c, &dots)?;
+            self.product(q, q0, rows, c, &dots)?;
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: ((4096 / list) as u32, 1, 1),
